@@ -1,0 +1,45 @@
+# Aegis Event Bus: the two commands of the README are `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PG_URL ?= postgres://postgres@127.0.0.1:5432/aegis
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-sqlite test-pg lint typecheck install migrate bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+## Run the control plane on SQLite (web + dispatcher), printing an admin login.
+run: migrate
+	$(BIN)/python manage.py run_all
+
+## The whole test suite: lint, types, then every test on SQLite and on PostgreSQL.
+test: install lint typecheck test-sqlite test-pg
+
+test-sqlite: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-pg: install
+	DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy .
+
+bench: install
+	DATABASE_URL=$(PG_URL) $(BIN)/python bench/queue_throughput.py
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache

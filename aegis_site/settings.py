@@ -1,0 +1,233 @@
+"""Aegis Event Bus settings: one file, everything from the environment.
+
+Defaults make the all-in-one mode work with no environment at all (SQLite in
+``var/``, in-memory channel layer, local-memory cache). Every secret can also be
+given as ``NAME_FILE`` pointing at a file (Docker/Kubernetes secrets). Bad values
+fail here, at start, with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.FileAwareEnv()
+
+
+def _positive_int(name: str, default: int, minimum: int = 1) -> int:
+    try:
+        value = env.int(name, default=default)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {env.str(name)!r}") from exc
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _positive_float(name: str, default: float) -> float:
+    try:
+        value = env.float(name, default=default)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {env.str(name)!r}") from exc
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be > 0, got {value}")
+    return value
+
+
+DEBUG = env.bool("DEBUG", default=True)
+DATA_DIR = Path(env.str("DATA_DIR", default=str(BASE_DIR / "var")))
+
+
+def _secret_key() -> str:
+    configured = env.str("SECRET_KEY", default="")
+    if configured:
+        return configured
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off.")
+    key_file = DATA_DIR / ".dev_secret_key"
+    if not key_file.exists():
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    if "pytest" not in sys.modules:
+        warnings.warn(
+            f"SECRET_KEY is not set: using a generated development key from {key_file}. "
+            "Never run like this in production.",
+            stacklevel=1,
+        )
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "registry",
+    "tasks",
+    "broker",
+    "ops",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "aegis_site.urls"
+ASGI_APPLICATION = "aegis_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+# --- Database -----------------------------------------------------------------
+
+DEFAULT_DATABASE_URL = f"sqlite:///{DATA_DIR / 'aegis.sqlite3'}"
+
+
+def _database() -> dict[str, Any]:
+    url = env.str("DATABASE_URL", default=DEFAULT_DATABASE_URL)
+    scheme = urlsplit(url).scheme
+    if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {scheme!r}"
+        )
+    config: dict[str, Any] = dict(env.db_url_config(url))
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        if config["NAME"] != ":memory:":
+            Path(config["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        config["OPTIONS"] = {
+            # BEGIN IMMEDIATE: a writer takes the lock at BEGIN, so two claimers
+            # never both read the same queued row and then collide on upgrade.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+        config["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default="") or None}
+        return config
+    config["ENGINE"] = "django.db.backends.postgresql"
+    pool_size = _positive_int("DB_POOL_SIZE", 4, minimum=0)
+    if pool_size:
+        config["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
+        config["OPTIONS"] = {
+            "pool": {
+                "min_size": pool_size,
+                "max_size": pool_size + _positive_int("DB_MAX_OVERFLOW", 4, minimum=0),
+                "timeout": _positive_float("DB_POOL_TIMEOUT", 10.0),
+            }
+        }
+    else:
+        config["CONN_MAX_AGE"] = _positive_int("DB_CONN_MAX_AGE", 60, minimum=0)
+    return config
+
+
+DATABASES = {"default": _database()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+
+# --- Redis, cache, channel layer, MQTT ---------------------------------------------
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL and urlsplit(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
+    raise ImproperlyConfigured(f"REDIS_URL must be a redis:// or rediss:// URL, got {REDIS_URL!r}")
+
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+MQTT_URL = env.str("MQTT_URL", default="")
+if MQTT_URL and urlsplit(MQTT_URL).scheme not in {"mqtt", "mqtts"}:
+    raise ImproperlyConfigured(f"MQTT_URL must be an mqtt:// or mqtts:// URL, got {MQTT_URL!r}")
+
+
+# --- Queue engine ------------------------------------------------------------------
+
+# How often the dispatcher wakes when nothing notifies it (seconds).
+DISPATCHER_POLL_INTERVAL = _positive_float("DISPATCHER_POLL_INTERVAL", 1.0)
+# Most tasks one dispatcher step assigns to one agent / expires in one transaction.
+DISPATCHER_BATCH_SIZE = _positive_int("DISPATCHER_BATCH_SIZE", 100)
+# Agents are expected to heartbeat this often; after this many missed intervals
+# the dispatcher marks them offline.
+AGENT_HEARTBEAT_INTERVAL = _positive_float("AGENT_HEARTBEAT_INTERVAL", 15.0)
+AGENT_OFFLINE_AFTER_MISSED = _positive_int("AGENT_OFFLINE_AFTER_MISSED", 3)
+# Defaults for a job's policy when the submitter does not give one.
+TASK_DEFAULT_MAX_ATTEMPTS = _positive_int("TASK_DEFAULT_MAX_ATTEMPTS", 3)
+TASK_DEFAULT_DELIVERY_TIMEOUT = _positive_int("TASK_DEFAULT_DELIVERY_TIMEOUT", 60)
+TASK_DEFAULT_EXECUTION_TIMEOUT = _positive_int("TASK_DEFAULT_EXECUTION_TIMEOUT", 600)
+TASK_DEFAULT_BACKOFF_BASE = _positive_float("TASK_DEFAULT_BACKOFF_BASE", 5.0)
+TASK_DEFAULT_BACKOFF_CAP = _positive_float("TASK_DEFAULT_BACKOFF_CAP", 600.0)
+
+
+# --- Auth, i18n, static ------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
+
+
+# --- Logging -----------------------------------------------------------------------
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL must be one of DEBUG..CRITICAL, got {LOG_LEVEL!r}")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

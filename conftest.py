@@ -1,0 +1,82 @@
+"""Fixtures shared by every app's tests: a controllable clock, agents and jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from ops.audit import Actor
+from registry.models import Agent, Connectivity
+from tasks.engine import clock
+from tasks.engine.submit import JobSpec
+
+
+class FakeClock:
+    """A clock the test moves by hand: backoff and lease expiry without sleeping."""
+
+    def __init__(self, start: datetime) -> None:
+        self.current = start
+
+    def __call__(self) -> datetime:
+        return self.current
+
+    def advance(self, seconds: float) -> datetime:
+        self.current += timedelta(seconds=seconds)
+        return self.current
+
+
+@pytest.fixture
+def frozen_clock() -> Iterator[FakeClock]:
+    fake = FakeClock(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))
+    clock.set_clock(fake)
+    yield fake
+    clock.set_clock(None)
+
+
+@pytest.fixture
+def operator() -> Actor:
+    return Actor("tester")
+
+
+@pytest.fixture
+def make_agent(db: Any) -> Any:
+    def make(agent_id: str, online: bool = True, **fields: Any) -> Agent:
+        fields.setdefault("max_concurrency", 4)
+        return Agent.objects.create(
+            pk=agent_id,
+            connectivity=Connectivity.ONLINE if online else Connectivity.OFFLINE,
+            last_seen_at=clock.now(),
+            **fields,
+        )
+
+    return make
+
+
+@pytest.fixture
+def spec() -> Any:
+    def make(**fields: Any) -> JobSpec:
+        fields.setdefault("kind", "echo")
+        fields.setdefault("backoff_base_s", 10.0)
+        fields.setdefault("backoff_cap_s", 100.0)
+        return JobSpec(**fields)
+
+    return make
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Tests marked ``postgres`` run only when the suite runs against PostgreSQL."""
+    from django.conf import settings
+
+    if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (run with DATABASE_URL=postgres://...)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+__all__ = ["FakeClock", "connection"]

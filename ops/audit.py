@@ -1,0 +1,39 @@
+"""The audit trail: one append-only row per operator action."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ops.models import AuditEvent
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: an operator (with a user id), an agent, or a system role."""
+
+    label: str
+    user_id: int | None = None
+
+    @classmethod
+    def of_user(cls, user: Any) -> Actor:
+        return cls(label=user.get_username(), user_id=user.pk)
+
+    @classmethod
+    def system(cls, role: str) -> Actor:
+        return cls(label=f"system:{role}")
+
+    @classmethod
+    def agent(cls, agent_id: str) -> Actor:
+        return cls(label=f"agent:{agent_id}")
+
+
+def record(actor: Actor, action: str, object_type: str, object_id: object, **data: Any) -> AuditEvent:
+    return AuditEvent.objects.create(
+        actor_id=actor.user_id,
+        actor_label=actor.label,
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        data=data,
+    )

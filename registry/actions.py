@@ -1,0 +1,148 @@
+"""Registry writes: agents, their admin state, presence and credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Case, Q, When
+
+from broker import outbox
+from ops.audit import Actor, record
+from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind
+from tasks.engine import clock
+
+TOKEN_PREFIX = "aeg_"
+
+
+def hash_token(token: str) -> str:
+    """Tokens carry 256 random bits, so a fast hash is enough (no password stretching needed)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def register_agent(
+    agent_id: str,
+    actor: Actor,
+    *,
+    name: str = "",
+    labels: Mapping[str, Any] | None = None,
+    capabilities: list[str] | None = None,
+    max_concurrency: int = 1,
+    version: str = "",
+    metadata: Mapping[str, Any] | None = None,
+) -> tuple[Agent, bool]:
+    """Create an agent, or update the given fields of an existing one."""
+    from tasks.actions import add_agent_to_continuous_jobs
+
+    fields: dict[str, Any] = {"max_concurrency": max_concurrency}
+    for key, value in (("name", name), ("version", version)):
+        if value:
+            fields[key] = value
+    for key, value in (("labels", labels), ("capabilities", capabilities), ("metadata", metadata)):
+        if value is not None:
+            fields[key] = dict(value) if isinstance(value, Mapping) else list(value)
+    with transaction.atomic():
+        agent, created = Agent.objects.update_or_create(pk=agent_id, defaults=fields)
+        record(actor, "agent.register" if created else "agent.update", "agent", agent_id, **_jsonable(fields))
+    add_agent_to_continuous_jobs(agent)
+    return agent, created
+
+
+def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in fields.items() if isinstance(value, str | int | list | dict)}
+
+
+def set_admin_state(agent_id: str, state: AdminState, actor: Actor) -> Agent:
+    """Drain (finish what runs, take nothing new), disable, or make active again."""
+    now = clock.now()
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        previous = agent.admin_state
+        agent.admin_state = state
+        agent.save(update_fields=["admin_state", "updated_at"])
+        if state == AdminState.DRAINING and previous != AdminState.DRAINING:
+            outbox.write([outbox.to_inbox(agent_id, "agent.drain", now)])
+        record(actor, f"agent.{_verb(state)}", "agent", agent_id, previous=previous)
+    return agent
+
+
+def _verb(state: AdminState) -> str:
+    return {AdminState.ACTIVE: "enable", AdminState.DRAINING: "drain", AdminState.DISABLED: "disable"}[state]
+
+
+def mark_online(agent_id: str, at: datetime | None = None) -> int:
+    now = at or clock.now()
+    return Agent.objects.filter(pk=agent_id).update(
+        connectivity=Connectivity.ONLINE, last_seen_at=now, disconnect_reason=""
+    )
+
+
+def mark_offline(agent_id: str, reason: str, at: datetime | None = None) -> int:
+    now = at or clock.now()
+    return Agent.objects.filter(pk=agent_id, connectivity=Connectivity.ONLINE).update(
+        connectivity=Connectivity.OFFLINE, disconnect_reason=reason[:200], updated_at=now
+    )
+
+
+def touch_agents(last_seen: Mapping[str, datetime]) -> int:
+    """Record many heartbeats in one UPDATE (the bridge coalesces them per flush window)."""
+    if not last_seen:
+        return 0
+    return Agent.objects.filter(pk__in=list(last_seen)).update(
+        last_seen_at=Case(*[When(pk=pk, then=at) for pk, at in last_seen.items()]),
+    )
+
+
+def mark_silent_agents_offline(heartbeat_interval_s: float, missed: int, at: datetime | None = None) -> int:
+    """Online agents not heard from for ``missed`` heartbeat intervals go offline."""
+    now = at or clock.now()
+    cutoff = now - timedelta(seconds=heartbeat_interval_s * missed)
+    return Agent.objects.filter(
+        Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True), connectivity=Connectivity.ONLINE
+    ).update(connectivity=Connectivity.OFFLINE, disconnect_reason="heartbeat timeout", updated_at=now)
+
+
+def issue_token(agent_id: str, actor: Actor, ttl: timedelta | None = None) -> tuple[AgentCredential, str]:
+    """Create a bearer token for the agent. The plaintext is returned once and never stored."""
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    now = clock.now()
+    with transaction.atomic():
+        credential = AgentCredential.objects.create(
+            agent_id=agent_id,
+            kind=CredentialKind.TOKEN,
+            token_prefix=token[:12],
+            token_hash=hash_token(token),
+            expires_at=now + ttl if ttl else None,
+        )
+        record(actor, "credential.issue", "agent", agent_id, credential=credential.pk, kind="token")
+    return credential, token
+
+
+def revoke_credential(credential_id: int, actor: Actor) -> AgentCredential:
+    with transaction.atomic():
+        credential = AgentCredential.objects.select_for_update().get(pk=credential_id)
+        if credential.revoked_at is None:
+            credential.revoked_at = clock.now()
+            credential.save(update_fields=["revoked_at"])
+        record(actor, "credential.revoke", "agent", credential.agent_id, credential=credential.pk)
+    return credential
+
+
+def authenticate_token(token: str) -> Agent | None:
+    """The agent a live token belongs to, or ``None`` (unknown, revoked, expired or disabled agent)."""
+    if not token.startswith(TOKEN_PREFIX):
+        return None
+    now = clock.now()
+    credential = (
+        AgentCredential.objects.select_related("agent")
+        .filter(token_hash=hash_token(token), kind=CredentialKind.TOKEN, revoked_at__isnull=True)
+        .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+        .first()
+    )
+    if credential is None or credential.agent.admin_state == AdminState.DISABLED:
+        return None
+    return credential.agent

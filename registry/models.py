@@ -1,0 +1,95 @@
+"""The agent registry: who the agents are, whether they are reachable, how they prove it."""
+
+from __future__ import annotations
+
+from django.core.validators import RegexValidator
+from django.db import models
+
+AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+agent_id_validator = RegexValidator(
+    AGENT_ID_PATTERN,
+    "Agent ids are 1-63 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.",
+)
+
+
+class Connectivity(models.TextChoices):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class AdminState(models.TextChoices):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    DISABLED = "disabled"
+
+
+class Agent(models.Model):
+    """A remote worker. Its id is the MQTT username, client id and certificate CN."""
+
+    id = models.CharField(primary_key=True, max_length=63, validators=[agent_id_validator])
+    name = models.CharField(max_length=200, blank=True)
+    labels = models.JSONField(default=dict, blank=True, help_text="String key/value pairs used by label selectors.")
+    capabilities = models.JSONField(default=list, blank=True, help_text="Task kinds or features this agent offers.")
+    version = models.CharField(max_length=64, blank=True)
+    max_concurrency = models.PositiveIntegerField(default=1)
+    connectivity = models.CharField(max_length=8, choices=Connectivity.choices, default=Connectivity.OFFLINE)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    disconnect_reason = models.CharField(max_length=200, blank=True)
+    admin_state = models.CharField(max_length=8, choices=AdminState.choices, default=AdminState.ACTIVE)
+    enrolled_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    metadata = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "agents"
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["connectivity", "admin_state"], name="agents_status_idx"),
+            models.Index(fields=["admin_state"], name="agents_admin_state_idx"),
+            models.Index(fields=["last_seen_at"], name="agents_last_seen_idx"),
+            models.Index(fields=["version"], name="agents_version_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    @property
+    def is_dispatchable(self) -> bool:
+        return self.connectivity == Connectivity.ONLINE and self.admin_state == AdminState.ACTIVE
+
+
+class CredentialKind(models.TextChoices):
+    TOKEN = "token"
+    CERTIFICATE = "certificate"
+
+
+class AgentCredential(models.Model):
+    """A token (stored as a hash) or a client certificate (fingerprint and serial) of one agent."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="credentials")
+    kind = models.CharField(max_length=12, choices=CredentialKind.choices)
+    token_prefix = models.CharField(max_length=12, blank=True, help_text="First characters, to recognise a token.")
+    token_hash = models.CharField(max_length=128, blank=True, unique=True, null=True)
+    cert_fingerprint = models.CharField(max_length=95, blank=True, unique=True, null=True)
+    cert_serial = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "agent_credentials"
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["agent", "kind"], name="agent_credentials_agent_idx")]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(kind="token", token_hash__isnull=False)
+                    | models.Q(kind="certificate", cert_fingerprint__isnull=False)
+                ),
+                name="agent_credential_has_secret",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.agent_id}"

@@ -1,0 +1,140 @@
+"""Every change of a job or task goes through these functions: one transaction each, history and audit included.
+
+Views, the admin, the MQTT consumer and management commands parse input and call
+these; nothing else writes queue rows.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import IntegrityError, transaction
+
+from ops.audit import Actor, record
+from registry.models import Agent
+from tasks.engine import claim as claim_engine
+from tasks.engine import clock, control, expiry, reports, submit, wakeup
+from tasks.engine.claim import Assignment
+from tasks.engine.db import atomic_with_retry
+from tasks.engine.errors import InvalidTransition, NotFound
+from tasks.engine.explain import Explanation, explain
+from tasks.engine.reports import Outcome, Report
+from tasks.engine.submit import JobSpec
+from tasks.models import Job, JobState, Task
+
+log = logging.getLogger("aegis.tasks")
+
+
+def submit_job(spec: JobSpec, actor: Actor) -> tuple[Job, bool]:
+    """Create a job and its tasks. With an idempotency key already used, return that job and ``False``."""
+    if spec.idempotency_key:
+        existing = Job.objects.filter(idempotency_key=spec.idempotency_key).first()
+        if existing is not None:
+            return existing, False
+    try:
+        job = _create(spec, actor)
+    except IntegrityError:
+        existing = Job.objects.filter(idempotency_key=spec.idempotency_key).first() if spec.idempotency_key else None
+        if existing is None:
+            raise
+        return existing, False
+    log.info("job submitted", extra={"job_id": job.pk, "kind": job.kind, "tasks": job.tasks_total})
+    return job, True
+
+
+@atomic_with_retry
+def _create(spec: JobSpec, actor: Actor) -> Job:
+    now = clock.now()
+    job = submit.create_job(spec, actor.user_id, now)
+    record(actor, "job.submit", "job", job.pk, kind=job.kind, mode=job.mode, tasks=job.tasks_total)
+    wakeup.notify_on_commit()
+    return job
+
+
+@atomic_with_retry
+def claim_tasks(agent_id: str, limit: int, push: bool = False) -> list[Assignment]:
+    """Assign up to ``limit`` tasks to the agent (``push``: dispatcher mode, writes outbox messages)."""
+    agent = Agent.objects.filter(pk=agent_id).first()
+    if agent is None:
+        raise NotFound(f"agent {agent_id} does not exist")
+    return claim_engine.claim(agent, limit, clock.now(), push=push)
+
+
+@atomic_with_retry
+def apply_reports(agent_id: str, batch: list[Report]) -> list[Outcome]:
+    """Apply an agent's task events in one transaction (fenced by attempt, deduplicated by message id)."""
+    return reports.apply_reports(agent_id, batch, clock.now())
+
+
+def report(agent_id: str, item: Report) -> Outcome:
+    return apply_reports(agent_id, [item])[0]
+
+
+@atomic_with_retry
+def expire_leases(limit: int = 500) -> int:
+    return expiry.expire_leases(clock.now(), limit)
+
+
+@atomic_with_retry
+def cancel_task(task_id: int, actor: Actor, force: bool = False) -> Task:
+    task = control.cancel_task(task_id, force, actor.label, clock.now())
+    record(actor, "task.cancel", "task", task_id, force=force, state=task.state)
+    return task
+
+
+@atomic_with_retry
+def cancel_job(job_id: int, actor: Actor, force: bool = False) -> Job:
+    job = control.cancel_job(job_id, force, actor.label, clock.now())
+    record(actor, "job.cancel", "job", job_id, force=force)
+    return job
+
+
+@atomic_with_retry
+def pause_job(job_id: int, actor: Actor) -> Job:
+    job = control.pause_job(job_id, clock.now())
+    record(actor, "job.pause", "job", job_id)
+    return job
+
+
+@atomic_with_retry
+def resume_job(job_id: int, actor: Actor) -> Job:
+    job = control.resume_job(job_id, clock.now())
+    record(actor, "job.resume", "job", job_id)
+    wakeup.notify_on_commit()
+    return job
+
+
+@atomic_with_retry
+def retry_failed(job_id: int, actor: Actor, task_ids: list[int] | None = None) -> int:
+    """Queue the job's failed and timed-out tasks (or the given subset of them) again."""
+    job = control.lock_job(job_id)
+    if job.state == JobState.CANCELED:
+        raise InvalidTransition(f"job {job_id} is canceled; clone it instead")
+    count = control.retry_tasks(job, task_ids, actor.label, clock.now())
+    record(actor, "job.retry_failed", "job", job_id, tasks=count, subset=task_ids)
+    wakeup.notify_on_commit()
+    return count
+
+
+@atomic_with_retry
+def retry_task(task_id: int, actor: Actor) -> Task:
+    task = control.retry_task(task_id, actor.label, clock.now())
+    record(actor, "task.retry", "task", task_id)
+    wakeup.notify_on_commit()
+    return task
+
+
+def explain_task(task_id: int) -> Explanation:
+    task = Task.objects.select_related("job").filter(pk=task_id).first()
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist")
+    return explain(task, clock.now())
+
+
+def add_agent_to_continuous_jobs(agent: Agent) -> list[int]:
+    """Called by the registry when an agent appears or changes labels/capabilities."""
+    with transaction.atomic():
+        added = submit.add_agent_to_continuous_jobs(agent, clock.now())
+        if added:
+            wakeup.notify_on_commit()
+    return added

@@ -1,0 +1,57 @@
+"""Transaction helpers shared by the engine's actions."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from django.db import OperationalError, connection, transaction
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate in _RETRYABLE_SQLSTATES:
+        return True
+    return connection.vendor == "sqlite" and "database is locked" in str(exc)
+
+
+def atomic_with_retry(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]:
+    """Run ``func`` in one transaction; run it again if the database broke a lock cycle.
+
+    Lock order is tasks before jobs almost everywhere, but an abort cancels queued
+    rows that a concurrent claimer may hold, so PostgreSQL can report a deadlock;
+    the loser simply runs again. Nested inside an outer transaction it runs once.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        if connection.in_atomic_block:
+            with transaction.atomic():
+                return func(*args, **kwargs)
+        for attempt in range(1, attempts + 1):
+            try:
+                with transaction.atomic():
+                    return func(*args, **kwargs)
+            except OperationalError as exc:
+                if attempt == attempts or not _is_retryable(exc):
+                    raise
+                log.warning("retrying %s after %s (attempt %d)", func.__name__, exc, attempt)
+                time.sleep(0.01 * attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def supports_skip_locked() -> bool:
+    return bool(connection.features.has_select_for_update_skip_locked)

@@ -1,0 +1,39 @@
+"""Leases: a held task whose lease ran out goes back to the queue or ends timed out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tasks.engine import history
+from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.lifecycle import end_attempt, save_tasks
+from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEventKind, TaskState
+
+
+def expire_leases(now: datetime, limit: int) -> int:
+    """Handle up to ``limit`` expired leases. Call inside a transaction. Returns how many were handled."""
+    expired = list(
+        Task.objects.filter(state__in=HELD_STATES, lease_expires_at__lt=now)
+        .select_for_update(skip_locked=True)
+        .order_by("lease_expires_at")[:limit]
+    )
+    if not expired:
+        return 0
+    jobs = Job.objects.in_bulk({task.job_id for task in expired})
+    events = []
+    for task in expired:
+        previous = task.state
+        if previous == TaskState.ASSIGNED:
+            kind, error = TaskEventKind.DELIVERY_TIMEOUT, {"code": "delivery_timeout", "message": "not accepted in time"}
+        else:
+            kind, error = TaskEventKind.EXECUTION_TIMEOUT, {"code": "execution_timeout", "message": "lease expired"}
+        agent_id = task.agent_id
+        end_attempt(task, jobs[task.job_id], now, TaskState.TIMED_OUT, error)
+        data = {"error": error}
+        if task.state == TaskState.QUEUED:
+            data["retry_at"] = task.not_before.isoformat()
+        events.append(history.event(task.pk, kind, task.attempt, now, previous, task.state, agent_id, data=data))
+    save_tasks(expired)
+    history.write_events(events)
+    record_terminal(count_terminal((t.job_id, t.state) for t in expired if t.state in TERMINAL_STATES), now)
+    return len(expired)

@@ -1,0 +1,109 @@
+"""Why a task is not running yet, in words an operator can act on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from registry.models import AdminState, Agent, Connectivity
+from tasks.engine.claim import assigned_in_window, free_capacity
+from tasks.engine.targeting import Target, agent_matches
+from tasks.models import HELD_STATES, Job, JobState, Task, TaskState
+
+_SAMPLE = 5000  # agents examined for an 'any' task; enough to name the reason on any real fleet
+
+
+@dataclass(frozen=True)
+class Explanation:
+    code: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def explain(task: Task, now: datetime) -> Explanation:
+    if task.state != TaskState.QUEUED:
+        return Explanation(f"task_{task.state}", _held_or_done(task))
+    job = task.job
+    if job.state == JobState.PAUSED:
+        return Explanation("job_paused", f"waiting: job {job.pk} is paused")
+    if job.state not in (JobState.SCHEDULED, JobState.RUNNING):
+        return Explanation("job_closed", f"not running: job {job.pk} is {job.state}")
+    if task.not_before > now:
+        why = "retry backoff" if task.attempt else "not-before time"
+        return Explanation("not_before", f"waiting until {task.not_before.isoformat()} ({why})")
+    limited = _rollout_limit(job, now)
+    if limited:
+        return limited
+    if task.pinned and task.agent_id:
+        return _pinned(task)
+    return _any(job)
+
+
+def _held_or_done(task: Task) -> str:
+    if task.state in HELD_STATES:
+        return f"{task.state} on agent {task.agent_id} (attempt {task.attempt})"
+    return f"finished: {task.state}"
+
+
+def _rollout_limit(job: Job, now: datetime) -> Explanation | None:
+    limit = job.in_flight_limit()
+    if limit is not None:
+        in_flight = Task.objects.filter(job_id=job.pk, state__in=HELD_STATES).count()
+        if in_flight >= limit:
+            return Explanation("rollout_in_flight", f"waiting: rollout limit, {in_flight} of {limit} tasks in flight")
+    if job.rate_per_minute and assigned_in_window(job, now) >= job.rate_per_minute:
+        return Explanation("rollout_rate", f"waiting: rollout rate of {job.rate_per_minute} per minute reached")
+    return None
+
+
+def _agent_blocker(agent: Agent) -> Explanation | None:
+    if agent.admin_state == AdminState.DISABLED:
+        return Explanation("agent_disabled", f"waiting: agent {agent.pk} is disabled")
+    if agent.admin_state == AdminState.DRAINING:
+        return Explanation("agent_draining", f"waiting: agent {agent.pk} is draining")
+    if agent.connectivity != Connectivity.ONLINE:
+        return Explanation("agent_offline", f"waiting: agent {agent.pk} is offline")
+    if free_capacity(agent) <= 0:
+        return Explanation(
+            "agent_at_capacity", f"waiting: agent {agent.pk} is at capacity ({agent.max_concurrency} running)"
+        )
+    return None
+
+
+def _pinned(task: Task) -> Explanation:
+    agent = Agent.objects.filter(pk=task.agent_id).first()
+    if agent is None:
+        return Explanation("agent_missing", f"waiting: agent {task.agent_id} no longer exists")
+    return _agent_blocker(agent) or Explanation("ready", "ready: the dispatcher assigns it on its next pass")
+
+
+def _any(job: Job) -> Explanation:
+    target = Target.of_job(job)
+    matching = [agent for agent in Agent.objects.order_by("pk")[:_SAMPLE] if agent_matches(target, agent)]
+    if not matching:
+        return Explanation("no_matching_agent", f"waiting: no agent matches the target{_describe(target)}")
+    blockers = [_agent_blocker(agent) for agent in matching]
+    if any(blocker is None for blocker in blockers):
+        return Explanation("ready", "ready: the dispatcher assigns it on its next pass")
+    codes = {blocker.code for blocker in blockers if blocker}
+    if codes == {"agent_at_capacity"}:
+        return Explanation("all_agents_at_capacity", f"waiting: all {len(matching)} matching agents are at capacity")
+    if "agent_at_capacity" not in codes and "agent_offline" in codes and len(codes) == 1:
+        return Explanation("no_matching_agent_online", f"waiting: no online agent matches the target{_describe(target)}")
+    return Explanation(
+        "no_available_agent",
+        f"waiting: none of the {len(matching)} matching agents can take it ({', '.join(sorted(codes))})",
+    )
+
+
+def _describe(target: Target) -> str:
+    parts = []
+    if target.capabilities:
+        parts.append("capability " + ", ".join(target.capabilities))
+    if target.labels:
+        parts.append("labels " + ", ".join(f"{k}={v}" for k, v in target.labels.items()))
+    if target.agent_ids:
+        parts.append("agents " + ", ".join(list(target.agent_ids)[:5]))
+    return f" ({'; '.join(parts)})" if parts else ""

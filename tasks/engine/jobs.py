@@ -1,0 +1,141 @@
+"""Job-level bookkeeping: counters, roll-up to a final state, the abort rule, and bulk cancel."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.db.models import F, QuerySet
+
+from broker import outbox
+from tasks.engine import history
+from tasks.engine.lifecycle import save_tasks
+from tasks.models import (
+    HELD_STATES,
+    OPEN_JOB_STATES,
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    Task,
+    TaskEventKind,
+    TaskState,
+)
+
+_COUNTER_OF_STATE = {
+    TaskState.SUCCEEDED: "tasks_succeeded",
+    TaskState.FAILED: "tasks_failed",
+    TaskState.TIMED_OUT: "tasks_failed",
+    TaskState.CANCELED: "tasks_canceled",
+}
+
+
+def count_terminal(states: Iterable[tuple[int, str]]) -> dict[int, Counter[str]]:
+    """Per job, how many tasks entered each counter from ``(job_id, new_state)`` pairs."""
+    per_job: dict[int, Counter[str]] = {}
+    for job_id, state in states:
+        counter = _COUNTER_OF_STATE.get(TaskState(state))
+        if counter:
+            per_job.setdefault(job_id, Counter())[counter] += 1
+    return per_job
+
+
+def record_terminal(per_job: dict[int, Counter[str]], now: datetime) -> None:
+    """Add finished tasks to their jobs' counters, then finish or abort the jobs that call for it."""
+    for job_id in sorted(per_job):
+        deltas = per_job[job_id]
+        Job.objects.filter(pk=job_id).update(
+            **{name: F(name) + amount for name, amount in deltas.items()}, updated_at=now
+        )
+        settle(Job.objects.get(pk=job_id), now)
+
+
+def settle(job: Job, now: datetime) -> None:
+    """Abort past the failure threshold; give a job whose tasks all ended its final state."""
+    if job.state in OPEN_JOB_STATES and exceeds_failure_threshold(job):
+        abort(job, now)
+        return
+    if job.continuous or job.finished_at is not None or job.tasks_finished < job.tasks_total:
+        return
+    fields: dict[str, object] = {"finished_at": now, "updated_at": now}
+    if job.state in OPEN_JOB_STATES:
+        if job.tasks_failed:
+            fields["state"] = JobState.FAILED
+        elif job.tasks_succeeded or not job.tasks_total:
+            fields["state"] = JobState.SUCCEEDED
+        else:
+            fields["state"] = JobState.CANCELED
+    Job.objects.filter(pk=job.pk).update(**fields)
+
+
+def exceeds_failure_threshold(job: Job) -> bool:
+    if job.abort_failure_ratio is None:
+        return False
+    finished = job.tasks_succeeded + job.tasks_failed
+    if finished < max(job.abort_min_finished, 1):
+        return False
+    return job.tasks_failed / finished > job.abort_failure_ratio
+
+
+def abort(job: Job, now: datetime) -> None:
+    Job.objects.filter(pk=job.pk).update(state=JobState.ABORTED, updated_at=now)
+    job.state = JobState.ABORTED
+    cancel_tasks(Task.objects.filter(job_id=job.pk), now, force=False, reason="job aborted: failure threshold")
+
+
+def mark_running(job_ids: Iterable[int], now: datetime) -> None:
+    ids = sorted(set(job_ids))
+    if ids:
+        Job.objects.filter(pk__in=ids, state=JobState.SCHEDULED).update(state=JobState.RUNNING, updated_at=now)
+
+
+def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str, actor: str = "") -> int:
+    """Cancel every open task of the given queryset.
+
+    Queued tasks end at once. Held tasks get a cancel sent to their agent; with
+    ``force`` they end at once too and a late result is fenced off, without it they
+    end when the agent reports or their lease runs out. Returns how many ended now.
+    """
+    locked = list(
+        tasks.filter(state__in=[TaskState.QUEUED, *HELD_STATES]).select_for_update().order_by("pk")
+    )
+    events, messages, ended = [], [], []
+    for task in locked:
+        previous = task.state
+        if task.state in HELD_STATES and task.agent_id:
+            if task.cancel_requested_at is None or force:
+                messages.append(
+                    outbox.to_inbox(
+                        task.agent_id, "task.cancel", now, task_id=task.pk, attempt=task.attempt, force=force
+                    )
+                )
+            if not force:
+                if task.cancel_requested_at is None:
+                    task.cancel_requested_at = now
+                    task.updated_at = now
+                    ended.append(task)
+                    events.append(
+                        history.event(
+                            task.pk, TaskEventKind.CANCEL_REQUESTED, task.attempt, now, previous, previous,
+                            agent_id=task.agent_id, data={"reason": reason, "by": actor},
+                        )
+                    )
+                continue
+        task.state = TaskState.CANCELED
+        task.cancel_requested_at = task.cancel_requested_at or now
+        task.lease_expires_at = None
+        task.finished_at = now
+        task.updated_at = now
+        ended.append(task)
+        events.append(
+            history.event(
+                task.pk, TaskEventKind.CANCELED, task.attempt, now, previous, TaskState.CANCELED,
+                agent_id=task.agent_id, data={"reason": reason, "force": force, "by": actor},
+            )
+        )
+    save_tasks(ended)
+    history.write_events(events)
+    outbox.write(messages)
+    finished = [(task.job_id, task.state) for task in ended if task.state in TERMINAL_STATES]
+    record_terminal(count_terminal(finished), now)
+    return len(finished)

@@ -1,0 +1,147 @@
+"""Agent reports (accepted, progress, succeeded, failed, rejected) applied in batches with attempt fencing.
+
+A report counts only if it comes from the agent that holds the task, names the
+current attempt, and the task is still held. Anything else is written to the
+history as ``stale`` and changes nothing. Reports carrying a message id are
+stored once: a redelivered message is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from tasks.engine import history
+from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.lifecycle import end_attempt, save_tasks
+from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEvent, TaskEventKind, TaskState
+
+REPORT_KINDS = ("accepted", "progress", "succeeded", "failed", "rejected")
+
+
+@dataclass(frozen=True)
+class Report:
+    kind: str
+    task_id: int
+    attempt: int
+    message_id: str | None = None
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    retryable: bool = True
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task_id: int
+    status: str  # applied | duplicate | stale | not_found
+    state: str = ""
+    detail: str = ""
+
+
+@dataclass
+class _Batch:
+    now: datetime
+    agent_id: str
+    events: list[TaskEvent] = field(default_factory=list)
+    changed: dict[int, Task] = field(default_factory=dict)
+
+
+def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[Outcome]:
+    """Apply one agent's reports in order. Call inside a transaction."""
+    seen = _known_message_ids([r.message_id for r in reports if r.message_id])
+    tasks = {
+        task.pk: task
+        for task in Task.objects.select_for_update().filter(pk__in={r.task_id for r in reports}).order_by("pk")
+    }
+    jobs = Job.objects.in_bulk({task.job_id for task in tasks.values()})
+    batch = _Batch(now=now, agent_id=agent_id)
+    outcomes = []
+    for report in reports:
+        if report.message_id and report.message_id in seen:
+            outcomes.append(Outcome(report.task_id, "duplicate"))
+            continue
+        if report.message_id:
+            seen.add(report.message_id)
+        task = tasks.get(report.task_id)
+        if task is None or (task.agent_id != agent_id and not _ever_held(task, agent_id, report.attempt)):
+            outcomes.append(Outcome(report.task_id, "not_found"))
+            continue
+        outcomes.append(_apply(batch, task, jobs[task.job_id], report))
+    save_tasks(list(batch.changed.values()))
+    history.write_events(batch.events)
+    record_terminal(
+        count_terminal((t.job_id, t.state) for t in batch.changed.values() if t.state in TERMINAL_STATES), now
+    )
+    return outcomes
+
+
+def _known_message_ids(message_ids: list[str]) -> set[str]:
+    if not message_ids:
+        return set()
+    return set(TaskEvent.objects.filter(message_id__in=message_ids).values_list("message_id", flat=True))
+
+
+def _ever_held(task: Task, agent_id: str, attempt: int) -> bool:
+    return TaskEvent.objects.filter(
+        task_id=task.pk, kind=TaskEventKind.ASSIGNED, agent_id=agent_id, attempt=attempt
+    ).exists()
+
+
+def _stale_reason(task: Task, agent_id: str, report: Report) -> str:
+    if task.agent_id != agent_id:
+        return "task is no longer held by this agent"
+    if report.attempt != task.attempt:
+        return f"attempt {report.attempt} is not the current attempt {task.attempt}"
+    if task.state not in HELD_STATES:
+        return f"task is {task.state}"
+    if report.kind == "accepted" and task.state == TaskState.RUNNING:
+        return "already accepted"
+    return ""
+
+
+def _apply(batch: _Batch, task: Task, job: Job, report: Report) -> Outcome:
+    now = batch.now
+    stale = _stale_reason(task, batch.agent_id, report)
+    if stale:
+        batch.events.append(
+            history.event(
+                task.pk, TaskEventKind.STALE, report.attempt, now, task.state, task.state, batch.agent_id,
+                report.message_id, {"report": report.kind, "reason": stale},
+            )
+        )
+        return Outcome(task.pk, "stale", task.state, stale)
+    previous = task.state
+    data: dict[str, Any] | None = None
+    if report.kind in ("accepted", "progress"):
+        task.state = TaskState.RUNNING
+        task.started_at = task.started_at or now
+        task.lease_expires_at = now + timedelta(seconds=job.execution_timeout_s)
+        if report.kind == "progress":
+            task.progress = report.progress
+            data = report.progress
+    elif report.kind == "succeeded":
+        task.state = TaskState.SUCCEEDED
+        task.started_at = task.started_at or now
+        task.result = report.result
+        task.lease_expires_at = None
+        task.finished_at = now
+    elif report.kind == "failed":
+        data = {"error": report.error, "retryable": report.retryable}
+        end_attempt(task, job, now, TaskState.FAILED, report.error, report.retryable)
+    else:  # rejected
+        error = {"code": "rejected", "message": report.reason or "rejected by agent"}
+        data = {"error": error}
+        end_attempt(task, job, now, TaskState.FAILED, error, retryable=True)
+    task.updated_at = now
+    if task.state == TaskState.QUEUED and data is not None:
+        data["retry_at"] = task.not_before.isoformat()
+    batch.changed[task.pk] = task
+    batch.events.append(
+        history.event(
+            task.pk, report.kind, report.attempt, now, previous, task.state, batch.agent_id, report.message_id, data
+        )
+    )
+    return Outcome(task.pk, "applied", task.state)

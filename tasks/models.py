@@ -1,0 +1,199 @@
+"""Jobs, their tasks and the task history. State changes live in ``tasks.actions``."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class JobMode(models.TextChoices):
+    EACH = "each", "one task per matching agent"
+    ANY = "any", "N tasks for any matching agent"
+
+
+class JobState(models.TextChoices):
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+
+ACTIVE_JOB_STATES = (JobState.SCHEDULED, JobState.RUNNING)
+OPEN_JOB_STATES = (JobState.SCHEDULED, JobState.RUNNING, JobState.PAUSED)
+
+
+class Job(models.Model):
+    """What to run (kind + payload), where (target) and how (policy)."""
+
+    kind = models.CharField(max_length=100)
+    payload = models.JSONField(default=dict, blank=True)
+    # Target: every given part must match; an empty part matches every agent.
+    target_agent_ids = models.JSONField(default=list, blank=True)
+    target_labels = models.JSONField(default=dict, blank=True, help_text="Label selector: {key: value | [values]}.")
+    target_capabilities = models.JSONField(default=list, blank=True)
+    mode = models.CharField(max_length=4, choices=JobMode.choices, default=JobMode.EACH)
+    task_count = models.PositiveIntegerField(default=1, help_text="For mode 'any': how many tasks.")
+    continuous = models.BooleanField(default=False, help_text="Mode 'each': agents that match later get a task too.")
+    # Policy.
+    priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    backoff_base_s = models.FloatField(default=5.0)
+    backoff_cap_s = models.FloatField(default=600.0)
+    delivery_timeout_s = models.PositiveIntegerField(default=60)
+    execution_timeout_s = models.PositiveIntegerField(default=600)
+    not_before = models.DateTimeField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    max_in_flight = models.PositiveIntegerField(null=True, blank=True, help_text="Rollout: tasks at once (count).")
+    max_in_flight_percent = models.PositiveSmallIntegerField(null=True, blank=True)
+    rate_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Rollout: assignments per minute.")
+    abort_failure_ratio = models.FloatField(null=True, blank=True, help_text="Abort when failed/finished exceeds this.")
+    abort_min_finished = models.PositiveIntegerField(default=1)
+    # State, with counters kept in the same transactions as the task transitions so
+    # that roll-up and abort checks never count a large job's rows.
+    state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.SCHEDULED)
+    tasks_total = models.PositiveIntegerField(default=0)
+    tasks_succeeded = models.PositiveIntegerField(default=0)
+    tasks_failed = models.PositiveIntegerField(default=0)
+    tasks_canceled = models.PositiveIntegerField(default=0)
+    rate_window_start = models.DateTimeField(null=True, blank=True)
+    rate_window_assigned = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "jobs"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["state", "mode"], name="jobs_state_idx"),
+            models.Index(fields=["kind"], name="jobs_kind_idx"),
+            models.Index(fields=["created_at"], name="jobs_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.kind})"
+
+    @property
+    def tasks_finished(self) -> int:
+        return self.tasks_succeeded + self.tasks_failed + self.tasks_canceled
+
+    @property
+    def has_rollout_limit(self) -> bool:
+        return bool(self.max_in_flight or self.max_in_flight_percent or self.rate_per_minute)
+
+    def in_flight_limit(self) -> int | None:
+        """The smaller of the count and percent limits, at least 1 task."""
+        limits = []
+        if self.max_in_flight:
+            limits.append(self.max_in_flight)
+        if self.max_in_flight_percent:
+            limits.append(max(1, self.tasks_total * self.max_in_flight_percent // 100))
+        return min(limits) if limits else None
+
+
+class TaskState(models.TextChoices):
+    QUEUED = "queued"
+    ASSIGNED = "assigned"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+
+
+HELD_STATES = (TaskState.ASSIGNED, TaskState.RUNNING)
+TERMINAL_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.CANCELED)
+
+
+class Task(models.Model):
+    """One execution of a job on one agent. ``attempt`` is the fencing token: it grows on every assignment."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks")
+    agent = models.ForeignKey(
+        "registry.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks", db_constraint=True
+    )
+    pinned = models.BooleanField(default=False, help_text="Mode 'each': only this agent may run the task.")
+    kind = models.CharField(max_length=100)
+    state = models.CharField(max_length=10, choices=TaskState.choices, default=TaskState.QUEUED)
+    priority = models.SmallIntegerField(default=0)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    not_before = models.DateTimeField()
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    progress = models.JSONField(null=True, blank=True)
+    result = models.JSONField(null=True, blank=True)
+    error = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    assigned_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tasks"
+        ordering = ["-id"]
+        indexes = [
+            # The queue's claim index: queued rows in claim order.
+            models.Index(
+                fields=["-priority", "id"],
+                name="tasks_claim_idx",
+                condition=models.Q(state="queued"),
+            ),
+            models.Index(fields=["job", "state"], name="tasks_job_state_idx"),
+            models.Index(fields=["agent", "state"], name="tasks_agent_state_idx"),
+            models.Index(
+                fields=["lease_expires_at"],
+                name="tasks_lease_idx",
+                condition=models.Q(state__in=["assigned", "running"]),
+            ),
+            models.Index(fields=["state", "kind"], name="tasks_state_kind_idx"),
+            models.Index(fields=["created_at"], name="tasks_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"task {self.pk} ({self.kind}, {self.state})"
+
+
+class TaskEventKind(models.TextChoices):
+    CREATED = "created"
+    ASSIGNED = "assigned"
+    ACCEPTED = "accepted"
+    PROGRESS = "progress"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DELIVERY_TIMEOUT = "delivery_timeout"
+    EXECUTION_TIMEOUT = "execution_timeout"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCELED = "canceled"
+    RETRIED = "retried"
+    STALE = "stale"
+
+
+class TaskEvent(models.Model):
+    """Append-only history: every transition and every agent event, including stale ones."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=20, choices=TaskEventKind.choices)
+    attempt = models.PositiveSmallIntegerField()
+    from_state = models.CharField(max_length=10, blank=True)
+    to_state = models.CharField(max_length=10, blank=True)
+    agent_id = models.CharField(max_length=63, blank=True)
+    message_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    data = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "task_events"
+        ordering = ["id"]
+        indexes = [models.Index(fields=["task", "id"], name="task_events_task_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of task {self.task_id} (attempt {self.attempt})"
