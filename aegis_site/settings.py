@@ -142,15 +142,14 @@ def _database() -> dict[str, Any]:
         config["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default="") or None}
         return config
     config["ENGINE"] = "django.db.backends.postgresql"
+    config["OPTIONS"] = {}
     pool_size = _positive_int("DB_POOL_SIZE", 4, minimum=0)
     if pool_size:
         config["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
-        config["OPTIONS"] = {
-            "pool": {
+        config["OPTIONS"]["pool"] = {
                 "min_size": pool_size,
                 "max_size": pool_size + _positive_int("DB_MAX_OVERFLOW", 4, minimum=0),
                 "timeout": _positive_float("DB_POOL_TIMEOUT", 10.0),
-            }
         }
     else:
         config["CONN_MAX_AGE"] = _positive_int("DB_CONN_MAX_AGE", 60, minimum=0)

@@ -146,3 +146,19 @@ def authenticate_token(token: str) -> Agent | None:
     if credential is None or credential.agent.admin_state == AdminState.DISABLED:
         return None
     return credential.agent
+
+
+def remove_agent(agent_id: str, actor: Actor) -> None:
+    """Delete an agent. Its open pinned tasks are canceled first: no other agent may run them."""
+    from tasks.engine.jobs import cancel_tasks
+    from tasks.models import Task
+
+    now = clock.now()
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().get(pk=agent_id)
+        cancel_tasks(
+            Task.objects.filter(agent_id=agent_id, pinned=True), now, force=True, reason="agent removed",
+            actor=actor.label,
+        )
+        record(actor, "agent.remove", "agent", agent_id, labels=agent.labels)
+        agent.delete()

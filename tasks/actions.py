@@ -54,7 +54,8 @@ def _create(spec: JobSpec, actor: Actor) -> Job:
 @atomic_with_retry
 def claim_tasks(agent_id: str, limit: int, push: bool = False) -> list[Assignment]:
     """Assign up to ``limit`` tasks to the agent (``push``: dispatcher mode, writes outbox messages)."""
-    agent = Agent.objects.filter(pk=agent_id).first()
+    # Locking the agent row serialises claims for one agent, so capacity is never oversubscribed.
+    agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
     if agent is None:
         raise NotFound(f"agent {agent_id} does not exist")
     return claim_engine.claim(agent, limit, clock.now(), push=push)

@@ -114,9 +114,11 @@ TERMINAL_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.TIMED_OUT, T
 class Task(models.Model):
     """One execution of a job on one agent. ``attempt`` is the fencing token: it grows on every assignment."""
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks")
+    # Both foreign keys are covered by the (job, state) and (agent, state) indexes;
+    # every extra index on this table costs each state change an index insert.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     agent = models.ForeignKey(
-        "registry.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks", db_constraint=True
+        "registry.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks", db_index=False
     )
     pinned = models.BooleanField(default=False, help_text="Mode 'each': only this agent may run the task.")
     kind = models.CharField(max_length=100)
@@ -153,8 +155,6 @@ class Task(models.Model):
                 name="tasks_lease_idx",
                 condition=models.Q(state__in=["assigned", "running"]),
             ),
-            models.Index(fields=["state", "kind"], name="tasks_state_kind_idx"),
-            models.Index(fields=["created_at"], name="tasks_created_idx"),
         ]
 
     def __str__(self) -> str:
@@ -180,7 +180,7 @@ class TaskEventKind(models.TextChoices):
 class TaskEvent(models.Model):
     """Append-only history: every transition and every agent event, including stale ones."""
 
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events")
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=20, choices=TaskEventKind.choices)
     attempt = models.PositiveSmallIntegerField()
     from_state = models.CharField(max_length=10, blank=True)

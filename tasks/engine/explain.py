@@ -36,7 +36,7 @@ def explain(task: Task, now: datetime) -> Explanation:
     limited = _rollout_limit(job, now)
     if limited:
         return limited
-    if task.pinned and task.agent_id:
+    if task.pinned:
         return _pinned(task)
     return _any(job)
 
@@ -73,9 +73,9 @@ def _agent_blocker(agent: Agent) -> Explanation | None:
 
 
 def _pinned(task: Task) -> Explanation:
-    agent = Agent.objects.filter(pk=task.agent_id).first()
+    agent = Agent.objects.filter(pk=task.agent_id).first() if task.agent_id else None
     if agent is None:
-        return Explanation("agent_missing", f"waiting: agent {task.agent_id} no longer exists")
+        return Explanation("agent_missing", "stuck: the agent this task is pinned to no longer exists; cancel it")
     return _agent_blocker(agent) or Explanation("ready", "ready: the dispatcher assigns it on its next pass")
 
 

@@ -6,7 +6,8 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
-from django.db.models import F, QuerySet
+from django.db import connection
+from django.db.models import QuerySet
 
 from broker import outbox
 from tasks.engine import history
@@ -40,32 +41,67 @@ def count_terminal(states: Iterable[tuple[int, str]]) -> dict[int, Counter[str]]
     return per_job
 
 
+_COUNTERS = ("tasks_succeeded", "tasks_failed", "tasks_canceled")
+_RETURNED = ("state", "tasks_total", *_COUNTERS, "continuous", "finished_at", "abort_failure_ratio", "abort_min_finished")
+
+
 def record_terminal(per_job: dict[int, Counter[str]], now: datetime) -> None:
-    """Add finished tasks to their jobs' counters, then finish or abort the jobs that call for it."""
+    """Add finished tasks to their jobs' counters, then finish or abort the jobs that call for it.
+
+    One ``UPDATE ... RETURNING`` per job: the row is locked only from here to the
+    commit, so agents finishing tasks of one large job do not queue behind each other
+    for the whole of their transactions.
+    """
+    quote = connection.ops.quote_name
     for job_id in sorted(per_job):
         deltas = per_job[job_id]
-        Job.objects.filter(pk=job_id).update(
-            **{name: F(name) + amount for name, amount in deltas.items()}, updated_at=now
-        )
-        settle(Job.objects.get(pk=job_id), now)
+        sets = ", ".join(f"{quote(name)} = {quote(name)} + %s" for name in _COUNTERS)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE jobs SET {sets}, updated_at = %s WHERE id = %s RETURNING {', '.join(_RETURNED)}",
+                [*(deltas.get(name, 0) for name in _COUNTERS), now, job_id],
+            )
+            row = cursor.fetchone()
+        job = Job(pk=job_id, **dict(zip(_RETURNED, _from_db(row), strict=True)))
+        if job.state in OPEN_JOB_STATES and exceeds_failure_threshold(job):
+            abort(job, now)
+        else:
+            settle(job, now)
+
+
+def _from_db(row: tuple[object, ...]) -> list[object]:
+    """Convert the raw RETURNING values the way the ORM would (SQLite hands back text and ints)."""
+    fields = [Job._meta.get_field(name) for name in _RETURNED]
+    values = []
+    for field, value in zip(fields, row, strict=True):
+        for converter in connection.ops.get_db_converters(field.get_col(Job._meta.db_table)) + field.get_db_converters(connection):
+            value = converter(value, field.get_col(Job._meta.db_table), connection)
+        values.append(value)
+    return values
 
 
 def settle(job: Job, now: datetime) -> None:
-    """Abort past the failure threshold; give a job whose tasks all ended its final state."""
-    if job.state in OPEN_JOB_STATES and exceeds_failure_threshold(job):
-        abort(job, now)
-        return
+    """Give a job whose tasks all ended its final state (used where no counter changed)."""
+    fields = _final_fields(job, now)
+    if fields:
+        Job.objects.filter(pk=job.pk).update(**fields, updated_at=now)
+
+
+def _final_fields(job: Job, now: datetime) -> dict[str, object]:
+    """The state and finish time of a job whose tasks have all ended; nothing for one still going."""
     if job.continuous or job.finished_at is not None or job.tasks_finished < job.tasks_total:
-        return
-    fields: dict[str, object] = {"finished_at": now, "updated_at": now}
+        return {}
+    if job.state in OPEN_JOB_STATES and exceeds_failure_threshold(job):
+        return {}  # the abort decides
+    job.finished_at = now
     if job.state in OPEN_JOB_STATES:
         if job.tasks_failed:
-            fields["state"] = JobState.FAILED
+            job.state = JobState.FAILED
         elif job.tasks_succeeded or not job.tasks_total:
-            fields["state"] = JobState.SUCCEEDED
+            job.state = JobState.SUCCEEDED
         else:
-            fields["state"] = JobState.CANCELED
-    Job.objects.filter(pk=job.pk).update(**fields)
+            job.state = JobState.CANCELED
+    return {"finished_at": job.finished_at, "state": job.state}
 
 
 def exceeds_failure_threshold(job: Job) -> bool:
@@ -81,6 +117,7 @@ def abort(job: Job, now: datetime) -> None:
     Job.objects.filter(pk=job.pk).update(state=JobState.ABORTED, updated_at=now)
     job.state = JobState.ABORTED
     cancel_tasks(Task.objects.filter(job_id=job.pk), now, force=False, reason="job aborted: failure threshold")
+    settle(Job.objects.get(pk=job.pk), now)
 
 
 def mark_running(job_ids: Iterable[int], now: datetime) -> None:

@@ -56,7 +56,7 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
         task.pk: task
         for task in Task.objects.select_for_update().filter(pk__in={r.task_id for r in reports}).order_by("pk")
     }
-    jobs = Job.objects.in_bulk({task.job_id for task in tasks.values()})
+    jobs = Job.objects.in_bulk({task.job_id for task in tasks.values()})  # policy only: never changes
     batch = _Batch(now=now, agent_id=agent_id)
     outcomes = []
     for report in reports:

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 
-from registry.models import Agent
+from registry.models import AdminState, Agent
 from tasks.engine import history
 from tasks.engine.errors import InvalidTarget
 from tasks.engine.jobs import settle
@@ -134,6 +134,8 @@ def add_tasks(job: Job, agent_ids: list[str] | list[None], now: datetime) -> int
 
 def add_agent_to_continuous_jobs(agent: Agent, now: datetime) -> list[int]:
     """Give a newly matching agent a task in every open continuous job it has none in. Returns job ids."""
+    if agent.admin_state == AdminState.DISABLED:
+        return []
     jobs = Job.objects.select_for_update().filter(continuous=True, mode=JobMode.EACH, state__in=OPEN_JOB_STATES)
     added = []
     for job in jobs.order_by("pk"):
