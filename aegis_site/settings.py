@@ -9,8 +9,6 @@ fail here, at start, with a message that names the variable.
 from __future__ import annotations
 
 import secrets
-import sys
-import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,20 +51,17 @@ def _secret_key() -> str:
         return configured
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) must be set when DEBUG is off.")
+    # A generated development key, kept in DATA_DIR so sessions survive restarts;
+    # the system check ``aegis.W001`` warns about it on every start.
     key_file = DATA_DIR / ".dev_secret_key"
     if not key_file.exists():
         DATA_DIR.mkdir(parents=True, exist_ok=True)
         key_file.write_text(secrets.token_urlsafe(50))
         key_file.chmod(0o600)
-    if "pytest" not in sys.modules:
-        warnings.warn(
-            f"SECRET_KEY is not set: using a generated development key from {key_file}. "
-            "Never run like this in production.",
-            stacklevel=1,
-        )
     return key_file.read_text().strip()
 
 
+SECRET_KEY_IS_GENERATED = not env.str("SECRET_KEY", default="")
 SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -125,9 +120,7 @@ def _database() -> dict[str, Any]:
     url = env.str("DATABASE_URL", default=DEFAULT_DATABASE_URL)
     scheme = urlsplit(url).scheme
     if scheme not in {"sqlite", "postgres", "postgresql", "pgsql"}:
-        raise ImproperlyConfigured(
-            f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {scheme!r}"
-        )
+        raise ImproperlyConfigured(f"DATABASE_URL must start with sqlite:// or postgres://, got scheme {scheme!r}")
     config: dict[str, Any] = dict(env.db_url_config(url))
     if config["ENGINE"] == "django.db.backends.sqlite3":
         if config["NAME"] != ":memory:":
@@ -147,9 +140,9 @@ def _database() -> dict[str, Any]:
     if pool_size:
         config["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
         config["OPTIONS"]["pool"] = {
-                "min_size": pool_size,
-                "max_size": pool_size + _positive_int("DB_MAX_OVERFLOW", 4, minimum=0),
-                "timeout": _positive_float("DB_POOL_TIMEOUT", 10.0),
+            "min_size": pool_size,
+            "max_size": pool_size + _positive_int("DB_MAX_OVERFLOW", 4, minimum=0),
+            "timeout": _positive_float("DB_POOL_TIMEOUT", 10.0),
         }
     else:
         config["CONN_MAX_AGE"] = _positive_int("DB_CONN_MAX_AGE", 60, minimum=0)
@@ -168,9 +161,7 @@ if REDIS_URL and urlsplit(REDIS_URL).scheme not in {"redis", "rediss", "unix"}:
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
-    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

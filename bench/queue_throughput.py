@@ -73,15 +73,20 @@ def main() -> None:
     baseline = [_run_baseline(args.baseline_tasks) for _ in range(args.runs)]
     base_median = statistics.median(baseline)
     print(f"{'variant':<28}{'tasks/run':>10}{'median tasks/s':>16}{'min':>10}{'max':>10}{'vs naive':>10}")
-    print(f"{'naive (FOR UPDATE, 1/tx)':<28}{args.baseline_tasks:>10}{base_median:>16,.0f}"
-          f"{min(baseline):>10,.0f}{max(baseline):>10,.0f}{1.0:>10.2f}")
+    print(
+        f"{'naive (FOR UPDATE, 1/tx)':<28}{args.baseline_tasks:>10}{base_median:>16,.0f}"
+        f"{min(baseline):>10,.0f}{max(baseline):>10,.0f}{1.0:>10.2f}"
+    )
     for workers in args.workers:
         for batch, count in sizes.items():
             rates = [_run_engine(count, batch, workers) for _ in range(args.runs)]
             median = statistics.median(rates)
             label = f"engine batch {batch}, {workers} proc"
-            print(f"{label:<28}{count:>10}{median:>16,.0f}"
-                  f"{min(rates):>10,.0f}{max(rates):>10,.0f}{median / base_median:>10.2f}", flush=True)
+            print(
+                f"{label:<28}{count:>10}{median:>16,.0f}"
+                f"{min(rates):>10,.0f}{max(rates):>10,.0f}{median / base_median:>10.2f}",
+                flush=True,
+            )
 
 
 def _seed(count: int, agents: int = 1) -> list[str]:

@@ -9,7 +9,9 @@ from django.db import models
 class AuditEvent(models.Model):
     """Who did what to which object. Append-only: nothing updates or deletes rows but retention pruning."""
 
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     actor_label = models.CharField(max_length=150, help_text="Username, 'agent:<id>' or 'system:<role>'.")
     action = models.CharField(max_length=60)
     object_type = models.CharField(max_length=40)

@@ -16,7 +16,7 @@ from ops.audit import Actor, record
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind
 from tasks.engine import clock
 
-TOKEN_PREFIX = "aeg_"
+TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)
 
 
 def hash_token(token: str) -> str:
@@ -39,12 +39,16 @@ def register_agent(
     from tasks.actions import add_agent_to_continuous_jobs
 
     fields: dict[str, Any] = {"max_concurrency": max_concurrency}
-    for key, value in (("name", name), ("version", version)):
-        if value:
-            fields[key] = value
-    for key, value in (("labels", labels), ("capabilities", capabilities), ("metadata", metadata)):
-        if value is not None:
-            fields[key] = dict(value) if isinstance(value, Mapping) else list(value)
+    if name:
+        fields["name"] = name
+    if version:
+        fields["version"] = version
+    if labels is not None:
+        fields["labels"] = dict(labels)
+    if capabilities is not None:
+        fields["capabilities"] = list(capabilities)
+    if metadata is not None:
+        fields["metadata"] = dict(metadata)
     with transaction.atomic():
         agent, created = Agent.objects.update_or_create(pk=agent_id, defaults=fields)
         record(actor, "agent.register" if created else "agent.update", "agent", agent_id, **_jsonable(fields))
@@ -157,7 +161,10 @@ def remove_agent(agent_id: str, actor: Actor) -> None:
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent_id)
         cancel_tasks(
-            Task.objects.filter(agent_id=agent_id, pinned=True), now, force=True, reason="agent removed",
+            Task.objects.filter(agent_id=agent_id, pinned=True),
+            now,
+            force=True,
+            reason="agent removed",
             actor=actor.label,
         )
         record(actor, "agent.remove", "agent", agent_id, labels=agent.labels)

@@ -59,7 +59,7 @@ class Agent(models.Model):
 
 
 class CredentialKind(models.TextChoices):
-    TOKEN = "token"
+    TOKEN = "token"  # noqa: S105
     CERTIFICATE = "certificate"
 
 

@@ -6,9 +6,7 @@ import random
 from collections.abc import Callable
 
 
-def backoff_delay(
-    attempt: int, base_s: float, cap_s: float, rand: Callable[[], float] = random.random
-) -> float:
+def backoff_delay(attempt: int, base_s: float, cap_s: float, rand: Callable[[], float] = random.random) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
     The ceiling doubles per attempt up to ``cap_s``; the delay is drawn uniformly

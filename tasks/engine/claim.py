@@ -65,8 +65,14 @@ def _open_jobs_for(agent: Agent) -> tuple[list[int], list[int]]:
     Both sets are small (a fleet runs few jobs at once), so targets are checked in Python.
     """
     jobs = Job.objects.filter(Q(mode=JobMode.ANY) | _LIMITED, state__in=ACTIVE_JOB_STATES).values_list(
-        "pk", "mode", "target_agent_ids", "target_labels", "target_capabilities",
-        "max_in_flight", "max_in_flight_percent", "rate_per_minute",
+        "pk",
+        "mode",
+        "target_agent_ids",
+        "target_labels",
+        "target_capabilities",
+        "max_in_flight",
+        "max_in_flight_percent",
+        "rate_per_minute",
     )
     any_jobs, limited = [], []
     for pk, mode, ids, labels, capabilities, *limits in jobs:
@@ -137,7 +143,7 @@ def _claim_unlimited_pg(agent: Agent, limit: int, any_jobs: list[int], now: date
 
     Jobs with rollout limits are left to ``_claim_general``, which needs their rows locked.
     """
-    params = {
+    params: dict[str, Any] = {
         "now": now,
         "agent": agent.pk,
         "any_jobs": any_jobs,

@@ -111,7 +111,13 @@ def retry_tasks(job: Job, task_ids: list[int] | None, actor: str, now: datetime,
             task.agent_id = None
         events.append(
             history.event(
-                task.pk, TaskEventKind.RETRIED, task.attempt, now, previous, TaskState.QUEUED, task.agent_id,
+                task.pk,
+                TaskEventKind.RETRIED,
+                task.attempt,
+                now,
+                previous,
+                TaskState.QUEUED,
+                task.agent_id,
                 data={"by": actor, "max_attempts": task.max_attempts},
             )
         )

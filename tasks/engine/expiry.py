@@ -24,12 +24,15 @@ def expire_leases(now: datetime, limit: int) -> int:
     for task in expired:
         previous = task.state
         if previous == TaskState.ASSIGNED:
-            kind, error = TaskEventKind.DELIVERY_TIMEOUT, {"code": "delivery_timeout", "message": "not accepted in time"}
+            kind, error = (
+                TaskEventKind.DELIVERY_TIMEOUT,
+                {"code": "delivery_timeout", "message": "not accepted in time"},
+            )
         else:
             kind, error = TaskEventKind.EXECUTION_TIMEOUT, {"code": "execution_timeout", "message": "lease expired"}
         agent_id = task.agent_id
         end_attempt(task, jobs[task.job_id], now, TaskState.TIMED_OUT, error)
-        data = {"error": error}
+        data: dict[str, object] = {"error": error}
         if task.state == TaskState.QUEUED:
             data["retry_at"] = task.not_before.isoformat()
         events.append(history.event(task.pk, kind, task.attempt, now, previous, task.state, agent_id, data=data))

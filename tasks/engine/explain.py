@@ -91,7 +91,9 @@ def _any(job: Job) -> Explanation:
     if codes == {"agent_at_capacity"}:
         return Explanation("all_agents_at_capacity", f"waiting: all {len(matching)} matching agents are at capacity")
     if "agent_at_capacity" not in codes and "agent_offline" in codes and len(codes) == 1:
-        return Explanation("no_matching_agent_online", f"waiting: no online agent matches the target{_describe(target)}")
+        return Explanation(
+            "no_matching_agent_online", f"waiting: no online agent matches the target{_describe(target)}"
+        )
     return Explanation(
         "no_available_agent",
         f"waiting: none of the {len(matching)} matching agents can take it ({', '.join(sorted(codes))})",

@@ -108,12 +108,12 @@ def update_each(model: type[models.Model], fields: Sequence[str], rows: Sequence
     """Set ``fields`` of many rows to per-row values. Each row is ``(pk, value1, value2, ...)``."""
     if not rows:
         return
-    pk_name = model._meta.pk.name  # type: ignore[union-attr]
+    pk_name = model._meta.pk.name
     columns = _Columns(model, [pk_name, *fields], rows)
     connection = columns.connection
     quote = connection.ops.quote_name
     table = quote(model._meta.db_table)
-    pk_column = quote(model._meta.pk.column)  # type: ignore[union-attr]
+    pk_column = quote(model._meta.pk.column)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             columns.uniform[0] = False  # the key is always the unnest() driver
@@ -122,8 +122,7 @@ def update_each(model: type[models.Model], fields: Sequence[str], rows: Sequence
             expressions, source, params = columns.select_list()
             targets = [quote(field.column) for field in columns.fields[1:]]
             assignments = ", ".join(
-                f"{target} = {expression}"
-                for target, expression in zip(targets, expressions[1:], strict=True)
+                f"{target} = {expression}" for target, expression in zip(targets, expressions[1:], strict=True)
             )
             cursor.execute(f"UPDATE {table} SET {assignments} FROM {source} WHERE {table}.{pk_column} = v.c0", params)
         else:

@@ -42,7 +42,15 @@ def count_terminal(states: Iterable[tuple[int, str]]) -> dict[int, Counter[str]]
 
 
 _COUNTERS = ("tasks_succeeded", "tasks_failed", "tasks_canceled")
-_RETURNED = ("state", "tasks_total", *_COUNTERS, "continuous", "finished_at", "abort_failure_ratio", "abort_min_finished")
+_RETURNED = (
+    "state",
+    "tasks_total",
+    *_COUNTERS,
+    "continuous",
+    "finished_at",
+    "abort_failure_ratio",
+    "abort_min_finished",
+)
 
 
 def record_terminal(per_job: dict[int, Counter[str]], now: datetime) -> None:
@@ -71,11 +79,12 @@ def record_terminal(per_job: dict[int, Counter[str]], now: datetime) -> None:
 
 def _from_db(row: tuple[object, ...]) -> list[object]:
     """Convert the raw RETURNING values the way the ORM would (SQLite hands back text and ints)."""
-    fields = [Job._meta.get_field(name) for name in _RETURNED]
     values = []
-    for field, value in zip(fields, row, strict=True):
-        for converter in connection.ops.get_db_converters(field.get_col(Job._meta.db_table)) + field.get_db_converters(connection):
-            value = converter(value, field.get_col(Job._meta.db_table), connection)
+    for name, value in zip(_RETURNED, row, strict=True):
+        field = Job._meta.get_field(name)
+        column = field.get_col(Job._meta.db_table)  # type: ignore[union-attr]
+        for converter in connection.ops.get_db_converters(column) + field.get_db_converters(connection):  # type: ignore[union-attr]
+            value = converter(value, column, connection)
         values.append(value)
     return values
 
@@ -133,9 +142,7 @@ def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str,
     ``force`` they end at once too and a late result is fenced off, without it they
     end when the agent reports or their lease runs out. Returns how many ended now.
     """
-    locked = list(
-        tasks.filter(state__in=[TaskState.QUEUED, *HELD_STATES]).select_for_update().order_by("pk")
-    )
+    locked = list(tasks.filter(state__in=[TaskState.QUEUED, *HELD_STATES]).select_for_update().order_by("pk"))
     events, messages, ended = [], [], []
     for task in locked:
         previous = task.state
@@ -153,8 +160,14 @@ def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str,
                     ended.append(task)
                     events.append(
                         history.event(
-                            task.pk, TaskEventKind.CANCEL_REQUESTED, task.attempt, now, previous, previous,
-                            agent_id=task.agent_id, data={"reason": reason, "by": actor},
+                            task.pk,
+                            TaskEventKind.CANCEL_REQUESTED,
+                            task.attempt,
+                            now,
+                            previous,
+                            previous,
+                            agent_id=task.agent_id,
+                            data={"reason": reason, "by": actor},
                         )
                     )
                 continue
@@ -166,8 +179,14 @@ def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str,
         ended.append(task)
         events.append(
             history.event(
-                task.pk, TaskEventKind.CANCELED, task.attempt, now, previous, TaskState.CANCELED,
-                agent_id=task.agent_id, data={"reason": reason, "force": force, "by": actor},
+                task.pk,
+                TaskEventKind.CANCELED,
+                task.attempt,
+                now,
+                previous,
+                TaskState.CANCELED,
+                agent_id=task.agent_id,
+                data={"reason": reason, "force": force, "by": actor},
             )
         )
     save_tasks(ended)

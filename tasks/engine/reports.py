@@ -45,7 +45,7 @@ class Outcome:
 class _Batch:
     now: datetime
     agent_id: str
-    events: list[TaskEvent] = field(default_factory=list)
+    events: list[tuple[Any, ...]] = field(default_factory=list)
     changed: dict[int, Task] = field(default_factory=dict)
 
 
@@ -81,7 +81,8 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
 def _known_message_ids(message_ids: list[str]) -> set[str]:
     if not message_ids:
         return set()
-    return set(TaskEvent.objects.filter(message_id__in=message_ids).values_list("message_id", flat=True))
+    known = TaskEvent.objects.filter(message_id__in=message_ids).values_list("message_id", flat=True)
+    return {message_id for message_id in known if message_id}
 
 
 def _ever_held(task: Task, agent_id: str, attempt: int) -> bool:
@@ -108,8 +109,15 @@ def _apply(batch: _Batch, task: Task, job: Job, report: Report) -> Outcome:
     if stale:
         batch.events.append(
             history.event(
-                task.pk, TaskEventKind.STALE, report.attempt, now, task.state, task.state, batch.agent_id,
-                report.message_id, {"report": report.kind, "reason": stale},
+                task.pk,
+                TaskEventKind.STALE,
+                report.attempt,
+                now,
+                task.state,
+                task.state,
+                batch.agent_id,
+                report.message_id,
+                {"report": report.kind, "reason": stale},
             )
         )
         return Outcome(task.pk, "stale", task.state, stale)

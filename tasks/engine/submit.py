@@ -89,6 +89,7 @@ def create_job(spec: JobSpec, created_by_id: int | None, now: datetime) -> Job:
         abort_min_finished=spec.abort_min_finished,
         created_by_id=created_by_id,
     )
+    agent_ids: list[str | None]
     if spec.mode == JobMode.EACH:
         agent_ids = [agent.pk for agent in matching_agents(spec.target)]
     else:
@@ -99,7 +100,7 @@ def create_job(spec: JobSpec, created_by_id: int | None, now: datetime) -> Job:
     return job
 
 
-def add_tasks(job: Job, agent_ids: list[str] | list[None], now: datetime) -> int:
+def add_tasks(job: Job, agent_ids: list[str | None], now: datetime) -> int:
     """Queue one task per entry: pinned to that agent, or claimable by any (``None``)."""
     not_before = max(job.not_before or now, now)
     created = 0

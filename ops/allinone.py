@@ -1,0 +1,83 @@
+"""The all-in-one mode: every role of the control plane as child processes of one command."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+
+log = logging.getLogger("aegis.allinone")
+
+
+def ensure_admin(username: str = "admin") -> tuple[str, str | None]:
+    """Create a superuser on first start; its password is kept in ``DATA_DIR`` so later starts can print it."""
+    user_model = get_user_model()
+    password_file = Path(settings.DATA_DIR) / "admin_password.txt"
+    if user_model.objects.filter(username=username).exists():
+        return username, password_file.read_text().strip() if password_file.exists() else None
+    password = secrets.token_urlsafe(12)
+    user_model.objects.create_superuser(username=username, email="", password=password)
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    return username, password
+
+
+@dataclass
+class Supervisor:
+    """Starts the roles, stops them all on SIGTERM/SIGINT or when one of them dies."""
+
+    commands: dict[str, list[str]]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    stopping: bool = False
+
+    def start(self) -> None:
+        base = Path(settings.BASE_DIR)
+        for name, command in self.commands.items():
+            self.procs[name] = subprocess.Popen(command, cwd=base, env=os.environ.copy())  # noqa: S603
+            log.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(command))
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: setattr(self, "stopping", True))
+        self.start()
+        exit_code = 0
+        while not self.stopping:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    log.error("%s exited with %s; stopping everything", name, proc.returncode)
+                    exit_code = proc.returncode or 1
+                    self.stopping = True
+                    break
+            time.sleep(0.2)
+        self.stop()
+        return exit_code
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+
+
+def role_commands(host: str, port: int) -> dict[str, list[str]]:
+    python, manage = sys.executable, str(Path(settings.BASE_DIR) / "manage.py")
+    return {
+        "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "aegis_site.asgi:application"],
+        "dispatcher": [python, manage, "run_dispatcher"],
+    }
