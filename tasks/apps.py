@@ -3,3 +3,6 @@ from django.apps import AppConfig
 
 class TasksConfig(AppConfig):
     name = "tasks"
+
+    def ready(self) -> None:
+        from tasks.engine import db  # noqa: F401  (registers the in_array lookup)

@@ -6,9 +6,10 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from django.db import OperationalError, connection, transaction
+from django.db.models import Field, Lookup
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -55,3 +56,29 @@ def atomic_with_retry(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]
 
 def supports_skip_locked() -> bool:
     return bool(connection.features.has_select_for_update_skip_locked)
+
+
+@Field.register_lookup
+class InArray(Lookup):  # type: ignore[type-arg]
+    """``field__in_array=[...]``: ``= ANY(%s)`` with one array parameter on PostgreSQL.
+
+    A plain ``__in`` renders one placeholder per value, so the SQL text changes with
+    the batch size and psycopg parses it again every time (about a millisecond for
+    a hundred ids); one array parameter keeps the text constant. Other databases
+    get the ordinary ``IN (...)``.
+    """
+
+    lookup_name = "in_array"
+    prepare_rhs = False
+
+    def get_prep_lookup(self) -> list[Any]:
+        return [self.lhs.output_field.get_prep_value(value) for value in self.rhs]
+
+    def as_sql(self, compiler: Any, connection: Any) -> tuple[str, list[Any]]:
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        values = list(self.rhs)
+        if connection.vendor == "postgresql":
+            return f"{lhs} = ANY(%s)", [*lhs_params, values]
+        if not values:
+            return "1 = 0", list(lhs_params)
+        return f"{lhs} IN ({', '.join(['%s'] * len(values))})", [*lhs_params, *values]

@@ -57,15 +57,11 @@ def end_attempt(
     return task.state
 
 
-def save_tasks(tasks: list[Task]) -> None:
-    """Write the mutable fields of every given task in one pipelined statement batch."""
+def save_tasks(tasks: list[Task], fields: tuple[str, ...] = MUTABLE_FIELDS) -> None:
+    """Write ``fields`` of every given task in one set-based statement."""
     from tasks.engine.history import update_each
 
     rows = [
-        (
-            task.pk,
-            *(getattr(task, "agent_id" if name == "agent" else name) for name in MUTABLE_FIELDS),
-        )
-        for task in tasks
+        (task.pk, *(getattr(task, "agent_id" if name == "agent" else name) for name in fields)) for task in tasks
     ]
-    update_each(Task, MUTABLE_FIELDS, rows)
+    update_each(Task, fields, rows)

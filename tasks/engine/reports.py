@@ -20,6 +20,32 @@ from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEvent, Tas
 REPORT_KINDS = ("accepted", "progress", "succeeded", "failed", "rejected")
 
 
+# What a report may change, and what it reads besides; the job's policy comes along in the same query.
+_WRITTEN = (
+    "state",
+    "agent",
+    "not_before",
+    "lease_expires_at",
+    "progress",
+    "result",
+    "error",
+    "started_at",
+    "finished_at",
+    "updated_at",
+)
+_LOADED = (
+    *_WRITTEN,
+    "job",
+    "pinned",
+    "attempt",
+    "max_attempts",
+    "cancel_requested_at",
+    "job__backoff_base_s",
+    "job__backoff_cap_s",
+    "job__execution_timeout_s",
+)
+
+
 @dataclass(frozen=True)
 class Report:
     kind: str
@@ -52,11 +78,14 @@ class _Batch:
 def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[Outcome]:
     """Apply one agent's reports in order. Call inside a transaction."""
     seen = _known_message_ids([r.message_id for r in reports if r.message_id])
-    tasks = {
-        task.pk: task
-        for task in Task.objects.select_for_update().filter(pk__in={r.task_id for r in reports}).order_by("pk")
-    }
-    jobs = Job.objects.in_bulk({task.job_id for task in tasks.values()})  # policy only: never changes
+    locked = (
+        Task.objects.select_for_update(of=("self",))
+        .select_related("job")
+        .only(*_LOADED)
+        .filter(pk__in_array=sorted({r.task_id for r in reports}))
+        .order_by("pk")
+    )
+    tasks = {task.pk: task for task in locked}
     batch = _Batch(now=now, agent_id=agent_id)
     outcomes = []
     for report in reports:
@@ -69,8 +98,8 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
         if task is None or (task.agent_id != agent_id and not _ever_held(task, agent_id, report.attempt)):
             outcomes.append(Outcome(report.task_id, "not_found"))
             continue
-        outcomes.append(_apply(batch, task, jobs[task.job_id], report))
-    save_tasks(list(batch.changed.values()))
+        outcomes.append(_apply(batch, task, task.job, report))
+    save_tasks(list(batch.changed.values()), _WRITTEN)
     history.write_events(batch.events)
     record_terminal(
         count_terminal((t.job_id, t.state) for t in batch.changed.values() if t.state in TERMINAL_STATES), now
@@ -81,7 +110,7 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
 def _known_message_ids(message_ids: list[str]) -> set[str]:
     if not message_ids:
         return set()
-    known = TaskEvent.objects.filter(message_id__in=message_ids).values_list("message_id", flat=True)
+    known = TaskEvent.objects.filter(message_id__in_array=message_ids).values_list("message_id", flat=True)
     return {message_id for message_id in known if message_id}
 
 
