@@ -82,7 +82,9 @@ def test_run_dispatcher_command_stops_cleanly_on_sigterm(tmp_path):
     else:
         from django.db import connection
 
-        environment["DATABASE_URL"] = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+        environment["DATABASE_URL"] = (
+            os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+        )
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "run_dispatcher"], cwd=ROOT, env=environment, stderr=subprocess.PIPE, text=True
     )

@@ -40,7 +40,9 @@ def test_no_environment_at_all_works_with_a_generated_key_and_a_warning(tmp_path
         ({"DISPATCHER_POLL_INTERVAL": "0"}, "DISPATCHER_POLL_INTERVAL must be > 0"),
     ],
 )
-def test_bad_configuration_fails_at_start_naming_the_variable(tmp_path: Path, env: dict[str, str], message: str) -> None:
+def test_bad_configuration_fails_at_start_naming_the_variable(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
     result = run_check(tmp_path, **env)
     assert result.returncode != 0
     assert message in result.stderr
