@@ -31,14 +31,16 @@ def register_agent(
     name: str = "",
     labels: Mapping[str, Any] | None = None,
     capabilities: list[str] | None = None,
-    max_concurrency: int = 1,
+    max_concurrency: int | None = None,
     version: str = "",
     metadata: Mapping[str, Any] | None = None,
 ) -> tuple[Agent, bool]:
     """Create an agent, or update the given fields of an existing one."""
     from tasks.actions import add_agent_to_continuous_jobs
 
-    fields: dict[str, Any] = {"max_concurrency": max_concurrency}
+    fields: dict[str, Any] = {}
+    if max_concurrency is not None:
+        fields["max_concurrency"] = max_concurrency
     if name:
         fields["name"] = name
     if version:
@@ -155,11 +157,13 @@ def authenticate_token(token: str) -> Agent | None:
 def remove_agent(agent_id: str, actor: Actor) -> None:
     """Delete an agent. Its open pinned tasks are canceled first: no other agent may run them."""
     from tasks.engine.jobs import cancel_tasks
-    from tasks.models import Task
+    from tasks.models import HELD_STATES, Task
 
     now = clock.now()
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent_id)
+        # Unpinned tasks it held go back to the queue on the dispatcher's next lease sweep.
+        Task.objects.filter(agent_id=agent_id, pinned=False, state__in=HELD_STATES).update(lease_expires_at=now)
         cancel_tasks(
             Task.objects.filter(agent_id=agent_id, pinned=True),
             now,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.validators import RegexValidator
 from django.db import models
 
-AGENT_ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+AGENT_ID_PATTERN = r"\A[a-z0-9][a-z0-9._-]{0,62}\Z"  # \Z: "$" would accept a trailing newline
 agent_id_validator = RegexValidator(
     AGENT_ID_PATTERN,
     "Agent ids are 1-63 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.",

@@ -16,7 +16,7 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='Agent',
             fields=[
-                ('id', models.CharField(max_length=63, primary_key=True, serialize=False, validators=[django.core.validators.RegexValidator('^[a-z0-9][a-z0-9._-]{0,62}$', "Agent ids are 1-63 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.")])),
+                ('id', models.CharField(max_length=63, primary_key=True, serialize=False, validators=[django.core.validators.RegexValidator('\\A[a-z0-9][a-z0-9._-]{0,62}\\Z', "Agent ids are 1-63 characters: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.")])),
                 ('name', models.CharField(blank=True, max_length=200)),
                 ('labels', models.JSONField(blank=True, default=dict, help_text='String key/value pairs used by label selectors.')),
                 ('capabilities', models.JSONField(blank=True, default=list, help_text='Task kinds or features this agent offers.')),
