@@ -2,26 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from ops.adminkit import ReadOnlyAdmin, ReadOnlyInline
 from ops.audit import Actor
 from registry import actions
 from registry.models import Agent, AgentCredential
 
 
-class CredentialInline(admin.TabularInline):
+class CredentialInline(ReadOnlyInline):
     model = AgentCredential
-    extra = 0
-    can_delete = False
     fields = ("kind", "token_prefix", "cert_fingerprint", "cert_serial", "created_at", "expires_at", "revoked_at")
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Agent)
@@ -42,15 +36,12 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentCredential)
-class AgentCredentialAdmin(admin.ModelAdmin):
+class AgentCredentialAdmin(ReadOnlyAdmin):
     list_display = ("agent", "kind", "token_prefix", "created_at", "expires_at", "revoked_at")
     list_filter = ("kind",)
     search_fields = ("agent__id", "token_prefix", "cert_fingerprint")
-    readonly_fields = [f.name for f in AgentCredential._meta.fields]
-    show_full_result_count = False
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # Credentials go with their agent when it is removed; the admin's delete
+        # confirmation checks this permission for every cascaded model.
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)

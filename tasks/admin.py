@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
-from django.http import HttpRequest
 
+from ops.adminkit import ReadOnlyAdmin, ReadOnlyInline
 from tasks.models import Job, Task, TaskEvent
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Job)
@@ -30,15 +15,10 @@ class JobAdmin(ReadOnlyAdmin):
     search_fields = ("kind", "idempotency_key")
 
 
-class TaskEventInline(admin.TabularInline):
+class TaskEventInline(ReadOnlyInline):
     model = TaskEvent
-    extra = 0
-    can_delete = False
     fields = ("created_at", "kind", "attempt", "from_state", "to_state", "agent_id", "data")
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Task)

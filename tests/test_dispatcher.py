@@ -92,11 +92,11 @@ def test_run_dispatcher_command_stops_cleanly_on_sigterm(tmp_path):
         deadline = time.monotonic() + 30
         seen = ""
         while "dispatcher started" not in seen and time.monotonic() < deadline:
-            seen += proc.stderr.readline()  # type: ignore[union-attr]
+            seen += proc.stderr.readline()
         assert "dispatcher started" in seen
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
-        assert "dispatcher stopped" in proc.stderr.read()  # type: ignore[union-attr]
+        assert "dispatcher stopped" in proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()

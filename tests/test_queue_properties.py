@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from django.db.models import Q
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -39,7 +39,7 @@ from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.engine import clock
-from tasks.engine.errors import EngineError, InvalidTransition
+from tasks.engine.errors import InvalidTransition
 from tasks.engine.reports import REPORT_KINDS, Report
 from tasks.engine.submit import JobSpec
 from tasks.models import (
@@ -57,9 +57,10 @@ from tasks.models import (
 )
 
 # (max_examples, stateful_step_count) per profile; "default" runs in well under a minute on SQLite.
-PROFILES = {"quick": (15, 25), "default": (60, 40), "thorough": (400, 80)}
+PROFILES = {"quick": (20, 30), "default": (150, 50), "thorough": (1000, 80)}
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+MAX_JOBS = 5  # per example: later steps work on these jobs instead of queueing more
 DELIVERY_TIMEOUT_S = 30
 EXECUTION_TIMEOUT_S = 60
 RATE_WINDOW = timedelta(minutes=1)
@@ -86,10 +87,10 @@ def assert_queue_invariants() -> None:
     jobs = Job.objects.in_bulk()
     tasks = list(Task.objects.order_by("pk"))
     history: dict[int, list[_Event]] = defaultdict(list)
-    for task_id, *fields in TaskEvent.objects.order_by("pk").values_list(
+    for task_id, pk, kind, attempt, from_state, to_state, agent_id in TaskEvent.objects.order_by("pk").values_list(
         "task_id", "pk", "kind", "attempt", "from_state", "to_state", "agent_id"
     ):
-        history[task_id].append(_Event(*fields))
+        history[task_id].append(_Event(pk, kind, attempt, from_state, to_state, agent_id))
     _assert_rate_limits_kept(jobs)
 
     held_per_agent: Counter[str] = Counter()
@@ -149,6 +150,9 @@ def assert_queue_invariants() -> None:
             assert not open_tasks, f"job {job.pk} is {job.state} but {open_tasks} of its tasks are not finished"
         if job.tasks_total and not job.continuous and not open_tasks:
             assert job.state not in OPEN_JOB_STATES, f"job {job.pk}: every task finished but the job is {job.state}"
+            assert job.finished_at is not None, f"{job.state} job {job.pk}: every task finished, no finished_at"
+        if job.state in OPEN_JOB_STATES:
+            assert job.finished_at is None, f"{job.state} job {job.pk} has finished_at {job.finished_at}"
 
 
 def _assert_rate_limits_kept(jobs: dict[int, Job]) -> None:
@@ -329,6 +333,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     # -- submitters
 
+    @precondition(lambda self: len(self.job_ids) < MAX_JOBS)
     @rule(
         mode=st.sampled_from([JobMode.EACH, JobMode.ANY]),
         count=st.integers(min_value=1, max_value=4),
@@ -512,12 +517,13 @@ class QueueMachine(RuleBasedStateMachine):
     # -- operators
 
     @precondition(lambda self: self.task_ids)
-    @rule(index=_INDEX, force=st.booleans(), whole_job=st.booleans())
-    def cancel(self, index: int, force: bool, whole_job: bool) -> None:
-        if whole_job:
+    @rule(index=_INDEX, force=st.booleans(), scope=st.sampled_from(["job", "task", "held_task"]))
+    def cancel(self, index: int, force: bool, scope: str) -> None:
+        if scope == "job":
             self._cancel_job(self._job(index), force)
-        else:
-            self._cancel_task(self._task(index), force)
+            return
+        held = list(Task.objects.filter(state__in=HELD_STATES).order_by("pk").values_list("pk", flat=True))
+        self._cancel_task(held[index % len(held)] if held and scope == "held_task" else self._task(index), force)
 
     def _cancel_task(self, task_id: int, force: bool) -> None:
         before = Task.objects.get(pk=task_id)
@@ -560,7 +566,8 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(index=_INDEX, scope=st.sampled_from(["task", "job", "job_subset"]))
     def retry(self, index: int, scope: str) -> None:
         if scope == "task":
-            self._retry_task(self._task(index))
+            ended = list(Task.objects.filter(state__in=TERMINAL_STATES).order_by("pk").values_list("pk", flat=True))
+            self._retry_task(ended[index % len(ended)] if ended else self._task(index))
         else:
             self._retry_failed(self._job(index), subset=scope == "job_subset")
 
@@ -639,6 +646,8 @@ def _snapshot(task: Task) -> dict[str, Any]:
     return {name: getattr(task, name) for name in fields}
 
 
+# Shrinking a failure replays many sequences against the database and may take minutes: let it finish.
+@pytest.mark.timeout(900)
 @pytest.mark.django_db(transaction=True)
 def test_queue_invariants_hold_under_random_operations() -> None:
     max_examples, steps = PROFILES.get(os.environ.get("HYPOTHESIS_PROFILE", "default"), PROFILES["default"])
@@ -648,6 +657,26 @@ def test_queue_invariants_hold_under_random_operations() -> None:
             max_examples=max_examples,
             stateful_step_count=steps,
             deadline=None,
+            phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
             suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         ),
     )
+
+
+# --- Examples the state machine found, kept as plain tests ----------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("limit", [{"max_in_flight": 1}, {"rate_per_minute": 1}], ids=["max_in_flight", "rate"])
+def test_claim_keeps_the_rollout_limit_of_a_job_it_reaches_in_a_later_round(
+    make_agent, spec, operator, frozen_clock, limit
+):
+    """The first job's second task is trimmed, so the claim looks further; it must still count the second job."""
+    make_agent("a1", max_concurrency=3)
+    first, _ = actions.submit_job(spec(mode=JobMode.ANY, task_count=2, **limit), operator)
+    second, _ = actions.submit_job(spec(mode=JobMode.ANY, task_count=2, **limit), operator)
+
+    claimed = actions.claim_tasks("a1", 3)
+
+    assert Counter(assignment.job_id for assignment in claimed) == {first.pk: 1, second.pk: 1}
+    assert_queue_invariants()

@@ -195,7 +195,8 @@ def _claim_general(
             break
         new_job_ids = {task.job_id for task in rows} - jobs.keys()
         jobs.update(Job.objects.in_bulk(sorted(new_job_ids)))
-        budgets.update(_rollout_budgets([jobs[pk] for pk in sorted(new_job_ids) if jobs[pk].has_rollout_limit], now))
+        limited = [jobs[pk] for pk in sorted(new_job_ids) if jobs[pk].has_rollout_limit]
+        budgets.update(_rollout_budgets(limited, jobs, now))
         trimmed = False
         for task in rows:
             budget = budgets.get(task.job_id)
@@ -215,13 +216,19 @@ def _claim_general(
     return _assign(agent, chosen, jobs, now)
 
 
-def _rollout_budgets(limited: list[Job], now: datetime) -> dict[int, int]:
-    """How many more tasks each rate- or in-flight-limited job may start now. Locks those job rows."""
+def _rollout_budgets(limited: list[Job], jobs: dict[int, Job], now: datetime) -> dict[int, int]:
+    """How many more tasks each rate- or in-flight-limited job may start now.
+
+    Locks those job rows and puts the fresh rows into ``jobs``: the rate window
+    written back later must build on what the last committed claim left, not on
+    the copy read before the lock was granted.
+    """
     if not limited:
         return {}
     locked = Job.objects.select_for_update().filter(pk__in=[job.pk for job in limited]).order_by("pk")
     budgets: dict[int, int] = {}
     for job in locked:
+        jobs[job.pk] = job
         budget = 1 << 30
         in_flight_limit = job.in_flight_limit()
         if in_flight_limit is not None:

@@ -49,11 +49,19 @@ def cancel_task(task_id: int, force: bool, actor: str, now: datetime) -> Task:
 
 
 def cancel_job(job_id: int, force: bool, actor: str, now: datetime) -> Job:
-    job = lock_job(job_id)
+    """Cancel the job's open tasks, then close the job.
+
+    Tasks are locked before the job row, the order every other writer uses, so a
+    cancel does not deadlock with agents reporting on the same job.
+    """
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
     if job.state not in OPEN_JOB_STATES:
         raise InvalidTransition(f"job {job_id} is already {job.state}")
-    Job.objects.filter(pk=job_id).update(state=JobState.CANCELED, updated_at=now)
     cancel_tasks(job.tasks.all(), now, force=force, reason="job canceled by operator", actor=actor)
+    # Whatever the roll-up just concluded, the operator's word is final.
+    Job.objects.filter(pk=job_id).update(state=JobState.CANCELED, updated_at=now)
     job.refresh_from_db()
     settle(job, now)
     job.refresh_from_db()

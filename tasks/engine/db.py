@@ -59,7 +59,7 @@ def supports_skip_locked() -> bool:
 
 
 @Field.register_lookup
-class InArray(Lookup):  # type: ignore[type-arg]
+class InArray(Lookup):
     """``field__in_array=[...]``: ``= ANY(%s)`` with one array parameter on PostgreSQL.
 
     A plain ``__in`` renders one placeholder per value, so the SQL text changes with

@@ -61,7 +61,5 @@ def save_tasks(tasks: list[Task], fields: tuple[str, ...] = MUTABLE_FIELDS) -> N
     """Write ``fields`` of every given task in one set-based statement."""
     from tasks.engine.history import update_each
 
-    rows = [
-        (task.pk, *(getattr(task, "agent_id" if name == "agent" else name) for name in fields)) for task in tasks
-    ]
+    rows = [(task.pk, *(getattr(task, "agent_id" if name == "agent" else name) for name in fields)) for task in tasks]
     update_each(Task, fields, rows)
