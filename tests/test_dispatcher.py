@@ -100,3 +100,38 @@ def test_run_dispatcher_command_stops_cleanly_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_submitting_a_job_wakes_a_waiting_dispatcher_through_notify(spec, operator):
+    import threading
+
+    from tasks.engine.wakeup import Listener
+
+    listener = Listener()
+    stop = threading.Event()
+    woke: list[bool] = []
+    try:
+        listener.wait(0.01, stop)  # connects and LISTENs
+        waiter = threading.Thread(target=lambda: woke.append(listener.wait(60, stop)))
+        waiter.start()
+        actions.submit_job(spec(mode="any", task_count=1), operator)
+        waiter.join(90)
+        assert woke == [True]  # a NOTIFY, not the 60 s timeout
+    finally:
+        listener.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_dispatcher_times_out_without_notify():
+    import threading
+
+    from tasks.engine.wakeup import Listener
+
+    listener = Listener()
+    try:
+        assert listener.wait(0.2, threading.Event()) is False
+    finally:
+        listener.close()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from tasks.engine.backoff import backoff_delay
-from tasks.models import Job, Task, TaskState
+from tasks.models import Task, TaskState
 
 # Fields the engine rewrites when a task changes state; saved together by ``save_tasks``.
 MUTABLE_FIELDS = (
@@ -28,14 +29,17 @@ MUTABLE_FIELDS = (
 
 
 def end_attempt(
-    task: Task,
-    job: Job,
+    task: Any,
+    job: Any,
     now: datetime,
     terminal_state: str,
     error: dict[str, Any] | None,
     retryable: bool = True,
 ) -> str:
     """Requeue with backoff while attempts are left, else end in ``terminal_state``. Returns the new state.
+
+    ``task`` is a ``Task`` or a row object with the same attributes; ``job`` anything
+    with the job's backoff policy.
 
     A task whose cancel was requested ends canceled, whatever the agent reported.
     """
@@ -57,8 +61,8 @@ def end_attempt(
     return task.state
 
 
-def save_tasks(tasks: list[Task], fields: tuple[str, ...] = MUTABLE_FIELDS) -> None:
-    """Write ``fields`` of every given task in one set-based statement."""
+def save_tasks(tasks: Sequence[Any], fields: tuple[str, ...] = MUTABLE_FIELDS) -> None:
+    """Write ``fields`` of every given task (a model instance or a row with the same attributes) in one statement."""
     from tasks.engine.history import update_each
 
     rows = [(task.pk, *(getattr(task, "agent_id" if name == "agent" else name) for name in fields)) for task in tasks]

@@ -15,7 +15,7 @@ from typing import Any
 from tasks.engine import history
 from tasks.engine.jobs import count_terminal, record_terminal
 from tasks.engine.lifecycle import end_attempt, save_tasks
-from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEvent, TaskEventKind, TaskState
+from tasks.models import HELD_STATES, TERMINAL_STATES, Task, TaskEvent, TaskEventKind, TaskState
 
 REPORT_KINDS = ("accepted", "progress", "succeeded", "failed", "rejected")
 
@@ -23,7 +23,7 @@ REPORT_KINDS = ("accepted", "progress", "succeeded", "failed", "rejected")
 # What a report may change, and what it reads besides; the job's policy comes along in the same query.
 _WRITTEN = (
     "state",
-    "agent",
+    "agent_id",
     "not_before",
     "lease_expires_at",
     "progress",
@@ -34,8 +34,9 @@ _WRITTEN = (
     "updated_at",
 )
 _LOADED = (
+    "pk",
     *_WRITTEN,
-    "job",
+    "job_id",
     "pinned",
     "attempt",
     "max_attempts",
@@ -44,6 +45,36 @@ _LOADED = (
     "job__backoff_cap_s",
     "job__execution_timeout_s",
 )
+
+
+@dataclass(slots=True)
+class _LockedTask:
+    """The columns a report reads and writes, without a model instance per row (a batch builds hundreds)."""
+
+    pk: int
+    state: str
+    agent_id: str | None
+    not_before: datetime
+    lease_expires_at: datetime | None
+    progress: Any
+    result: Any
+    error: Any
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    job_id: int
+    pinned: bool
+    attempt: int
+    max_attempts: int
+    cancel_requested_at: datetime | None
+    job: JobPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class JobPolicy:
+    backoff_base_s: float
+    backoff_cap_s: float
+    execution_timeout_s: int
 
 
 @dataclass(frozen=True)
@@ -72,7 +103,7 @@ class _Batch:
     now: datetime
     agent_id: str
     events: list[tuple[Any, ...]] = field(default_factory=list)
-    changed: dict[int, Task] = field(default_factory=dict)
+    changed: dict[int, _LockedTask] = field(default_factory=dict)
 
 
 def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[Outcome]:
@@ -80,12 +111,15 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
     seen = _known_message_ids([r.message_id for r in reports if r.message_id])
     locked = (
         Task.objects.select_for_update(of=("self",))
-        .select_related("job")
-        .only(*_LOADED)
         .filter(pk__in_array=sorted({r.task_id for r in reports}))
         .order_by("pk")
+        .values_list(*_LOADED)
     )
-    tasks = {task.pk: task for task in locked}
+    policies: dict[tuple[Any, ...], JobPolicy] = {}
+    tasks = {}
+    for row in locked:
+        policy = policies.setdefault(row[-3:], JobPolicy(*row[-3:]))
+        tasks[row[0]] = _LockedTask(*row[:-3], job=policy)
     batch = _Batch(now=now, agent_id=agent_id)
     outcomes = []
     for report in reports:
@@ -98,7 +132,7 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
         if task is None or (task.agent_id != agent_id and not _ever_held(task, agent_id, report.attempt)):
             outcomes.append(Outcome(report.task_id, "not_found"))
             continue
-        outcomes.append(_apply(batch, task, task.job, report))
+        outcomes.append(_apply(batch, task, report))
     save_tasks(list(batch.changed.values()), _WRITTEN)
     history.write_events(batch.events)
     record_terminal(
@@ -114,13 +148,13 @@ def _known_message_ids(message_ids: list[str]) -> set[str]:
     return {message_id for message_id in known if message_id}
 
 
-def _ever_held(task: Task, agent_id: str, attempt: int) -> bool:
+def _ever_held(task: _LockedTask, agent_id: str, attempt: int) -> bool:
     return TaskEvent.objects.filter(
         task_id=task.pk, kind=TaskEventKind.ASSIGNED, agent_id=agent_id, attempt=attempt
     ).exists()
 
 
-def _stale_reason(task: Task, agent_id: str, report: Report) -> str:
+def _stale_reason(task: _LockedTask, agent_id: str, report: Report) -> str:
     if task.agent_id != agent_id:
         return "task is no longer held by this agent"
     if report.attempt != task.attempt:
@@ -132,7 +166,8 @@ def _stale_reason(task: Task, agent_id: str, report: Report) -> str:
     return ""
 
 
-def _apply(batch: _Batch, task: Task, job: Job, report: Report) -> Outcome:
+def _apply(batch: _Batch, task: _LockedTask, report: Report) -> Outcome:
+    job = task.job
     now = batch.now
     stale = _stale_reason(task, batch.agent_id, report)
     if stale:
