@@ -119,7 +119,7 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
     tasks = {}
     for row in locked:
         policy = policies.setdefault(row[-3:], JobPolicy(*row[-3:]))
-        tasks[row[0]] = _LockedTask(*row[:-3], job=policy)
+        tasks[row[0]] = _LockedTask(*row[:-3], policy)  # type: ignore[misc]  (row is the _LOADED columns)
     batch = _Batch(now=now, agent_id=agent_id)
     outcomes = []
     for report in reports:
