@@ -118,8 +118,9 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
     policies: dict[tuple[Any, ...], JobPolicy] = {}
     tasks = {}
     for row in locked:
-        policy = policies.setdefault(row[-3:], JobPolicy(*row[-3:]))
-        tasks[row[0]] = _LockedTask(*row[:-3], policy)  # type: ignore[misc]  (row is the _LOADED columns)
+        values: tuple[Any, ...] = tuple(row)
+        policy = policies.setdefault(values[-3:], JobPolicy(*values[-3:]))
+        tasks[values[0]] = _LockedTask(*values[:-3], policy)
     batch = _Batch(now=now, agent_id=agent_id)
     outcomes = []
     for report in reports:
