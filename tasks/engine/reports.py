@@ -120,7 +120,8 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
     for row in locked:
         values: tuple[Any, ...] = tuple(row)
         policy = policies.setdefault(values[-3:], JobPolicy(*values[-3:]))
-        tasks[values[0]] = _LockedTask(*values[:-3], policy)
+        # The row holds the _LOADED columns: every _LockedTask field but the job, in order.
+        tasks[values[0]] = _LockedTask(*values[:-3], policy)  # type: ignore[call-arg]
     batch = _Batch(now=now, agent_id=agent_id)
     outcomes = []
     for report in reports:
