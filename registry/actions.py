@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
-from django.db.models import Case, Q, When
+from django.db import connection, transaction
+from django.db.models import Q
 
 from broker import outbox
 from ops.audit import Actor, record
@@ -94,13 +94,37 @@ def mark_offline(agent_id: str, reason: str, at: datetime | None = None) -> int:
     )
 
 
+_TOUCH_SET = (
+    "last_seen_at = {ts}, "
+    # Heartbeats bring back an agent that only the silence sweep took offline; an
+    # agent whose Last Will said offline comes back with its status message instead.
+    "connectivity = CASE WHEN connectivity = 'offline' AND disconnect_reason = 'heartbeat timeout' "
+    "THEN 'online' ELSE connectivity END, "
+    "disconnect_reason = CASE WHEN connectivity = 'offline' AND disconnect_reason = 'heartbeat timeout' "
+    "THEN '' ELSE disconnect_reason END"
+)
+
+
 def touch_agents(last_seen: Mapping[str, datetime]) -> int:
-    """Record many heartbeats in one UPDATE (the bridge coalesces them per flush window)."""
+    """Record many heartbeats in one statement (the bridge coalesces them per flush window)."""
     if not last_seen:
         return 0
-    return Agent.objects.filter(pk__in=list(last_seen)).update(
-        last_seen_at=Case(*[When(pk=pk, then=at) for pk, at in last_seen.items()]),
-    )
+    field = Agent._meta.get_field("last_seen_at")
+    ids = list(last_seen)
+    stamps = [field.get_db_prep_value(last_seen[agent_id], connection) for agent_id in ids]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE agents SET {_TOUCH_SET.format(ts='v.ts')} "  # noqa: S608  (constant SQL)
+                "FROM unnest(%s::varchar[], %s::timestamptz[]) AS v(id, ts) WHERE agents.id = v.id",
+                [ids, stamps],
+            )
+            return cursor.rowcount
+        cursor.executemany(
+            f"UPDATE agents SET {_TOUCH_SET.format(ts='%s')} WHERE id = %s",  # noqa: S608  (constant SQL)
+            list(zip(stamps, ids, strict=True)),
+        )
+        return cursor.rowcount
 
 
 def mark_silent_agents_offline(heartbeat_interval_s: float, missed: int, at: datetime | None = None) -> int:

@@ -13,11 +13,12 @@ from django.db import IntegrityError, transaction
 from ops.audit import Actor, record
 from registry.models import Agent
 from tasks.engine import claim as claim_engine
-from tasks.engine import clock, control, expiry, reports, submit, wakeup
+from tasks.engine import clock, control, expiry, reconcile, reports, submit, wakeup
 from tasks.engine.claim import Assignment
 from tasks.engine.db import atomic_with_retry
 from tasks.engine.errors import InvalidTransition, NotFound
 from tasks.engine.explain import Explanation, explain
+from tasks.engine.reconcile import Reconciliation
 from tasks.engine.reports import Outcome, Report
 from tasks.engine.submit import JobSpec
 from tasks.models import Job, JobState, Task
@@ -139,3 +140,9 @@ def add_agent_to_continuous_jobs(agent: Agent) -> list[int]:
         if added:
             wakeup.notify_on_commit()
     return added
+
+
+@atomic_with_retry
+def reconcile_agent(agent_id: str, running: set[tuple[int, int]]) -> Reconciliation:
+    """On an agent's hello: resend lost assignments, end attempts the agent lost, stop work that is not its own."""
+    return reconcile.reconcile(agent_id, running, clock.now())

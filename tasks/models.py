@@ -175,6 +175,8 @@ class TaskEventKind(models.TextChoices):
     CANCELED = "canceled"
     RETRIED = "retried"
     STALE = "stale"
+    AGENT_LOST = "agent_lost"
+    RESENT = "resent"
 
 
 class TaskEvent(models.Model):

@@ -434,3 +434,16 @@ def test_remove_agent_sends_its_unpinned_tasks_back_to_the_queue(make_agent, spe
     task = Task.objects.get()
     assert task.state == TaskState.QUEUED
     assert task.agent_id is None
+
+
+def test_a_heartbeat_brings_back_an_agent_the_silence_sweep_took_offline(make_agent, frozen_clock):
+    make_agent("sleepy")
+    make_agent("willed", online=False, disconnect_reason="connection lost")
+    Agent.objects.filter(pk="sleepy").update(connectivity=Connectivity.OFFLINE, disconnect_reason="heartbeat timeout")
+    now = frozen_clock.advance(1)
+
+    assert actions.touch_agents({"sleepy": now, "willed": now}) == 2
+
+    state = {a.id: (a.connectivity, a.disconnect_reason, a.last_seen_at) for a in Agent.objects.all()}
+    assert state["sleepy"] == (Connectivity.ONLINE, "", now)
+    assert state["willed"] == (Connectivity.OFFLINE, "connection lost", now)

@@ -1,0 +1,80 @@
+"""Bringing the server's view of an agent in line with what the agent says it runs (on every hello)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from broker import outbox
+from tasks.engine import history
+from tasks.engine.claim import Assignment
+from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.lifecycle import end_attempt, save_tasks
+from tasks.models import HELD_STATES, TERMINAL_STATES, Task, TaskEventKind, TaskState
+
+
+@dataclass
+class Reconciliation:
+    resent: list[int] = field(default_factory=list)  # assigned here, unknown there: assignment sent again
+    lost: list[int] = field(default_factory=list)  # running here, unknown there: the attempt is over
+    canceled: list[int] = field(default_factory=list)  # running there, not ours any more: cancel sent
+
+
+def reconcile(agent_id: str, running: set[tuple[int, int]], now: datetime) -> Reconciliation:
+    """Compare the tasks held for ``agent_id`` with the ``(task_id, attempt)`` pairs the agent runs.
+
+    - assigned here but not there: the assignment was lost on the way; send it again
+      (same attempt, so a copy that does arrive twice is dropped by the agent) and
+      restart the delivery lease;
+    - running here but not there: the agent restarted and lost the work; that
+      attempt ends like a failure (requeued with backoff while attempts are left);
+    - running there but not held here for that attempt: the task was canceled,
+      timed out or reassigned meanwhile; tell the agent to stop (force).
+    Call inside a transaction.
+    """
+    held = list(
+        Task.objects.select_for_update()
+        .select_related("job")
+        .filter(agent_id=agent_id, state__in=HELD_STATES)
+        .order_by("pk")
+    )
+    result = Reconciliation()
+    events, messages, changed = [], [], []
+    for task in held:
+        if (task.pk, task.attempt) in running:
+            continue
+        job = task.job
+        if task.state == TaskState.ASSIGNED:
+            task.lease_expires_at = now + timedelta(seconds=job.delivery_timeout_s)
+            task.updated_at = now
+            changed.append(task)
+            assignment = Assignment(
+                task.pk, task.attempt, job.pk, task.kind, job.payload, job.execution_timeout_s, job.delivery_timeout_s
+            )
+            messages.append(outbox.to_inbox(agent_id, "task.assign", now, task=assignment.as_message()))
+            events.append(
+                history.event(task.pk, TaskEventKind.RESENT, task.attempt, now, task.state, task.state, agent_id)
+            )
+            result.resent.append(task.pk)
+            continue
+        error = {"code": "agent_lost", "message": "the agent reconnected without this task"}
+        end_attempt(task, job, now, TaskState.FAILED, error)
+        changed.append(task)
+        data: dict[str, object] = {"error": error}
+        if task.state == TaskState.QUEUED:
+            data["retry_at"] = task.not_before.isoformat()
+        events.append(
+            history.event(
+                task.pk, TaskEventKind.AGENT_LOST, task.attempt, now, TaskState.RUNNING, task.state, agent_id, data=data
+            )
+        )
+        result.lost.append(task.pk)
+    ours = {(task.pk, task.attempt) for task in held}
+    for task_id, attempt in sorted(running - ours):
+        messages.append(outbox.to_inbox(agent_id, "task.cancel", now, task_id=task_id, attempt=attempt, force=True))
+        result.canceled.append(task_id)
+    save_tasks(changed)
+    history.write_events(events)
+    outbox.write(messages)
+    record_terminal(count_terminal((t.job_id, t.state) for t in changed if t.state in TERMINAL_STATES), now)
+    return result
