@@ -33,10 +33,12 @@ def test_an_assignment_the_agent_never_got_is_sent_again_with_the_same_attempt(
 
     assert result.resent == [task.pk]
     task.refresh_from_db()
-    assert task.state == TaskState.ASSIGNED and task.attempt == 1
+    assert task.state == TaskState.ASSIGNED
+    assert task.attempt == 1
     assert task.lease_expires_at == frozen_clock() + timedelta(seconds=30)
     resent = OutboxMessage.objects.filter(message_type="task.assign").order_by("-id").first()
-    assert resent.payload["task"]["id"] == task.pk and resent.payload["task"]["attempt"] == 1
+    assert resent.payload["task"]["id"] == task.pk
+    assert resent.payload["task"]["attempt"] == 1
     assert TaskEvent.objects.filter(task=task, kind="resent").count() == 1
 
 
@@ -47,7 +49,8 @@ def test_a_running_task_the_agent_lost_is_requeued_with_the_attempt_used(make_ag
 
     assert result.lost == [task.pk]
     task.refresh_from_db()
-    assert task.state == TaskState.QUEUED and task.agent_id is None
+    assert task.state == TaskState.QUEUED
+    assert task.agent_id is None
     assert task.error["code"] == "agent_lost"
     event = TaskEvent.objects.get(task=task, kind="agent_lost")
     assert (event.from_state, event.to_state, event.attempt) == ("running", "queued", 1)
