@@ -132,7 +132,9 @@ def _database() -> dict[str, Any]:
             "timeout": 30,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
-        config["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default="") or None}
+        # Tests use a file too: an in-memory shared-cache database raises "table is locked"
+        # when the bridge's and the dispatcher's threads write at once, where WAL just waits.
+        config["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(DATA_DIR / "test_aegis.sqlite3"))}
         return config
     config["ENGINE"] = "django.db.backends.postgresql"
     config["OPTIONS"] = {}
@@ -169,6 +171,20 @@ else:
 MQTT_URL = env.str("MQTT_URL", default="")
 if MQTT_URL and urlsplit(MQTT_URL).scheme not in {"mqtt", "mqtts"}:
     raise ImproperlyConfigured(f"MQTT_URL must be an mqtt:// or mqtts:// URL, got {MQTT_URL!r}")
+# TLS material of the bridge (mqtts://): the CA that signed the broker, and the bridge's own certificate.
+MQTT_CA_FILE = env.str("MQTT_CA_FILE", default="")
+MQTT_CERT_FILE = env.str("MQTT_CERT_FILE", default="")
+MQTT_KEY_FILE = env.str("MQTT_KEY_FILE", default="")
+MQTT_PROTOCOL = env.str("MQTT_PROTOCOL", default="5")
+if MQTT_PROTOCOL not in {"5", "3.1.1"}:
+    raise ImproperlyConfigured(f"MQTT_PROTOCOL must be 5 or 3.1.1, got {MQTT_PROTOCOL!r}")
+MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="")  # default: aegis-bridge-<hostname>
+MQTT_SHARE_GROUP = env.str("MQTT_SHARE_GROUP", default="aegis")
+MQTT_SESSION_EXPIRY = _positive_int("MQTT_SESSION_EXPIRY", 3600)
+MQTT_RECEIVE_MAXIMUM = _positive_int("MQTT_RECEIVE_MAXIMUM", 1000)
+BRIDGE_BATCH_SIZE = _positive_int("BRIDGE_BATCH_SIZE", 200)
+BRIDGE_HEARTBEAT_FLUSH_INTERVAL = _positive_float("BRIDGE_HEARTBEAT_FLUSH_INTERVAL", 1.0)
+BRIDGE_OUTBOX_POLL_INTERVAL = _positive_float("BRIDGE_OUTBOX_POLL_INTERVAL", 0.5)
 
 
 # --- Queue engine ------------------------------------------------------------------

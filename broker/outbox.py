@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from broker.models import OutboxMessage
-
-PROTOCOL_VERSION = 1
-
-
-def inbox_topic(agent_id: str) -> str:
-    return f"aegis/agents/{agent_id}/inbox"
-
-
-def envelope(message_type: str, at: datetime, **fields: Any) -> dict[str, Any]:
-    return {"v": PROTOCOL_VERSION, "id": uuid.uuid4().hex, "ts": at.isoformat(), "type": message_type, **fields}
+from broker.protocol import envelope, inbox_topic
 
 
 def to_inbox(agent_id: str, message_type: str, at: datetime, **fields: Any) -> OutboxMessage:
@@ -31,5 +21,9 @@ def to_inbox(agent_id: str, message_type: str, at: datetime, **fields: Any) -> O
 
 
 def write(messages: Sequence[OutboxMessage]) -> None:
+    """Queue messages in the current transaction; the bridge is woken once it commits."""
     if messages:
+        from tasks.engine import wakeup
+
         OutboxMessage.objects.bulk_create(messages)
+        wakeup.notify_on_commit(wakeup.OUTBOX_CHANNEL)

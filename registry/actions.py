@@ -197,3 +197,40 @@ def remove_agent(agent_id: str, actor: Actor) -> None:
         )
         record(actor, "agent.remove", "agent", agent_id, labels=agent.labels)
         agent.delete()
+
+
+def record_hello(
+    agent_id: str,
+    *,
+    version: str,
+    capabilities: list[str],
+    labels: Mapping[str, str],
+    max_concurrency: int,
+    at: datetime | None = None,
+) -> tuple[Agent, bool]:
+    """An agent said hello: create it on first contact (the broker authenticated it by its certificate),
+    keep what it reports about itself, and mark it online. Returns the agent and whether what it
+    offers changed (so continuous jobs may take it in). Audited only when something changed."""
+    now = at or clock.now()
+    reported = {
+        "version": version,
+        "capabilities": list(capabilities),
+        "labels": dict(labels),
+        "max_concurrency": max_concurrency,
+    }
+    with transaction.atomic():
+        agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
+        created = agent is None
+        if agent is None:
+            agent = Agent(pk=agent_id, name=agent_id)
+        changed = {key: value for key, value in reported.items() if getattr(agent, key) != value}
+        for key, value in reported.items():
+            setattr(agent, key, value)
+        agent.connectivity = Connectivity.ONLINE
+        agent.last_seen_at = now
+        agent.disconnect_reason = ""
+        agent.save()
+        if created or changed:
+            record(Actor.agent(agent_id), "agent.register" if created else "agent.update", "agent", agent_id, **changed)
+    offers_changed = created or bool({"capabilities", "labels"} & changed.keys())
+    return agent, offers_changed

@@ -8,26 +8,28 @@ from typing import Any
 
 from django.db import connection, transaction
 
-CHANNEL = "aegis_queue"
+CHANNEL = "aegis_queue"  # queued work for the dispatcher
+OUTBOX_CHANNEL = "aegis_outbox"  # messages for the bridge to publish
 log = logging.getLogger(__name__)
 
 
-def notify_on_commit() -> None:
+def notify_on_commit(channel: str = CHANNEL) -> None:
     """Ask for one NOTIFY after the current transaction commits (a no-op on SQLite, which polls)."""
     if connection.vendor != "postgresql":
         return
-    transaction.on_commit(_notify)
+    transaction.on_commit(lambda: _notify(channel))
 
 
-def _notify() -> None:
+def _notify(channel: str) -> None:
     with connection.cursor() as cursor:
-        cursor.execute(f"NOTIFY {CHANNEL}")
+        cursor.execute(f"NOTIFY {channel}")
 
 
 class Listener:
     """A dedicated connection that blocks until a NOTIFY arrives or the timeout passes."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel: str = CHANNEL) -> None:
+        self.channel = channel
         self._conn: Any = None
 
     def wait(self, timeout: float, stop: threading.Event) -> bool:
@@ -52,7 +54,7 @@ class Listener:
             params.pop("context", None)
             params.pop("prepare_threshold", None)
             self._conn = psycopg.connect(**params, autocommit=True)
-            self._conn.execute(f"LISTEN {CHANNEL}")
+            self._conn.execute(f"LISTEN {self.channel}")
         return self._conn
 
     def close(self) -> None:

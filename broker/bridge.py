@@ -1,0 +1,252 @@
+"""The bridge role: MQTT in (agent messages → the ``mqtt`` Channels consumer) and out (the outbox → inboxes).
+
+Threads, each with one job:
+- paho's network loop: receives messages into ``inbound``; reconnects with
+  backoff forever and subscribes again on every connect;
+- the consumer pump: an asyncio loop running the ASGI application for an
+  ``mqtt`` scope; it hands batches to the consumer and sends the PUBACKs the
+  consumer releases after its commit (``manual_ack``);
+- the publisher: publishes unsent outbox rows, woken by NOTIFY or a poll;
+- the heartbeat flusher: one UPDATE per flush window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from django.conf import settings
+from django.db import close_old_connections
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from broker import protocol
+from broker.ingest import Incoming
+from broker.presence import HeartbeatBuffer
+from broker.publisher import publish_pending
+from tasks.engine.wakeup import OUTBOX_CHANNEL, Listener
+
+log = logging.getLogger("aegis.bridge")
+
+SUBSCRIBED_CHANNELS = (protocol.HELLO, protocol.HEARTBEAT, protocol.STATUS, protocol.EVENTS)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def from_url(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url)
+        tls = parts.scheme == "mqtts"
+        return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls)
+
+
+def subscriptions(mqtt5: bool, group: str) -> list[tuple[str, int]]:
+    """Shared subscriptions on MQTT 5 so replicas split the load; plain ones on 3.1.1 (one bridge only)."""
+    filters = [protocol.topic_filter(channel) for channel in SUBSCRIBED_CHANNELS]
+    if mqtt5:
+        filters = [f"$share/{group}/{topic}" for topic in filters]
+    return [(topic, 1) for topic in filters]
+
+
+class Bridge:
+    def __init__(self, url: str | None = None, client_id: str | None = None) -> None:
+        self.address = BrokerAddress.from_url(url or settings.MQTT_URL or "mqtt://127.0.0.1:1883")
+        self.client_id = client_id or settings.MQTT_CLIENT_ID or f"aegis-bridge-{socket.gethostname()}"
+        self.mqtt5 = settings.MQTT_PROTOCOL == "5"
+        self.stop = threading.Event()
+        self.connected = threading.Event()
+        self.inbound: queue.Queue[Incoming] = queue.Queue()
+        self.heartbeats = HeartbeatBuffer()
+        self.client = self._client()
+        self._threads: list[threading.Thread] = []
+
+    # --- MQTT ------------------------------------------------------------------------------
+
+    def _client(self) -> mqtt.Client:
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311,
+            clean_session=None if self.mqtt5 else False,
+            manual_ack=True,
+        )
+        if self.address.tls:
+            client.tls_set(
+                ca_certs=settings.MQTT_CA_FILE or None,
+                certfile=settings.MQTT_CERT_FILE or None,
+                keyfile=settings.MQTT_KEY_FILE or None,
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = _set_nodelay
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if not self.mqtt5:
+            return None
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = settings.MQTT_SESSION_EXPIRY  # keep unacknowledged messages for us
+        properties.ReceiveMaximum = min(settings.MQTT_RECEIVE_MAXIMUM, 65535)  # bounds what waits in memory
+        return properties
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the bridge: %s", reason)
+            return
+        client.subscribe(subscriptions(self.mqtt5, settings.MQTT_SHARE_GROUP))
+        self.connected.set()
+        log.info("bridge connected", extra={"client_id": self.client_id, "session_present": flags.session_present})
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        self.connected.clear()
+        if not self.stop.is_set():
+            log.warning("bridge lost the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self.inbound.put(Incoming(message.topic, message.payload, message.mid, message.qos))
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=1)
+
+    # --- threads ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.client.connect_async(
+            self.address.host, self.address.port, keepalive=30, clean_start=False, properties=self._connect_properties()
+        )
+        self.client.loop_start()
+        for name, target in (
+            ("consumer", self._run_consumer),
+            ("publisher", self._run_publisher),
+            ("heartbeats", self._run_heartbeat_flush),
+        ):
+            thread = threading.Thread(target=target, name=f"bridge-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        log.info("bridge stopped")
+
+    def run(self) -> None:
+        self.start()
+        self.stop.wait()
+        self.shutdown()
+
+    def _next_batch(self) -> list[Incoming]:
+        try:
+            batch = [self.inbound.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        while len(batch) < settings.BRIDGE_BATCH_SIZE:
+            try:
+                batch.append(self.inbound.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run_consumer(self) -> None:
+        asyncio.run(self._pump())
+
+    async def _pump(self) -> None:
+        from channels.routing import get_default_application
+
+        application = get_default_application()
+        mailbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        done: asyncio.Queue[None] = asyncio.Queue()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "mqtt.ack":
+                for mid, qos in message["acks"]:
+                    self.ack(mid, qos)
+                await done.put(None)
+
+        scope = {"type": "mqtt", "heartbeats": self.heartbeats, "stop": self.stop}
+        instance = asyncio.ensure_future(application(scope, mailbox.get, send))
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.stop.is_set():
+                batch = await loop.run_in_executor(None, self._next_batch)
+                if not batch:
+                    continue
+                await mailbox.put({"type": "mqtt.message", "messages": [_as_tuple(item) for item in batch]})
+                # One batch at a time: the next waits for this one's commit (or for shutdown).
+                while not self.stop.is_set():
+                    try:
+                        await asyncio.wait_for(done.get(), timeout=0.5)
+                        break
+                    except TimeoutError:
+                        if instance.done():
+                            instance.result()  # re-raises what killed the consumer
+        finally:
+            instance.cancel()
+
+    def _run_publisher(self) -> None:
+        listener = Listener(OUTBOX_CHANNEL)
+        try:
+            while not self.stop.is_set():
+                close_old_connections()
+                published = 0
+                if self.connected.is_set():
+                    try:
+                        published = publish_pending(self.publish)
+                    except Exception:
+                        log.exception("outbox publishing failed; retrying")
+                        close_old_connections()
+                        self.stop.wait(1.0)
+                if not published:
+                    listener.wait(settings.BRIDGE_OUTBOX_POLL_INTERVAL, self.stop)
+        finally:
+            listener.close()
+            close_old_connections()
+
+    def _run_heartbeat_flush(self) -> None:
+        while not self.stop.wait(settings.BRIDGE_HEARTBEAT_FLUSH_INTERVAL):
+            self._flush_heartbeats()
+        self._flush_heartbeats()
+
+    def _flush_heartbeats(self) -> None:
+        try:
+            close_old_connections()
+            self.heartbeats.flush()
+        except Exception:
+            log.exception("heartbeat flush failed; kept for the next window")
+            close_old_connections()
+
+
+def _as_tuple(item: Incoming) -> tuple[str, bytes, int, int]:
+    return (item.topic, item.payload, item.mid, item.qos)
+
+
+def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """Without TCP_NODELAY an idle QoS 1 round trip waits ~40 ms for the delayed ACK (see DESIGN.md)."""
+    raw: Callable[..., Any] | None = getattr(sock, "setsockopt", None)
+    if raw is not None:
+        raw(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

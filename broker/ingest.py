@@ -1,0 +1,132 @@
+"""Turning a batch of MQTT messages from agents into state changes. Runs in the bridge's Channels consumer.
+
+Malformed messages are logged, counted and dropped (acknowledged, never retried).
+A database error propagates: the caller keeps the batch unacknowledged and tries
+again, so nothing is lost while the database is away.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from django.db import DatabaseError, transaction
+
+from broker.presence import HeartbeatBuffer
+from broker.protocol import Heartbeat, Hello, ProtocolError, Status, TaskEvent, parse_agent_message, report_fields
+from registry import actions as registry_actions
+from tasks import actions as task_actions
+from tasks.engine import clock, wakeup
+from tasks.engine.reports import Report
+
+log = logging.getLogger("aegis.bridge")
+
+# Messages dropped since the process started, by reason (exported as metrics by the ops issue).
+dropped: Counter[str] = Counter()
+received: Counter[str] = Counter()
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    mid: int = 0
+    qos: int = 1
+
+
+def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
+    """Apply a batch in arrival order; returns how many messages were applied (not dropped)."""
+    parsed = []
+    for item in batch:
+        try:
+            parsed.append(parse_agent_message(item.topic, item.payload))
+        except ProtocolError as error:
+            if error.code == "empty":  # a retained message being cleared: nothing to apply
+                dropped["empty"] += 1
+            else:
+                drop(error.code, item.topic, error.message)
+    try:
+        with transaction.atomic():
+            _apply_all(parsed, heartbeats)
+    except DatabaseError:
+        raise
+    except Exception:
+        # One message the code cannot handle must not hold the others back forever:
+        # apply them one by one and drop only what fails on its own.
+        log.exception("batch failed; applying its %d messages one by one", len(parsed))
+        for message in parsed:
+            try:
+                with transaction.atomic():
+                    _apply_all([message], heartbeats)
+            except DatabaseError:
+                raise
+            except Exception:
+                log.exception("dropping a message the bridge could not apply")
+                drop("internal_error", f"aegis/agents/{message.agent_id}", type(message).__name__)
+    return len(parsed)
+
+
+def drop(reason: str, topic: str, detail: str) -> None:
+    dropped[reason] += 1
+    log.warning("mqtt message dropped", extra={"reason": reason, "topic": topic[:200], "detail": detail[:300]})
+
+
+def _apply_all(messages: list[Hello | Heartbeat | Status | TaskEvent], heartbeats: HeartbeatBuffer) -> None:
+    pending: list[TaskEvent] = []
+    for message in messages:
+        received[type(message).__name__] += 1
+        if isinstance(message, TaskEvent):
+            if pending and pending[-1].agent_id != message.agent_id:
+                _apply_events(pending)
+                pending = []
+            pending.append(message)
+            continue
+        if pending:
+            _apply_events(pending)
+            pending = []
+        if isinstance(message, Heartbeat):
+            heartbeats.add(message.agent_id, clock.now())
+        elif isinstance(message, Status):
+            _apply_status(message)
+        else:
+            _apply_hello(message)
+    if pending:
+        _apply_events(pending)
+
+
+def _apply_events(events: list[TaskEvent]) -> None:
+    outcomes = task_actions.apply_reports(events[0].agent_id, [Report(**report_fields(event)) for event in events])
+    for event, outcome in zip(events, outcomes, strict=True):
+        if outcome.status == "not_found":
+            drop("unknown_task", f"aegis/agents/{event.agent_id}/events", f"task {event.task_id}")
+        elif outcome.status == "duplicate":
+            drop("duplicate", f"aegis/agents/{event.agent_id}/events", f"message {event.message_id}")
+
+
+def _apply_status(status: Status) -> None:
+    if status.state == "online":
+        registry_actions.mark_online(status.agent_id)
+        wakeup.notify_on_commit()
+    else:
+        registry_actions.mark_offline(status.agent_id, "agent went offline (status or Last Will)")
+
+
+def _apply_hello(hello: Hello) -> None:
+    agent, offers_changed = registry_actions.record_hello(
+        hello.agent_id,
+        version=hello.agent_version,
+        capabilities=list(hello.capabilities),
+        labels=hello.labels,
+        max_concurrency=hello.max_concurrency,
+    )
+    result = task_actions.reconcile_agent(hello.agent_id, {(r.task_id, r.attempt) for r in hello.running})
+    if offers_changed:
+        task_actions.add_agent_to_continuous_jobs(agent)
+    if result.resent or result.lost or result.canceled:
+        log.info(
+            "reconciled agent on hello",
+            extra={"agent_id": hello.agent_id, "resent": result.resent, "lost": result.lost},
+        )
+    wakeup.notify_on_commit()

@@ -1,0 +1,27 @@
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from broker.mosquitto import write_agent_bundle
+from broker.pki import InvalidAgentId
+
+
+class Command(BaseCommand):
+    help = "Issue an agent's client certificate (CN = agent id) and write cert, key and CA certificate."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("agent_id")
+        parser.add_argument("--dir", required=True, type=Path, help="broker directory written by setup_broker")
+        parser.add_argument("--out", required=True, type=Path, help="directory for the agent's files")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            bundle = write_agent_bundle(options["dir"], options["agent_id"], options["out"])
+        except InvalidAgentId as error:
+            raise CommandError(str(error)) from error
+        except FileNotFoundError as error:
+            raise CommandError(f"no CA in {options['dir']}: run setup_broker first ({error})") from error
+        issued = bundle.issued
+        self.stdout.write(f"cert {bundle.cert}\nkey {bundle.key}\nca {bundle.ca_cert}")
+        self.stdout.write(f"serial {issued.serial:x}\nsha256 {issued.fingerprint}\nexpires {issued.not_valid_after}")

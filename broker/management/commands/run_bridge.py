@@ -1,0 +1,20 @@
+import signal
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from broker.bridge import Bridge
+
+
+class Command(BaseCommand):
+    help = "Run the MQTT bridge: agent messages into the database, outbox messages out to agents. Stops on SIGTERM."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--url", default=None, help="Broker URL (default: MQTT_URL)")
+        parser.add_argument("--client-id", default=None, help="MQTT client id (default: MQTT_CLIENT_ID)")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        bridge = Bridge(options["url"], options["client_id"])
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: bridge.stop.set())
+        bridge.run()

@@ -1,0 +1,49 @@
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from broker.mosquitto import DEFAULT_HOST, DEFAULT_PORT, mosquitto_command, write_broker_files
+
+
+class Command(BaseCommand):
+    help = "Write the CA, Mosquitto's and the bridge's certificates, mosquitto.conf and the ACL into a directory."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--dir", required=True, type=Path, help="broker directory (created if missing)")
+        parser.add_argument("--host", default=DEFAULT_HOST, help="address the TLS listener binds to")
+        parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+        parser.add_argument(
+            "--dns-name", action="append", dest="dns_names", help="server certificate DNS SAN (repeatable)"
+        )
+        parser.add_argument(
+            "--ip-address", action="append", dest="ip_addresses", help="server certificate IP SAN (repeatable)"
+        )
+        parser.add_argument("--log-file", type=Path, help="Mosquitto log file (default: stdout)")
+        parser.add_argument("--user", help="user Mosquitto drops to when started as root (default: mosquitto)")
+        parser.add_argument(
+            "--force", action="store_true", help="replace the CA and certificates (invalidates agent certificates)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        files = write_broker_files(
+            options["dir"],
+            host=options["host"],
+            port=options["port"],
+            dns_names=options["dns_names"] or ["localhost"],
+            ip_addresses=options["ip_addresses"] or ["127.0.0.1"],
+            force=options["force"],
+            log_file=options["log_file"],
+            run_as_user=options["user"],
+        )
+        created = ", ".join(files.created) or "nothing (kept the existing CA and certificates)"
+        self.stdout.write(f"Broker files in {files.layout.directory}; newly issued: {created}")
+        for role, issued in (("ca", files.ca), ("server", files.server), ("bridge", files.bridge)):
+            self.stdout.write(f"  {role}: CN={issued.common_name} serial={issued.serial:x} sha256={issued.fingerprint}")
+        if os.geteuid() == 0 and not options["user"]:
+            self.stdout.write(
+                self.style.WARNING("Started as root, Mosquitto reads the 0600 keys as user 'mosquitto': chown them.")
+            )
+        self.stdout.write(shlex.join(mosquitto_command(files.layout)))
