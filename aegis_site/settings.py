@@ -235,5 +235,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # The embedded broker of the all-in-one mode narrates every state change at INFO.
+        "transitions": {"level": "WARNING"},
+        "amqtt": {"level": "WARNING"},
+    },
 }

@@ -134,9 +134,16 @@ class Bridge:
     # --- threads ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.client.connect_async(
-            self.address.host, self.address.port, keepalive=30, clean_start=False, properties=self._connect_properties()
-        )
+        if self.mqtt5:
+            self.client.connect_async(
+                self.address.host,
+                self.address.port,
+                keepalive=30,
+                clean_start=False,
+                properties=self._connect_properties(),
+            )
+        else:  # MQTT 3.1.1: the persistent session comes from clean_session=False in the constructor
+            self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         for name, target in (
             ("consumer", self._run_consumer),

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -37,13 +38,14 @@ class Supervisor:
     """Starts the roles, stops them all on SIGTERM/SIGINT or when one of them dies."""
 
     commands: dict[str, list[str]]
+    env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stopping: bool = False
 
     def start(self) -> None:
         base = Path(settings.BASE_DIR)
         for name, command in self.commands.items():
-            self.procs[name] = subprocess.Popen(command, cwd=base, env=os.environ.copy())  # noqa: S603
+            self.procs[name] = subprocess.Popen(command, cwd=base, env={**os.environ, **self.env})  # noqa: S603
             log.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(command))
 
     def run(self) -> int:
@@ -75,9 +77,30 @@ class Supervisor:
                 proc.kill()
 
 
-def role_commands(host: str, port: int) -> dict[str, list[str]]:
+EMBEDDED_BROKER_PORT = 18830
+
+
+def role_commands(host: str, port: int, agents: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The command of every role, and the environment they share.
+
+    Without ``MQTT_URL`` an embedded broker (amqtt, MQTT 3.1.1) is started on
+    loopback and every role is pointed at it.
+    """
     python, manage = sys.executable, str(Path(settings.BASE_DIR) / "manage.py")
-    return {
-        "web": [python, "-m", "daphne", "-b", host, "-p", str(port), "aegis_site.asgi:application"],
-        "dispatcher": [python, manage, "run_dispatcher"],
-    }
+    commands: dict[str, list[str]] = {}
+    env: dict[str, str] = {}
+    mqtt_url = settings.MQTT_URL
+    if not mqtt_url:
+        mqtt_url = f"mqtt://127.0.0.1:{EMBEDDED_BROKER_PORT}"
+        env = {"MQTT_URL": mqtt_url, "MQTT_PROTOCOL": "3.1.1"}
+        commands["broker"] = [python, manage, "run_embedded_broker", "--port", str(EMBEDDED_BROKER_PORT)]
+    commands["web"] = [python, "-m", "daphne", "-b", host, "-p", str(port), "aegis_site.asgi:application"]
+    commands["dispatcher"] = [python, manage, "run_dispatcher"]
+    commands["bridge"] = [python, manage, "run_bridge"]
+    if agents and not settings.MQTT_CA_FILE:
+        broker = urlsplit(mqtt_url)
+        mqtt_version = "311" if env.get("MQTT_PROTOCOL", settings.MQTT_PROTOCOL) == "3.1.1" else "5"
+        commands["agents"] = [python, "-m", "aegis_agent.simulate", "--count", str(agents), "--prefix", "demo-"]
+        commands["agents"] += ["--host", broker.hostname or "127.0.0.1", "--port", str(broker.port or 1883)]
+        commands["agents"] += ["--mqtt-version", mqtt_version, "--duration-ms", "1500", "--heartbeat-s", "5"]
+    return commands, env

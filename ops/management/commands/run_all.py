@@ -8,12 +8,16 @@ from ops.allinone import Supervisor, ensure_admin, role_commands
 
 
 class Command(BaseCommand):
-    help = "Run every role (web, dispatcher) in one command for a laptop or a demo; prints an admin login."
+    help = (
+        "Run every role (web, dispatcher, bridge, an embedded broker without MQTT_URL, a few simulated agents) "
+        "in one command for a laptop or a demo; prints an admin login."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--no-migrate", action="store_true")
+        parser.add_argument("--agents", type=int, default=3, help="Simulated agents to start (0: none).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not options["no_migrate"]:
@@ -26,4 +30,5 @@ class Command(BaseCommand):
         else:
             self.stdout.write(f"Admin user {username!r} exists; reset its password with: manage.py changepassword")
         sys.stdout.flush()
-        sys.exit(Supervisor(role_commands(options["host"], options["port"])).run())
+        commands, env = role_commands(options["host"], options["port"], options["agents"])
+        sys.exit(Supervisor(commands, env).run())
