@@ -37,19 +37,32 @@ class Incoming:
 
 
 def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
-    """Apply a batch in arrival order; returns how many messages were applied (not dropped)."""
-    parsed = []
+    """Apply a batch in arrival order; returns how many messages needed the database.
+
+    Heartbeats only move a time in ``heartbeats`` (flushed later as one UPDATE);
+    the rest is applied in one transaction.
+    """
+    parsed: list[Hello | Status | TaskEvent] = []
+    now = clock.now()
     for item in batch:
         try:
-            parsed.append(parse_agent_message(item.topic, item.payload))
+            message = parse_agent_message(item.topic, item.payload)
         except ProtocolError as error:
             if error.code == "empty":  # a retained message being cleared: nothing to apply
                 dropped["empty"] += 1
             else:
                 drop(error.code, item.topic, error.message)
+            continue
+        if isinstance(message, Heartbeat):  # the most frequent message touches memory only
+            received["Heartbeat"] += 1
+            heartbeats.add(message.agent_id, now)
+        else:
+            parsed.append(message)
+    if not parsed:
+        return 0
     try:
         with transaction.atomic():
-            _apply_all(parsed, heartbeats)
+            _apply_all(parsed)
     except DatabaseError:
         raise
     except Exception:
@@ -59,7 +72,7 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
         for message in parsed:
             try:
                 with transaction.atomic():
-                    _apply_all([message], heartbeats)
+                    _apply_all([message])
             except DatabaseError:
                 raise
             except Exception:
@@ -73,7 +86,7 @@ def drop(reason: str, topic: str, detail: str) -> None:
     log.warning("mqtt message dropped", extra={"reason": reason, "topic": topic[:200], "detail": detail[:300]})
 
 
-def _apply_all(messages: list[Hello | Heartbeat | Status | TaskEvent], heartbeats: HeartbeatBuffer) -> None:
+def _apply_all(messages: list[Hello | Status | TaskEvent]) -> None:
     pending: list[TaskEvent] = []
     for message in messages:
         received[type(message).__name__] += 1
@@ -86,9 +99,7 @@ def _apply_all(messages: list[Hello | Heartbeat | Status | TaskEvent], heartbeat
         if pending:
             _apply_events(pending)
             pending = []
-        if isinstance(message, Heartbeat):
-            heartbeats.add(message.agent_id, clock.now())
-        elif isinstance(message, Status):
+        if isinstance(message, Status):
             _apply_status(message)
         else:
             _apply_hello(message)
