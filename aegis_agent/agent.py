@@ -168,13 +168,16 @@ class Agent:
         )
         client.subscribe([(self.topics.inbox, 1), (wire.BROADCAST_TOPIC, 1)])
         client.publish(self.topics.status, wire.encode(wire.status("online")), qos=1, retain=True)
+        self._send_hello()
+        self._connected.set()
+
+    def _send_hello(self) -> None:
         with self._lock:
             running = self._held_keys()
         message = wire.hello(
             self.config.version, self.capabilities, self.config.labels, self.config.max_concurrency, running
         )
-        client.publish(self.topics.hello, wire.encode(message), qos=1)
-        self._connected.set()
+        self.client.publish(self.topics.hello, wire.encode(message), qos=1)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         self._connected.clear()
@@ -201,7 +204,10 @@ class Agent:
 
     def handle(self, message: wire.InboxMessage, broadcast: bool = False) -> None:
         if isinstance(message, wire.Ping):
-            self._send_heartbeat()
+            if message.hello:
+                self._send_hello()
+            else:
+                self._send_heartbeat()
         elif isinstance(message, wire.Drain):
             log.info("draining: finishing running tasks, accepting nothing new")
             self._draining = True

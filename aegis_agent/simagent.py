@@ -67,15 +67,19 @@ class SimAgent:
     def prepare_connect(self) -> None:
         connection.offline_will(self.client, self.topics)
 
+    def send_hello(self) -> None:
+        fleet = self.fleet
+        message = wire.hello(__version__, fleet.capabilities, fleet.labels, fleet.max_concurrency, self._held())
+        self.client.publish(self.topics.hello, wire.encode(message), qos=1)
+        fleet.stats.hellos += 1
+
     def connected(self, session_present: bool) -> None:
         fleet, client = self.fleet, self.client
         self.online = True
         fleet.stats.connects += 1
         client.subscribe([(self.topics.inbox, 1), (wire.BROADCAST_TOPIC, 1)])
         client.publish(self.topics.status, fleet.status_online(), qos=1, retain=True)
-        message = wire.hello(__version__, fleet.capabilities, fleet.labels, fleet.max_concurrency, self._held())
-        client.publish(self.topics.hello, wire.encode(message), qos=1)
-        fleet.stats.hellos += 1
+        self.send_hello()
         for key, (payload, info) in self.finished.items():
             if info is None:  # finished while disconnected
                 self.finished[key] = (payload, client.publish(self.topics.events, payload, qos=1))
@@ -118,7 +122,10 @@ class SimAgent:
             log.warning("%s dropped invalid message on %s: %s", self.agent_id, message.topic, exc)
             return
         if isinstance(parsed, wire.Ping):
-            self.send_heartbeat()
+            if parsed.hello:
+                self.send_hello()
+            else:
+                self.send_heartbeat()
         elif isinstance(parsed, wire.Drain):
             self.draining = True
         elif message.topic == wire.BROADCAST_TOPIC:

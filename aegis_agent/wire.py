@@ -173,6 +173,7 @@ class Drain:
 @dataclass(frozen=True)
 class Ping:
     message_id: str
+    hello: bool = False  # the server does not know this agent: answer with a hello, not a heartbeat
 
 
 InboxMessage = Assign | Cancel | Drain | Ping
@@ -249,5 +250,8 @@ def parse_inbox(data: bytes) -> InboxMessage:
     if message_type == "agent.drain":
         return Drain(message_id)
     if message_type == "ping":
-        return Ping(message_id)
+        hello = message.get("hello", False)
+        if not isinstance(hello, bool):
+            raise ProtocolError("hello must be a boolean")
+        return Ping(message_id, hello)
     raise ProtocolError(f"unknown message type {message_type!r}")

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime
 
+from django.db import transaction
+
+from broker import outbox
 from registry import actions as registry_actions
+from registry.models import Agent
+from tasks.engine import clock
+
+# An unknown agent is asked for its hello at most this often.
+HELLO_REQUEST_INTERVAL_S = 60.0
 
 
 class HeartbeatBuffer:
@@ -14,6 +23,7 @@ class HeartbeatBuffer:
     def __init__(self) -> None:
         self._latest: dict[str, datetime] = {}
         self._lock = threading.Lock()
+        self._asked: dict[str, float] = {}  # agent id -> monotonic time we last asked it for a hello
 
     def add(self, agent_id: str, at: datetime) -> None:
         with self._lock:
@@ -32,10 +42,32 @@ class HeartbeatBuffer:
         if not batch:
             return 0
         try:
-            return registry_actions.touch_agents(batch)
+            touched = registry_actions.touch_agents(batch)
+            if touched < len(batch):
+                self._ask_unknown_for_hello(list(batch))
+            return touched
         except Exception:
             with self._lock:
                 for agent_id, at in batch.items():
                     if agent_id not in self._latest or at > self._latest[agent_id]:
                         self._latest[agent_id] = at
             raise
+
+    def _ask_unknown_for_hello(self, agent_ids: list[str]) -> None:
+        """Heartbeats from agents the database does not know: their hello was published before any bridge
+        subscribed (a new shared-subscription group gets no earlier and no retained messages). Ask again."""
+        known = set(Agent.objects.filter(pk__in_array=agent_ids).values_list("pk", flat=True))
+        now = time.monotonic()
+        unknown = [
+            agent_id
+            for agent_id in agent_ids
+            if agent_id not in known
+            and now - self._asked.get(agent_id, -HELLO_REQUEST_INTERVAL_S) >= HELLO_REQUEST_INTERVAL_S
+        ]
+        if not unknown:
+            return
+        for agent_id in unknown:
+            self._asked[agent_id] = now
+        at = clock.now()
+        with transaction.atomic():
+            outbox.write([outbox.to_inbox(agent_id, "ping", at, hello=True) for agent_id in unknown])

@@ -448,8 +448,9 @@ def agent_drain(at: datetime) -> dict[str, Any]:
     return envelope("agent.drain", at)
 
 
-def ping(at: datetime) -> dict[str, Any]:
-    return envelope("ping", at)
+def ping(at: datetime, *, hello: bool = False) -> dict[str, Any]:
+    """``hello=True`` asks the agent for its hello (the server does not know it yet); else a heartbeat."""
+    return envelope("ping", at, hello=True) if hello else envelope("ping", at)
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -226,3 +226,15 @@ def test_threads_stop_cleanly(settings):
     instance.shutdown()
     assert not any(thread.is_alive() for thread in instance._threads)
     assert threading.active_count() < 50
+
+
+def test_an_agent_whose_hello_nobody_heard_is_asked_for_it_again(bridge, agent):
+    """A new share group receives nothing published before it subscribed; heartbeats reveal the agent."""
+    for seq in range(3):
+        agent.send("heartbeat", envelope("heartbeat", seq=seq, running=[]))
+    request = agent.next_message()
+    assert request["type"] == "ping"
+    assert request["hello"] is True
+    assert not Agent.objects.filter(pk=agent.id).exists()
+    agent.hello()  # what the reference agent does on such a ping
+    wait_for(lambda: Agent.objects.filter(pk=agent.id).exists(), what="hello stored")

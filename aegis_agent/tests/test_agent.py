@@ -193,3 +193,11 @@ def test_ping_is_answered_with_a_heartbeat(make_agent, peer, agent_id):
     make_agent(heartbeat_interval_s=60)
     peer.send(agent_id, inbox_message("ping"))
     peer.on_topic(f"aegis/agents/{agent_id}/heartbeat")
+
+
+def test_a_ping_asking_for_hello_gets_a_fresh_hello(make_agent, peer, agent_id):
+    make_agent()
+    first = peer.on_topic(f"aegis/agents/{agent_id}/hello")[0]
+    peer.send(agent_id, inbox_message("ping", hello=True))
+    hellos = peer.wait_for(lambda t, b: t == f"aegis/agents/{agent_id}/hello" and b["id"] != first["id"])
+    assert hellos[0]["type"] == "hello"

@@ -82,3 +82,12 @@ def test_bad_config_is_refused_with_a_reason(tmp_path, settings, message):
     path.write_text(json.dumps(settings))
     with pytest.raises(ConfigError, match=message):
         load(path)
+
+
+def test_a_ping_may_ask_for_the_hello_again():
+    ping = wire.parse_inbox(json.dumps({"v": 1, "id": "p1", "ts": "2026-01-01T00:00:00Z", "type": "ping"}).encode())
+    asking = wire.parse_inbox(
+        json.dumps({"v": 1, "id": "p2", "ts": "2026-01-01T00:00:00Z", "type": "ping", "hello": True}).encode()
+    )
+    assert ping == wire.Ping("p1", hello=False)
+    assert asking == wire.Ping("p2", hello=True)
