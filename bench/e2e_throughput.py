@@ -245,7 +245,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         _throughput_run(min(args.tasks, 500))  # warm-up: connections, plans, caches
-        rates, cpu = [], {"bridge": [], "dispatcher": [], "simulator": []}
+        rates: list[float] = []
+        cpu: dict[str, list[float]] = {"bridge": [], "dispatcher": [], "simulator": []}
         pids = {"bridge": bridge.pid, "dispatcher": dispatcher.pid, "simulator": simulator.pid}
         for _ in range(args.runs):
             before = {name: _cpu(pid) for name, pid in pids.items()}
