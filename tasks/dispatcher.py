@@ -70,7 +70,8 @@ class Dispatcher:
 
     def step(self) -> bool:
         did_work = False
-        for name in ("expire_leases", "mark_silent_agents_offline", "assign"):
+        # Assignment first: a NOTIFY for new work should reach an agent before the housekeeping runs.
+        for name in ("assign", "expire_leases", "mark_silent_agents_offline"):
             try:
                 did_work |= getattr(self, name)()
             except Exception:
