@@ -87,24 +87,28 @@ def drop(reason: str, topic: str, detail: str) -> None:
 
 
 def _apply_all(messages: list[Hello | Status | TaskEvent]) -> None:
-    pending: list[TaskEvent] = []
+    """Apply in arrival order per agent; each agent's events go to the engine as one batch.
+
+    Order matters only within one agent (its hello before its later events), so
+    events are grouped per agent and a group is flushed before that agent's next
+    hello or status: a batch from many agents costs one engine call per agent,
+    not one per run of consecutive messages.
+    """
+    pending: dict[str, list[TaskEvent]] = {}
     for message in messages:
         received[type(message).__name__] += 1
         if isinstance(message, TaskEvent):
-            if pending and pending[-1].agent_id != message.agent_id:
-                _apply_events(pending)
-                pending = []
-            pending.append(message)
+            pending.setdefault(message.agent_id, []).append(message)
             continue
-        if pending:
-            _apply_events(pending)
-            pending = []
+        earlier = pending.pop(message.agent_id, None)
+        if earlier:
+            _apply_events(earlier)
         if isinstance(message, Status):
             _apply_status(message)
         else:
             _apply_hello(message)
-    if pending:
-        _apply_events(pending)
+    for events in pending.values():
+        _apply_events(events)
 
 
 def _apply_events(events: list[TaskEvent]) -> None:
