@@ -145,6 +145,11 @@ def _latency_run(probe: ProbeAgent, samples: int, pause_s: float) -> tuple[list[
     for _ in range(samples):
         time.sleep(pause_s)  # let every process go back to waiting
         job_id, committed, _ = _submit(JobSpec(kind="noop", mode="each", target_agent_ids=[PROBE_ID]))
+        # Wait for the assignment without touching the database: a polling loop here
+        # would compete for the two cores with the dispatcher it is timing.
+        with probe.arrived:
+            probe.arrived.wait_for(lambda: job_id in probe.received, timeout=10)  # noqa: B023 (used at once)
+            arrived = probe.received.pop(job_id)
         with connection.cursor() as cursor:
             deadline = time.monotonic() + 10
             while True:
@@ -155,9 +160,6 @@ def _latency_run(probe: ProbeAgent, samples: int, pause_s: float) -> tuple[list[
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"single-task job {job_id} did not complete within 10 s")
                 time.sleep(0.0005)
-        with probe.arrived:
-            probe.arrived.wait_for(lambda: job_id in probe.received, timeout=5)  # noqa: B023 (used at once)
-            arrived = probe.received.pop(job_id)
         dispatch.append((arrived - committed) * 1000)
         completion.append((done - committed) * 1000)
     return dispatch, completion

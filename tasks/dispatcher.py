@@ -57,6 +57,7 @@ class Dispatcher:
         dispatchable = {"connectivity": Connectivity.ONLINE, "admin_state": AdminState.ACTIVE}
         pinned = (
             ready.filter(pinned=True, **{f"agent__{k}": v for k, v in dispatchable.items()})
+            .order_by()  # without it the model's ordering adds tasks.id to the DISTINCT: one row per task
             .values_list("agent_id", flat=True)
             .distinct()[: self.batch_size]
         )

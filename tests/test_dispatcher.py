@@ -135,3 +135,16 @@ def test_a_waiting_dispatcher_times_out_without_notify():
         assert listener.wait(0.2, threading.Event()) is False
     finally:
         listener.close()
+
+
+@pytest.mark.django_db
+def test_one_pass_serves_every_agent_with_pinned_work_however_deep_one_queue_is(make_agent, spec, operator):
+    make_agent("busy", max_concurrency=1)
+    make_agent("other", max_concurrency=1)
+    actions.submit_job(spec(mode="each", target_agent_ids=["other"]), operator)
+    for _ in range(6):  # a deeper, newer queue for "busy" must not hide "other"
+        actions.submit_job(spec(mode="each", target_agent_ids=["busy"]), operator)
+
+    Dispatcher(batch_size=2).assign()
+
+    assert set(Task.objects.filter(state=TaskState.ASSIGNED).values_list("agent_id", flat=True)) == {"busy", "other"}
