@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 from aegis_agent import connection, wire
 from aegis_agent.config import AgentConfig
 from aegis_agent.handlers import HandlerRegistry, TaskContext, TaskError, default_registry
+from aegis_agent.redelivery import redelivery
 from aegis_agent.wire import TaskId, TaskKey
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Agent:
             "connected to %s:%s (session present: %s)", self.config.host, self.config.broker_port, flags.session_present
         )
         client.subscribe([(self.topics.inbox, 1), (wire.BROADCAST_TOPIC, 1)])
-        client.publish(self.topics.status, wire.encode(wire.status("online")), qos=1, retain=True)
+        redelivery.publish(client, self.topics.status, wire.encode(wire.status("online")), retain=True)
         self._send_hello()
         self._connected.set()
 
@@ -177,7 +178,7 @@ class Agent:
         message = wire.hello(
             self.config.version, self.capabilities, self.config.labels, self.config.max_concurrency, running
         )
-        self.client.publish(self.topics.hello, wire.encode(message), qos=1)
+        redelivery.publish(self.client, self.topics.hello, wire.encode(message))
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         self._connected.clear()
@@ -248,7 +249,7 @@ class Agent:
                         self._latest_attempt.popitem(last=False)
         if final is not None:
             log.info("duplicate assign of finished task %s attempt %s: re-sending its result", *key)
-            self.client.publish(self.topics.events, final.payload, qos=1)
+            redelivery.publish(self.client, self.topics.events, final.payload)
             return
         if reason is not None:
             log.info("rejected task %s attempt %s: %s", task.id, task.attempt, reason)
@@ -314,11 +315,11 @@ class Agent:
             self._running.pop(key, None)
             # Published under the lock so that a hello built meanwhile lists the task either as
             # running or as unacknowledged, never as neither (the server would call it lost).
-            final.info = self.client.publish(self.topics.events, final.payload, qos=1)
+            final.info = redelivery.publish(self.client, self.topics.events, final.payload)
         log.info("task %s attempt %s: %s", key[0], key[1], final_message["type"])
 
     def _publish_event(self, message: dict[str, Any]) -> None:
-        self.client.publish(self.topics.events, wire.encode(message), qos=1)
+        redelivery.publish(self.client, self.topics.events, wire.encode(message))
 
     # --- heartbeats -------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aegis_agent import wire
+from aegis_agent.redelivery import redelivery
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ def new_client(
     # An exception in our callbacks must never kill the network loop.
     client.suppress_exceptions = True
     client.on_socket_open = set_nodelay
+    client.on_publish = lambda c, _u, mid, reason, _p: redelivery.on_publish(c, mid, reason)
     if tls_context is not None:
         client.tls_set_context(tls_context)
     elif tls is not None:

@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 
 from aegis_agent import __version__, connection, wire
 from aegis_agent.multiplex import Session
+from aegis_agent.redelivery import redelivery
 from aegis_agent.wire import TaskId, TaskKey
 
 if TYPE_CHECKING:
@@ -67,10 +68,14 @@ class SimAgent:
     def prepare_connect(self) -> None:
         connection.offline_will(self.client, self.topics)
 
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """QoS 1, published again if the broker routes it to nobody; re-publishes run on the fleet's loop."""
+        return redelivery.publish(self.client, topic, payload, retain, runner=self.fleet.mux.call)
+
     def send_hello(self) -> None:
         fleet = self.fleet
         message = wire.hello(__version__, fleet.capabilities, fleet.labels, fleet.max_concurrency, self._held())
-        self.client.publish(self.topics.hello, wire.encode(message), qos=1)
+        self._publish(self.topics.hello, wire.encode(message))
         fleet.stats.hellos += 1
 
     def connected(self, session_present: bool) -> None:
@@ -78,11 +83,11 @@ class SimAgent:
         self.online = True
         fleet.stats.connects += 1
         client.subscribe([(self.topics.inbox, 1), (wire.BROADCAST_TOPIC, 1)])
-        client.publish(self.topics.status, fleet.status_online(), qos=1, retain=True)
+        self._publish(self.topics.status, fleet.status_online(), retain=True)
         self.send_hello()
         for key, (payload, info) in self.finished.items():
             if info is None:  # finished while disconnected
-                self.finished[key] = (payload, client.publish(self.topics.events, payload, qos=1))
+                self.finished[key] = (payload, self._publish(self.topics.events, payload))
         if self.heartbeat_timer is None:
             delay = fleet.random.uniform(0, fleet.heartbeat_s)  # spread the fleet's heartbeats
             self.heartbeat_timer = fleet.mux.loop.call_later(delay, self._heartbeat)
@@ -111,7 +116,7 @@ class SimAgent:
 
     def _event(self, message: dict[str, Any]) -> None:
         if self.online:
-            self.client.publish(self.topics.events, wire.encode(message), qos=1)
+            self._publish(self.topics.events, wire.encode(message))
 
     def on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         fleet = self.fleet
@@ -149,7 +154,7 @@ class SimAgent:
             fleet.stats.ignored += 1
             payload, _ = self.finished[key]
             if self.online:  # re-send the result under its original message id
-                self.finished[key] = (payload, self.client.publish(self.topics.events, payload, qos=1))
+                self.finished[key] = (payload, self._publish(self.topics.events, payload))
             return
         latest = self.latest_attempt.get(task.id)
         if latest is not None and task.attempt < latest:
@@ -194,7 +199,7 @@ class SimAgent:
     def _finish(self, task: wire.TaskSpec, final: dict[str, Any]) -> None:
         self.running.pop(task.key, None)
         payload = wire.encode(final)
-        info = self.client.publish(self.topics.events, payload, qos=1) if self.online else None
+        info = self._publish(self.topics.events, payload) if self.online else None
         self.finished[task.key] = (payload, info)
         while len(self.finished) > _REMEMBERED_FINISHED:
             self.finished.popitem(last=False)

@@ -18,6 +18,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +72,9 @@ class Bridge:
         self.connected = threading.Event()
         self.inbound: queue.Queue[Incoming] = queue.Queue()
         self.heartbeats = HeartbeatBuffer()
+        self.unsubscribed = threading.Event()
+        self._unacknowledged = 0  # received, not yet acknowledged: what a clean stop waits for
+        self._count_lock = threading.Lock()
         self.client = self._client()
         self._threads: list[threading.Thread] = []
 
@@ -97,6 +101,7 @@ class Bridge:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_unsubscribe = lambda *args: self.unsubscribed.set()
         client.on_socket_open = _set_nodelay
         return client
 
@@ -122,9 +127,13 @@ class Bridge:
             log.warning("bridge lost the broker (%s); reconnecting", reason)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._count_lock:
+            self._unacknowledged += 1
         self.inbound.put(Incoming(message.topic, message.payload, message.mid, message.qos))
 
     def ack(self, mid: int, qos: int) -> None:
+        with self._count_lock:
+            self._unacknowledged -= 1
         if qos > 0:
             self.client.ack(mid, qos)
 
@@ -155,10 +164,29 @@ class Bridge:
             self._threads.append(thread)
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop cleanly: leave the share group, apply and acknowledge what already arrived, end the session.
+
+        A member that merely disconnected would stay in the share group with its
+        persistent session, and the broker would keep queuing its turn of the
+        agents' messages for a client that is not coming back. (A killed bridge
+        skips all this: its session keeps the unacknowledged messages for a
+        successor with the same client id.)
+        """
+        if self.connected.is_set():
+            self.client.unsubscribe([topic for topic, _qos in subscriptions(self.mqtt5, settings.MQTT_SHARE_GROUP)])
+            self.unsubscribed.wait(min(timeout, 5.0))
+            deadline = time.monotonic() + timeout
+            while self._unacknowledged > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
         self.stop.set()
         for thread in self._threads:
             thread.join(timeout)
-        self.client.disconnect()
+        if self.mqtt5:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+            self.client.disconnect(properties=properties)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
         log.info("bridge stopped")
 
