@@ -28,19 +28,20 @@ def _ours(prefix, kind):
 
 
 def test_fifty_agents_say_hello_and_complete_echo_tasks_on_few_threads(prefix, fleet_peer):
+    threads_before = threading.active_count()  # other tests (a database pool, a bridge) may have left some
     fleet = Fleet(50, port=1883, prefix=prefix, heartbeat_s=1.0, seed=1)
     try:
         fleet.start(wait_s=10)
         hellos = fleet_peer.wait_for(_ours(prefix, "hello"), count=50)
         assert {h["max_concurrency"] for h in hellos} == {8}
-        assert threading.active_count() < 15
+        assert threading.active_count() - threads_before < 12  # fifty agents, a handful of threads
         for n, agent_id in enumerate(fleet.agent_ids):
             fleet_peer.send(agent_id, assign(n, "echo", {"n": n}))
         done = fleet_peer.wait_for(lambda t, b: _ours(prefix, "events")(t, b) and b["type"] == "task.succeeded", 50)
         assert sorted(b["result"]["n"] for b in done) == list(range(50))
         assert fleet.stats.accepted == 50
         fleet_peer.wait_for(_ours(prefix, "heartbeat"), count=50)
-        assert threading.active_count() < 15
+        assert threading.active_count() - threads_before < 12
     finally:
         fleet.stop()
     fleet_peer.wait_for(lambda t, b: _ours(prefix, "status")(t, b) and b["state"] == "offline", 50)
