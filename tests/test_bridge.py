@@ -8,8 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -23,6 +22,7 @@ from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task, TaskEvent
+from tests.support import envelope, wait_for
 
 BROKER = ("127.0.0.1", 1883)
 
@@ -39,21 +39,6 @@ pytestmark = [
     pytest.mark.skipif(not broker_reachable(), reason="no MQTT broker on 127.0.0.1:1883"),
     pytest.mark.django_db(transaction=True),
 ]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def envelope(message_type: str, **fields: Any) -> bytes:
-    ts = datetime.now(UTC).isoformat()
-    return json.dumps({"v": 1, "id": uuid.uuid4().hex, "ts": ts, "type": message_type, **fields}).encode()
 
 
 class FakeAgent:

@@ -25,7 +25,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -42,6 +41,8 @@ from broker.models import OutboxMessage
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.models import Job, JobState, Task, TaskEvent, TaskState
+from tests import support
+from tests.support import envelope, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -58,25 +59,7 @@ pytestmark = [
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S, interval: float = POLL_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def envelope(message_type: str, **fields: Any) -> bytes:
-    ts = datetime.now(UTC).isoformat()
-    return json.dumps({"v": 1, "id": uuid.uuid4().hex, "ts": ts, "type": message_type, **fields}).encode()
+    return support.wait_for(condition, what, timeout, interval)
 
 
 # --- the broker ------------------------------------------------------------------------------------------------

@@ -3,10 +3,8 @@ certificate, and the reference agent with its own certificate (CN = agent id).""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,19 +15,10 @@ from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task
+from tests.support import wait_for
 from tests.test_broker_security import Broker, broker  # noqa: F401  (the module-scoped Mosquitto fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -75,7 +64,7 @@ def test_an_agent_with_its_own_certificate_runs_a_task_and_the_job_completes(bro
 
         job, _ = actions.submit_job(spec(kind="echo", target_agent_ids=["agent-a"], payload={"n": 42}), operator)
         assert Dispatcher().assign()
-        wait_for(lambda: Job.objects.get(pk=job.pk).state == "succeeded", what="job succeeded")
+        wait_for(lambda: Job.objects.get(pk=job.pk).state == "succeeded", "job succeeded", timeout=20)
 
         task = Task.objects.get(job=job)
         assert task.result == {"n": 42}
@@ -97,6 +86,6 @@ def test_heartbeats_over_tls_keep_the_agent_seen(broker, tls_bridge, settings): 
             seen = Agent.objects.get(pk="agent-b").last_seen_at
             return seen is not None and seen > first
 
-        wait_for(moved, timeout=10, what="a heartbeat flush")
+        wait_for(moved, "a heartbeat flush", timeout=10)
     finally:
         agent.stop(2)

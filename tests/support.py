@@ -1,0 +1,37 @@
+"""Helpers the end-to-end tests share: bounded waiting and hand-built protocol v1 messages."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+
+def wait_for(
+    condition: Callable[[], Any], what: str = "condition", timeout: float = 15.0, interval: float = 0.05
+) -> Any:
+    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def envelope(message_type: str, **fields: Any) -> bytes:
+    """An agent → server message as an agent would publish it."""
+    ts = datetime.now(UTC).isoformat()
+    return json.dumps({"v": 1, "id": uuid.uuid4().hex, "ts": ts, "type": message_type, **fields}).encode()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
