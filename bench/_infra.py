@@ -124,6 +124,14 @@ class Processes:
                 proc.wait(5)
         self.children = [(n, p) for n, p in self.children if p is not proc]
 
+    def kill(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL, no clean stop: a bridge killed this way keeps its MQTT session and what queues in it
+        (a SIGTERM makes it leave the share group and end the session)."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(10)
+        self.children = [(n, p) for n, p in self.children if p is not proc]
+
     def stop_all(self, failed: bool = False) -> None:
         """Stop every child; after a failure, print the tail of each child's log first."""
         if failed:

@@ -243,7 +243,7 @@ def run_drain(
         time.sleep(0.2)  # the sampler's next sample
         touched = stats.count_seen_since("hb-", datetime.fromtimestamp(0, UTC))
     finally:
-        procs.stop(bridge)
+        procs.kill(bridge)  # keeps the session: the next run queues its backlog there
         sampler.close()
     time.sleep(0.2)
     after = stats.snapshot()
@@ -419,7 +419,7 @@ def main() -> None:
         first = procs.django_command("bridge", ["run_bridge"], env)  # creates its persistent session
         procs.wait_log("bridge", "bridge connected")
         time.sleep(0.5)
-        procs.stop(first)
+        procs.kill(first)  # keeps the session: the drain runs queue heartbeats in it
         drains = [run_drain(procs, env, port, agent_ids[: args.agents], args.rounds, stats) for _ in range(args.runs)]
         live = run_live(procs, env, port, args.fleet, args.heartbeat_s, args.window_s, stats) if args.fleet else None
         failed = False
