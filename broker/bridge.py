@@ -131,11 +131,13 @@ class Bridge:
             self._unacknowledged += 1
         self.inbound.put(Incoming(message.topic, message.payload, message.mid, message.qos))
 
-    def ack(self, mid: int, qos: int) -> None:
+    def ack(self, acks: list[tuple[int, int]]) -> None:
+        """PUBACK a committed batch: ``(packet id, qos)`` pairs."""
         with self._count_lock:
-            self._unacknowledged -= 1
-        if qos > 0:
-            self.client.ack(mid, qos)
+            self._unacknowledged -= len(acks)
+        for mid, qos in acks:
+            if qos > 0:
+                self.client.ack(mid, qos)
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=1)
@@ -219,8 +221,7 @@ class Bridge:
 
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "mqtt.ack":
-                for mid, qos in message["acks"]:
-                    self.ack(mid, qos)
+                self.ack(message["acks"])
                 await done.put(None)
 
         scope = {"type": "mqtt", "heartbeats": self.heartbeats, "stop": self.stop}
@@ -231,7 +232,8 @@ class Bridge:
                 batch = await loop.run_in_executor(None, self._next_batch)
                 if not batch:
                     continue
-                await mailbox.put({"type": "mqtt.message", "messages": [_as_tuple(item) for item in batch]})
+                # In process, so the batch travels as it is (a channel layer would need plain data).
+                await mailbox.put({"type": "mqtt.message", "messages": batch})
                 # One batch at a time: the next waits for this one's commit (or for shutdown).
                 while not self.stop.is_set():
                     try:
@@ -274,10 +276,6 @@ class Bridge:
         except Exception:
             log.exception("heartbeat flush failed; kept for the next window")
             close_old_connections()
-
-
-def _as_tuple(item: Incoming) -> tuple[str, bytes, int, int]:
-    return (item.topic, item.payload, item.mid, item.qos)
 
 
 def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

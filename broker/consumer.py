@@ -25,7 +25,7 @@ class MqttConsumer(SyncConsumer):
     """
 
     def mqtt_message(self, event: dict[str, Any]) -> None:
-        batch = [Incoming(*item) for item in event["messages"]]
+        batch: list[Incoming] = event["messages"]
         heartbeats: HeartbeatBuffer = self.scope["heartbeats"]
         stop: threading.Event = self.scope["stop"]
         delay = 0.05
