@@ -172,6 +172,18 @@ class Processes:
         return self.start(name, [PYTHON, "manage.py", *args], env)
 
 
+def role_env(database_url: str, port: int, tag: str, **extra: str) -> dict[str, str]:
+    """The environment of the bridge and dispatcher processes a benchmark starts."""
+    return {
+        "DATABASE_URL": database_url,
+        "DB_POOL_SIZE": "0",
+        "MQTT_URL": f"mqtt://127.0.0.1:{port}",
+        "MQTT_SHARE_GROUP": tag,
+        "MQTT_CLIENT_ID": f"{tag}-bridge",
+        **extra,
+    }
+
+
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

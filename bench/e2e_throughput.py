@@ -43,6 +43,7 @@ from bench._infra import (
     drop_database,
     median,
     percentile,
+    role_env,
     scratch_database_url,
     setup_django,
     wait_until,
@@ -192,16 +193,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sync = cursor.fetchone()[0]
         port = procs.mosquitto() if args.broker == "private" else 1883
         tag = f"bench-{os.getpid()}"
-        env = {
-            "DATABASE_URL": database_url,
-            "DB_POOL_SIZE": "0",
-            "MQTT_URL": f"mqtt://127.0.0.1:{port}",
-            "MQTT_SHARE_GROUP": tag,
-            "MQTT_CLIENT_ID": f"{tag}-bridge",
-            "BRIDGE_OUTBOX_POLL_INTERVAL": "0.05",
-            "AGENT_HEARTBEAT_INTERVAL": "600",  # the probe sends no heartbeats
-            "LOG_LEVEL": "WARNING",
-        }
+        env = role_env(
+            database_url,
+            port,
+            tag,
+            BRIDGE_OUTBOX_POLL_INTERVAL="0.05",
+            AGENT_HEARTBEAT_INTERVAL="600",  # the probe sends no heartbeats
+            LOG_LEVEL="WARNING",
+        )
         # The bridge logs at INFO so we see it subscribed: agents that connect before its first
         # subscription are never learned (their hello has no subscriber, and a shared subscription
         # gets no retained status).

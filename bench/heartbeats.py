@@ -53,6 +53,7 @@ from bench._infra import (
     Processes,
     drop_database,
     median,
+    role_env,
     scratch_database_url,
     setup_django,
     wait_until,
@@ -407,15 +408,7 @@ def main() -> None:
 
         port = procs.mosquitto()
         tag = f"bench-hb-{os.getpid()}"
-        env = {
-            "DATABASE_URL": database_url,
-            "DB_POOL_SIZE": "0",
-            "MQTT_URL": f"mqtt://127.0.0.1:{port}",
-            "MQTT_SHARE_GROUP": tag,
-            "MQTT_CLIENT_ID": f"{tag}-bridge",
-            "MQTT_RECEIVE_MAXIMUM": "1000",
-            "LOG_LEVEL": "INFO",
-        }
+        env = role_env(database_url, port, tag, MQTT_RECEIVE_MAXIMUM="1000", LOG_LEVEL="INFO")
         first = procs.django_command("bridge", ["run_bridge"], env)  # creates its persistent session
         procs.wait_log("bridge", "bridge connected")
         time.sleep(0.5)

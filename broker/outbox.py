@@ -8,6 +8,7 @@ from typing import Any
 
 from broker.models import OutboxMessage
 from broker.protocol import envelope, inbox_topic
+from tasks.engine import wakeup
 
 
 def to_inbox(agent_id: str, message_type: str, at: datetime, **fields: Any) -> OutboxMessage:
@@ -23,7 +24,5 @@ def to_inbox(agent_id: str, message_type: str, at: datetime, **fields: Any) -> O
 def write(messages: Sequence[OutboxMessage]) -> None:
     """Queue messages in the current transaction; the bridge is woken once it commits."""
     if messages:
-        from tasks.engine import wakeup
-
         OutboxMessage.objects.bulk_create(messages)
         wakeup.notify_on_commit(wakeup.OUTBOX_CHANNEL)
