@@ -185,6 +185,9 @@ MQTT_RECEIVE_MAXIMUM = _positive_int("MQTT_RECEIVE_MAXIMUM", 1000)
 BRIDGE_BATCH_SIZE = _positive_int("BRIDGE_BATCH_SIZE", 200)
 BRIDGE_HEARTBEAT_FLUSH_INTERVAL = _positive_float("BRIDGE_HEARTBEAT_FLUSH_INTERVAL", 1.0)
 BRIDGE_OUTBOX_POLL_INTERVAL = _positive_float("BRIDGE_OUTBOX_POLL_INTERVAL", 0.5)
+# The dispatcher publishes its assignments itself; the bridge republishes what is still unsent after this.
+OUTBOX_HANDOFF_GRACE = _positive_float("OUTBOX_HANDOFF_GRACE", 5.0)
+DISPATCHER_PUBLISH = env.bool("DISPATCHER_PUBLISH", default=True)
 
 
 # --- Queue engine ------------------------------------------------------------------

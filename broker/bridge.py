@@ -16,22 +16,18 @@ import asyncio
 import logging
 import queue
 import socket
-import ssl
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from django.conf import settings
 from django.db import close_old_connections
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker import protocol
+from broker.client import BrokerAddress, mqtt5, new_client
 from broker.ingest import Incoming
 from broker.presence import HeartbeatBuffer
 from broker.publisher import publish_pending
@@ -40,19 +36,6 @@ from tasks.engine.wakeup import OUTBOX_CHANNEL, Listener
 log = logging.getLogger("aegis.bridge")
 
 SUBSCRIBED_CHANNELS = (protocol.HELLO, protocol.HEARTBEAT, protocol.STATUS, protocol.EVENTS)
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-    @classmethod
-    def from_url(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url)
-        tls = parts.scheme == "mqtts"
-        return cls(parts.hostname or "127.0.0.1", parts.port or (8883 if tls else 1883), tls)
 
 
 def subscriptions(mqtt5: bool, group: str) -> list[tuple[str, int]]:
@@ -65,9 +48,9 @@ def subscriptions(mqtt5: bool, group: str) -> list[tuple[str, int]]:
 
 class Bridge:
     def __init__(self, url: str | None = None, client_id: str | None = None) -> None:
-        self.address = BrokerAddress.from_url(url or settings.MQTT_URL or "mqtt://127.0.0.1:1883")
+        self.address = BrokerAddress.from_url(url) if url else BrokerAddress.configured()
         self.client_id = client_id or settings.MQTT_CLIENT_ID or f"aegis-bridge-{socket.gethostname()}"
-        self.mqtt5 = settings.MQTT_PROTOCOL == "5"
+        self.mqtt5 = mqtt5()
         self.stop = threading.Event()
         self.connected = threading.Event()
         self.inbound: queue.Queue[Incoming] = queue.Queue()
@@ -81,28 +64,13 @@ class Bridge:
     # --- MQTT ------------------------------------------------------------------------------
 
     def _client(self) -> mqtt.Client:
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5 if self.mqtt5 else mqtt.MQTTv311,
-            clean_session=None if self.mqtt5 else False,
-            manual_ack=True,
-        )
-        if self.address.tls:
-            client.tls_set(
-                ca_certs=settings.MQTT_CA_FILE or None,
-                certfile=settings.MQTT_CERT_FILE or None,
-                keyfile=settings.MQTT_KEY_FILE or None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client = new_client(self.client_id, self.address, persistent=True, manual_ack=True)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = lambda *args: self.unsubscribed.set()
-        client.on_socket_open = _set_nodelay
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -276,10 +244,3 @@ class Bridge:
         except Exception:
             log.exception("heartbeat flush failed; kept for the next window")
             close_old_connections()
-
-
-def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """Without TCP_NODELAY an idle QoS 1 round trip waits ~40 ms for the delayed ACK (see DESIGN.md)."""
-    raw: Callable[..., Any] | None = getattr(sock, "setsockopt", None)
-    if raw is not None:
-        raw(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

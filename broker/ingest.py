@@ -123,7 +123,7 @@ def _apply_events(events: list[TaskEvent]) -> None:
 def _apply_status(status: Status) -> None:
     if status.state == "online":
         registry_actions.mark_online(status.agent_id)
-        wakeup.notify_on_commit()
+        wakeup.notify_on_commit(agents=[status.agent_id])
     else:
         registry_actions.mark_offline(status.agent_id, "agent went offline (status or Last Will)")
 
@@ -144,4 +144,4 @@ def _apply_hello(hello: Hello) -> None:
             "reconciled agent on hello",
             extra={"agent_id": hello.agent_id, "resent": result.resent, "lost": result.lost},
         )
-    wakeup.notify_on_commit()
+    wakeup.notify_on_commit(agents=[hello.agent_id])

@@ -6,7 +6,7 @@ from django.db import models
 
 
 class OutboxMessage(models.Model):
-    """One MQTT message to an agent's inbox. The bridge publishes unsent rows at QoS 1 and marks them sent."""
+    """One MQTT message to an agent's inbox, published at QoS 1 and marked sent after the PUBACK."""
 
     agent_id = models.CharField(max_length=63)
     topic = models.CharField(max_length=200)
@@ -14,6 +14,9 @@ class OutboxMessage(models.Model):
     payload = models.JSONField()
     created_at = models.DateTimeField()
     sent_at = models.DateTimeField(null=True, blank=True)
+    # Written by a process that publishes it itself right after its commit (the dispatcher); the
+    # bridge leaves such a row alone for OUTBOX_HANDOFF_GRACE and only then publishes it as a fallback.
+    direct = models.BooleanField(default=False)
 
     class Meta:
         db_table = "outbox_messages"

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 
 from broker.models import OutboxMessage
 from tasks.engine import clock
@@ -30,21 +33,24 @@ Publish = Callable[[str, bytes], Delivery]
 def publish_pending(publish: Publish, limit: int = 500, puback_timeout: float = 5.0) -> int:
     """Publish up to ``limit`` unsent messages at QoS 1 and mark those the broker acknowledged as sent.
 
-    The rows stay locked (``SKIP LOCKED`` for other bridges) until the PUBACKs are
+    Rows the dispatcher publishes itself are left to it for ``OUTBOX_HANDOFF_GRACE``
+    seconds. The rows stay locked (``SKIP LOCKED`` for other bridges) until the PUBACKs are
     in, so a crash before the commit leaves them unsent and they go out again on
     restart: at least once, and agents drop a duplicate by task id and attempt.
     Returns how many messages were marked sent.
     """
     with transaction.atomic():
+        handed_off = Q(direct=True, created_at__gte=clock.now() - timedelta(seconds=settings.OUTBOX_HANDOFF_GRACE))
         pending = list(
             OutboxMessage.objects.filter(sent_at__isnull=True)
+            .exclude(handed_off)
             .select_for_update(skip_locked=True)
             .order_by("id")[:limit]
         )
         if not pending:
             return 0
-        deliveries = [(message, publish(message.topic, encode(message.payload))) for message in pending]
-        sent = _acknowledged(deliveries, puback_timeout)
+        deliveries = [(message.pk, publish(message.topic, encode(message.payload))) for message in pending]
+        sent = acknowledged(deliveries, puback_timeout)
         mark_sent(sent, clock.now())
     if len(sent) < len(pending):
         log.warning("outbox: %d of %d messages not acknowledged; retrying", len(pending) - len(sent), len(pending))
@@ -55,15 +61,17 @@ def encode(payload: object) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-def _acknowledged(deliveries: Sequence[tuple[OutboxMessage, Delivery]], timeout: float) -> list[int]:
+def acknowledged(deliveries: Sequence[tuple[int, Delivery]], timeout: float) -> list[int]:
+    """The row ids whose PUBACK arrived within ``timeout`` (counted from the first wait)."""
     sent = []
-    for message, delivery in deliveries:
+    deadline = time.monotonic() + timeout
+    for pk, delivery in deliveries:
         try:
-            delivery.wait_for_publish(timeout)
+            delivery.wait_for_publish(max(deadline - time.monotonic(), 0.001))
         except (RuntimeError, ValueError):  # paho: not connected / queue full
             continue
         if delivery.is_published():
-            sent.append(message.pk)
+            sent.append(pk)
     return sent
 
 

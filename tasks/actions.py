@@ -21,7 +21,7 @@ from tasks.engine.explain import Explanation, explain
 from tasks.engine.reconcile import Reconciliation
 from tasks.engine.reports import Outcome, Report
 from tasks.engine.submit import JobSpec
-from tasks.models import Job, JobState, Task
+from tasks.models import HELD_STATES, Job, JobMode, JobState, Task
 
 log = logging.getLogger("aegis.tasks")
 
@@ -48,24 +48,28 @@ def _create(spec: JobSpec, actor: Actor) -> Job:
     now = clock.now()
     job = submit.create_job(spec, actor.user_id, now)
     record(actor, "job.submit", "job", job.pk, kind=job.kind, mode=job.mode, tasks=job.tasks_total)
-    wakeup.notify_on_commit()
+    # Tasks pinned to agents named by id: the dispatcher claims for those agents first, without looking.
+    wakeup.notify_on_commit(agents=job.target_agent_ids if job.mode == JobMode.EACH else ())
     return job
 
 
 @atomic_with_retry
 def claim_tasks(agent_id: str, limit: int, push: bool = False) -> list[Assignment]:
     """Assign up to ``limit`` tasks to the agent (``push``: dispatcher mode, writes outbox messages)."""
-    # Locking the agent row serialises claims for one agent, so capacity is never oversubscribed.
-    agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
-    if agent is None:
-        raise NotFound(f"agent {agent_id} does not exist")
-    return claim_engine.claim(agent, limit, clock.now(), push=push)
+    return claim_engine.claim_for(agent_id, limit, clock.now(), push=push)
 
 
 @atomic_with_retry
 def apply_reports(agent_id: str, batch: list[Report]) -> list[Outcome]:
-    """Apply an agent's task events in one transaction (fenced by attempt, deduplicated by message id)."""
-    return reports.apply_reports(agent_id, batch, clock.now())
+    """Apply an agent's task events in one transaction (fenced by attempt, deduplicated by message id).
+
+    A task that ended or went back to the queue frees room on the agent: the
+    dispatcher is woken with the agent named, so its next task goes out at once.
+    """
+    outcomes = reports.apply_reports(agent_id, batch, clock.now())
+    if any(outcome.status == "applied" and outcome.state not in HELD_STATES for outcome in outcomes):
+        wakeup.notify_on_commit(agents=[agent_id])
+    return outcomes
 
 
 def report(agent_id: str, item: Report) -> Outcome:

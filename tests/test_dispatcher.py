@@ -104,21 +104,28 @@ def test_run_dispatcher_command_stops_cleanly_on_sigterm(tmp_path):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_submitting_a_job_wakes_a_waiting_dispatcher_through_notify(spec, operator):
+def test_submitting_a_job_wakes_a_waiting_dispatcher_through_notify(spec, operator, make_agent):
     import threading
 
+    make_agent("a1")
+    make_agent("a2")
     from tasks.engine.wakeup import Listener
 
     listener = Listener()
     stop = threading.Event()
-    woke: list[bool] = []
+    woke: list[set[str] | None] = []
     try:
         listener.wait(0.01, stop)  # connects and LISTENs
         waiter = threading.Thread(target=lambda: woke.append(listener.wait(60, stop)))
         waiter.start()
         actions.submit_job(spec(mode="any", task_count=1), operator)
         waiter.join(90)
-        assert woke == [True]  # a NOTIFY, not the 60 s timeout
+        assert woke == [set()]  # a NOTIFY (no agent named for an 'any' job), not the 60 s timeout
+        waiter = threading.Thread(target=lambda: woke.append(listener.wait(60, stop)))
+        waiter.start()
+        actions.submit_job(spec(mode="each", target_agent_ids=["a1", "a2"]), operator)
+        waiter.join(90)
+        assert woke[1] == {"a1", "a2"}  # pinned tasks name their agents: the dispatcher claims for them first
     finally:
         listener.close()
 
@@ -132,7 +139,7 @@ def test_a_waiting_dispatcher_times_out_without_notify():
 
     listener = Listener()
     try:
-        assert listener.wait(0.2, threading.Event()) is False
+        assert listener.wait(0.2, threading.Event()) is None
     finally:
         listener.close()
 

@@ -1,54 +1,32 @@
 """Claiming queued tasks for one agent: the queue's hot path.
 
-One transaction per batch: lock candidate rows with ``FOR UPDATE SKIP LOCKED``
-(PostgreSQL; SQLite serialises writers with ``BEGIN IMMEDIATE``), trim them to
-the rollout limits of their jobs, then assign them with one UPDATE per job.
+One transaction per batch. On PostgreSQL, jobs without rollout limits take the
+two-statement path of ``claim_pg``. Everything else locks candidate rows with
+``FOR UPDATE SKIP LOCKED`` (SQLite serialises writers with ``BEGIN IMMEDIATE``),
+trims them to the rollout limits of their jobs, then assigns them with one
+UPDATE per job.
 """
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.db import connection
 from django.db.models import F, Q
 
 from broker import outbox
 from registry.models import AdminState, Agent, Connectivity
-from tasks.engine import history
+from tasks.engine import claim_pg, history
+from tasks.engine.assignment import Assignment
+from tasks.engine.claim_pg import OpenJob
+from tasks.engine.errors import NotFound
 from tasks.engine.jobs import mark_running
 from tasks.engine.targeting import Target, matches
 from tasks.models import ACTIVE_JOB_STATES, HELD_STATES, Job, JobMode, JobState, Task, TaskEventKind, TaskState
 
 RATE_WINDOW = timedelta(minutes=1)
 _MAX_ROUNDS = 3
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """What an agent needs to run one attempt; the ``task`` object of a ``task.assign`` message."""
-
-    task_id: int
-    attempt: int
-    job_id: int
-    kind: str
-    payload: Any
-    timeout_s: int
-    lease_s: int
-
-    def as_message(self) -> dict[str, Any]:
-        return {
-            "id": self.task_id,
-            "attempt": self.attempt,
-            "job_id": self.job_id,
-            "kind": self.kind,
-            "payload": self.payload,
-            "timeout_s": self.timeout_s,
-            "lease_s": self.lease_s,
-        }
 
 
 def free_capacity(agent: Agent) -> int:
@@ -59,12 +37,39 @@ def free_capacity(agent: Agent) -> int:
 _LIMITED = Q(max_in_flight__isnull=False) | Q(max_in_flight_percent__isnull=False) | Q(rate_per_minute__isnull=False)
 
 
-def _open_jobs_for(agent: Agent) -> tuple[list[int], list[int]]:
-    """Active 'any'-mode jobs whose target selects the agent, and active jobs with rollout limits.
+def claim_for(agent_id: str, limit: int, now: datetime, push: bool) -> list[Assignment]:
+    """Assign up to ``limit`` claimable tasks to the agent. Call inside a transaction.
 
-    Both sets are small (a fleet runs few jobs at once), so targets are checked in Python.
+    The agent row is locked first, so claims for one agent never oversubscribe
+    its capacity. ``push`` is the dispatcher's mode: the agent must be online,
+    and each assignment is also written to the outbox, published after the commit.
     """
-    jobs = Job.objects.filter(Q(mode=JobMode.ANY) | _LIMITED, state__in=ACTIVE_JOB_STATES).values_list(
+    if connection.vendor == "postgresql":
+        locked = claim_pg.lock_agent(agent_id)
+    else:
+        agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
+        locked = None if agent is None else (agent, _open_jobs())
+    if locked is None:
+        raise NotFound(f"agent {agent_id} does not exist")
+    agent, jobs = locked
+    if agent.admin_state != AdminState.ACTIVE:
+        return []
+    if push and agent.connectivity != Connectivity.ONLINE:
+        return []
+    any_jobs = [job.id for job in jobs if job.mode == JobMode.ANY and _selects(job, agent)]
+    limited = [job.id for job in jobs if job.limited]
+    if connection.vendor != "postgresql":
+        return _written(agent, _claim_general(agent, limit, now, any_jobs), now, push)
+    assignments = claim_pg.claim_unlimited(agent, limit, any_jobs, now, push)
+    if limited and len(assignments) < limit:
+        more = _claim_general(agent, limit - len(assignments), now, any_jobs, only_jobs=limited)
+        assignments += _written(agent, more, now, push)
+    return assignments
+
+
+def _open_jobs() -> list[OpenJob]:
+    """Active 'any'-mode jobs and active jobs with rollout limits: few at a time, so targets are checked in Python."""
+    rows = Job.objects.filter(Q(mode=JobMode.ANY) | _LIMITED, state__in=ACTIVE_JOB_STATES).values_list(
         "pk",
         "mode",
         "target_agent_ids",
@@ -74,94 +79,21 @@ def _open_jobs_for(agent: Agent) -> tuple[list[int], list[int]]:
         "max_in_flight_percent",
         "rate_per_minute",
     )
-    any_jobs, limited = [], []
-    for pk, mode, ids, labels, capabilities, *limits in jobs:
-        if any(limits):
-            limited.append(pk)
-        if mode == JobMode.ANY and matches(
-            Target(ids or (), labels or {}, capabilities or ()), agent.pk, agent.labels, agent.capabilities
-        ):
-            any_jobs.append(pk)
-    return any_jobs, limited
-
-
-def claim(agent: Agent, limit: int, now: datetime, push: bool) -> list[Assignment]:
-    """Assign up to ``limit`` claimable tasks to ``agent``. Call inside a transaction, agent row locked.
-
-    ``push`` is the dispatcher's mode: the agent must be online, and each
-    assignment is also written to the outbox for the bridge to publish.
-    """
-    if agent.admin_state != AdminState.ACTIVE:
-        return []
-    if push and agent.connectivity != Connectivity.ONLINE:
-        return []
-    any_jobs, limited = _open_jobs_for(agent)
-    assignments: list[Assignment] = []
-    if connection.vendor == "postgresql":
-        assignments = _claim_unlimited_pg(agent, limit, any_jobs, now)
-        if limited and len(assignments) < limit:
-            assignments += _claim_general(agent, limit - len(assignments), now, any_jobs, only_jobs=limited)
-    else:
-        assignments = _claim_general(agent, limit, now, any_jobs)
-    if push and assignments:
-        outbox.write([outbox.to_inbox(agent.pk, "task.assign", now, task=a.as_message()) for a in assignments])
-    return assignments
-
-
-_CLAIM_SQL = """
-WITH picked AS (
-    SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
-    WHERE t.state = 'queued' AND t.not_before <= %(now)s
-      AND (t.agent_id = %(agent)s OR (t.agent_id IS NULL AND t.job_id = ANY(%(any_jobs)s::bigint[])))
-      AND j.state IN ('scheduled', 'running')
-      AND j.max_in_flight IS NULL AND j.max_in_flight_percent IS NULL AND j.rate_per_minute IS NULL
-    ORDER BY t.priority DESC, t.id
-    LIMIT GREATEST(0, LEAST(%(limit)s, %(max_concurrency)s - (
-        SELECT count(*) FROM tasks h WHERE h.agent_id = %(agent)s AND h.state IN ('assigned', 'running'))))
-    FOR UPDATE OF t SKIP LOCKED
-), assigned AS (
-    UPDATE tasks t SET state = 'assigned', agent_id = %(agent)s, attempt = t.attempt + 1, assigned_at = %(now)s,
-        lease_expires_at = %(now)s + make_interval(secs => j.delivery_timeout_s), started_at = NULL,
-        cancel_requested_at = NULL, progress = NULL, result = NULL, error = NULL, updated_at = %(now)s
-    FROM picked, jobs j WHERE t.id = picked.id AND j.id = t.job_id
-    RETURNING t.id, t.job_id, t.kind, t.attempt, t.priority, j.payload, j.execution_timeout_s, j.delivery_timeout_s,
-        j.state AS job_state
-), history AS (
-    INSERT INTO task_events (task_id, kind, attempt, from_state, to_state, agent_id, message_id, data, created_at)
-    SELECT id, 'assigned', attempt, 'queued', 'assigned', %(agent)s, NULL, NULL, %(now)s FROM assigned
-), started AS (
-    UPDATE jobs SET state = 'running', updated_at = %(now)s
-    WHERE id IN (SELECT job_id FROM assigned WHERE job_state = 'scheduled') AND state = 'scheduled'
-)
-SELECT id, job_id, kind, attempt, payload, execution_timeout_s, delivery_timeout_s FROM assigned
-ORDER BY priority DESC, id
-"""
-
-
-def _claim_unlimited_pg(agent: Agent, limit: int, any_jobs: list[int], now: datetime) -> list[Assignment]:
-    """The hot path on PostgreSQL, in one statement: pick, assign, write history, start jobs.
-
-    Jobs with rollout limits are left to ``_claim_general``, which needs their rows locked.
-    """
-    params: dict[str, Any] = {
-        "now": now,
-        "agent": agent.pk,
-        "any_jobs": any_jobs,
-        "limit": limit,
-        "max_concurrency": agent.max_concurrency,
-    }
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, params)
-        rows = cursor.fetchall()
     return [
-        Assignment(task_id, attempt, job_id, kind, _json(payload), timeout_s, lease_s)
-        for task_id, job_id, kind, attempt, payload, timeout_s, lease_s in rows
+        OpenJob(pk, mode, ids, labels, capabilities, any(limit is not None for limit in limits))
+        for pk, mode, ids, labels, capabilities, *limits in rows
     ]
 
 
-def _json(value: Any) -> Any:
-    """psycopg returns jsonb decoded already; Django's cursor may hand back text."""
-    return json.loads(value) if isinstance(value, str) else value
+def _selects(job: OpenJob, agent: Agent) -> bool:
+    target = Target(job.target_agent_ids or (), job.target_labels or {}, job.target_capabilities or ())
+    return matches(target, agent.pk, agent.labels, agent.capabilities)
+
+
+def _written(agent: Agent, assignments: list[Assignment], now: datetime, push: bool) -> list[Assignment]:
+    if push and assignments:
+        outbox.write([outbox.to_inbox(agent.pk, "task.assign", now, task=a.as_message()) for a in assignments])
+    return assignments
 
 
 def _claim_general(

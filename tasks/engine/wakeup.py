@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from typing import Any
 
 from django.db import connection
@@ -13,17 +14,23 @@ OUTBOX_CHANNEL = "aegis_outbox"  # messages for the bridge to publish
 log = logging.getLogger(__name__)
 
 
-def notify_on_commit(channel: str = CHANNEL) -> None:
+HINT_MAX_AGENTS = 50  # a NOTIFY payload holds at most 8,000 bytes; past this the dispatcher looks itself
+
+
+def notify_on_commit(channel: str = CHANNEL, agents: Collection[str] = ()) -> None:
     """Wake the listeners of ``channel`` when the current transaction commits (a no-op on SQLite, which polls).
 
     NOTIFY is itself transactional: issued inside the transaction, PostgreSQL
     delivers it at the commit, drops it on a rollback and folds repeats into one,
-    and it costs no extra round trip after the commit.
+    and it costs no extra round trip after the commit. ``agents``, a hint for the
+    dispatcher: the agents that have new work or new room, claimed for at once,
+    before it looks for others.
     """
     if connection.vendor != "postgresql":
         return
+    payload = ",".join(sorted(agents)) if len(agents) <= HINT_MAX_AGENTS else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"NOTIFY {channel}")
+        cursor.execute("SELECT pg_notify(%s, %s)", [channel, payload])
 
 
 class Listener:
@@ -33,18 +40,20 @@ class Listener:
         self.channel = channel
         self._conn: Any = None
 
-    def wait(self, timeout: float, stop: threading.Event) -> bool:
+    def wait(self, timeout: float, stop: threading.Event) -> set[str] | None:
+        """Block until a NOTIFY or the timeout; returns the agent ids hinted (``None``: nothing arrived)."""
         if connection.vendor != "postgresql":
-            return stop.wait(timeout)
+            return set() if stop.wait(timeout) else None
         try:
             conn = self._connect()
-            for _ in conn.notifies(timeout=timeout, stop_after=1):
-                return True
-            return False
+            payloads = [notify.payload for notify in conn.notifies(timeout=timeout, stop_after=1)]
         except Exception:  # a lost connection must not stop the dispatcher: fall back to polling
             log.warning("dispatcher LISTEN connection lost; polling", exc_info=True)
             self.close()
-            return stop.wait(timeout)
+            return set() if stop.wait(timeout) else None
+        if not payloads:
+            return None
+        return {agent_id for payload in payloads for agent_id in payload.split(",") if agent_id}
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:

@@ -1,0 +1,119 @@
+"""The dispatcher publishes its assignments itself (real Mosquitto on 127.0.0.1:1883); the bridge is the fallback."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings as django_settings
+
+from aegis_agent import wire
+from broker import outbox, publisher
+from broker.direct import DirectPublisher
+from broker.models import OutboxMessage
+from broker.protocol import task_assign
+from tasks import actions
+from tasks.dispatcher import Dispatcher
+from tests.test_bridge import FakeAgent, broker_reachable
+
+
+@pytest.fixture
+def direct(settings) -> Iterator[DirectPublisher]:
+    settings.MQTT_URL = "mqtt://127.0.0.1:1883"
+    instance = DirectPublisher(client_id=f"dispatcher-{uuid.uuid4().hex[:8]}")
+    connected = threading.Event()
+    on_connect = instance._on_connect
+
+    def connected_too(*args: Any) -> None:
+        on_connect(*args)
+        connected.set()
+
+    instance.client.on_connect = connected_too
+    instance.start()
+    assert connected.wait(10), "the dispatcher's publisher did not connect"
+    yield instance
+    instance.stop()
+    assert outbox.direct_sink() is None
+
+
+@pytest.fixture
+def fake_agent() -> Iterator[FakeAgent]:
+    fake = FakeAgent(f"t-{uuid.uuid4().hex[:10]}")
+    yield fake
+    fake.close()
+
+
+@pytest.mark.skipif(not broker_reachable(), reason="no MQTT broker on 127.0.0.1:1883")
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatcher_publishes_at_commit_and_marks_sent_after_the_puback(
+    direct, fake_agent, make_agent, spec, operator
+):
+    make_agent(fake_agent.id)
+    job, _ = actions.submit_job(spec(target_agent_ids=[fake_agent.id], payload={"n": 1}), operator)
+    dispatcher = Dispatcher()
+    dispatcher.direct = direct
+    assert dispatcher.assign()
+    message = fake_agent.next_message()  # no bridge runs: only the dispatcher can have sent it
+    parsed = wire.parse_inbox(wire.encode(message))
+    assert isinstance(parsed, wire.Assign)
+    assert (parsed.task.job_id, parsed.task.payload, parsed.task.attempt) == (job.pk, {"n": 1}, 1)
+    row = OutboxMessage.objects.get(agent_id=fake_agent.id)
+    assert row.direct
+    assert row.sent_at is not None  # flush() waited for the PUBACK and marked it
+
+
+@pytest.mark.django_db
+def test_the_bridge_leaves_a_direct_row_to_its_writer_for_the_grace_period(frozen_clock, make_agent):
+    make_agent("a1")
+    message = outbox.to_inbox("a1", "ping", frozen_clock())
+    message.direct = True
+    message.save()
+    published: list[str] = []
+
+    class Acked:
+        def wait_for_publish(self, timeout: float | None = None) -> None:
+            return None
+
+        def is_published(self) -> bool:
+            return True
+
+    def publish(topic: str, payload: bytes) -> Acked:
+        published.append(topic)
+        return Acked()
+
+    assert publisher.publish_pending(publish) == 0  # the dispatcher may still be waiting for its PUBACK
+    frozen_clock.advance(django_settings.OUTBOX_HANDOFF_GRACE + 1)
+    assert publisher.publish_pending(publish) == 1  # it did not mark it sent: the bridge takes over
+    assert published == ["aegis/agents/a1/inbox"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_assignment_built_in_sql_matches_the_protocol_builder(make_agent, spec, operator):
+    make_agent("a1")
+    actions.submit_job(spec(target_agent_ids=["a1"], payload={"deep": [1, {"x": None}], "s": "é"}), operator)
+    (assignment,) = actions.claim_tasks("a1", 10, push=True)
+    row = OutboxMessage.objects.get(agent_id="a1")
+    built = task_assign(
+        row.created_at,
+        task_id=assignment.task_id,
+        attempt=assignment.attempt,
+        job_id=assignment.job_id,
+        kind=assignment.kind,
+        payload=assignment.payload,
+        timeout_s=assignment.timeout_s,
+        lease_s=assignment.lease_s,
+    )
+    assert {**row.payload, "id": "-"} == {**built, "id": "-"}
+    assert len(row.payload["id"]) == 32  # a fresh uuid4 in hex, as in Python
+    assert int(row.payload["id"], 16) >= 0
+    assert wire.parse_inbox(wire.encode(row.payload)) == wire.Assign(row.payload["id"], parsed_task(built))
+
+
+def parsed_task(message: dict[str, object]) -> wire.TaskSpec:
+    parsed = wire.parse_inbox(wire.encode(message))
+    assert isinstance(parsed, wire.Assign)
+    return parsed.task
