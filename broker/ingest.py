@@ -87,32 +87,34 @@ def drop(reason: str, topic: str, detail: str) -> None:
 
 
 def _apply_all(messages: list[Hello | Status | TaskEvent]) -> None:
-    """Apply in arrival order per agent; each agent's events go to the engine as one batch.
+    """Apply in arrival order per agent; the task events of every agent go to the engine together.
 
     Order matters only within one agent (its hello before its later events), so
-    events are grouped per agent and a group is flushed before that agent's next
-    hello or status: a batch from many agents costs one engine call per agent,
-    not one per run of consecutive messages.
+    events wait in one list that is applied before the hello or status of an
+    agent that has events in it: a batch from many agents costs one engine call,
+    not one per agent.
     """
-    pending: dict[str, list[TaskEvent]] = {}
+    pending: list[TaskEvent] = []
+    waiting: set[str] = set()  # agents with events in ``pending``
     for message in messages:
         received[type(message).__name__] += 1
         if isinstance(message, TaskEvent):
-            pending.setdefault(message.agent_id, []).append(message)
+            pending.append(message)
+            waiting.add(message.agent_id)
             continue
-        earlier = pending.pop(message.agent_id, None)
-        if earlier:
-            _apply_events(earlier)
+        if message.agent_id in waiting:
+            _apply_events(pending)
+            pending, waiting = [], set()
         if isinstance(message, Status):
             _apply_status(message)
         else:
             _apply_hello(message)
-    for events in pending.values():
-        _apply_events(events)
+    if pending:
+        _apply_events(pending)
 
 
 def _apply_events(events: list[TaskEvent]) -> None:
-    outcomes = task_actions.apply_reports(events[0].agent_id, [Report(**report_fields(event)) for event in events])
+    outcomes = task_actions.apply_agents_reports([(event.agent_id, Report(**report_fields(event))) for event in events])
     for event, outcome in zip(events, outcomes, strict=True):
         if outcome.status == "not_found":
             drop("unknown_task", f"aegis/agents/{event.agent_id}/events", f"task {event.task_id}")

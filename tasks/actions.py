@@ -7,6 +7,7 @@ these; nothing else writes queue rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 from django.db import IntegrityError, transaction
 
@@ -60,15 +61,32 @@ def claim_tasks(agent_id: str, limit: int, push: bool = False) -> list[Assignmen
 
 
 @atomic_with_retry
-def apply_reports(agent_id: str, batch: list[Report]) -> list[Outcome]:
-    """Apply an agent's task events in one transaction (fenced by attempt, deduplicated by message id).
+def claim_for_agents(agent_ids: Collection[str], limit: int) -> dict[str, list[Assignment]]:
+    """The dispatcher's claim: up to ``limit`` tasks for each online agent, pushed, in one transaction."""
+    return claim_engine.claim_many(agent_ids, limit, clock.now(), push=True)
 
-    A task that ended or went back to the queue frees room on the agent: the
-    dispatcher is woken with the agent named, so its next task goes out at once.
+
+@atomic_with_retry
+def apply_reports(agent_id: str, batch: list[Report]) -> list[Outcome]:
+    """Apply an agent's task events in one transaction (fenced by attempt, deduplicated by message id)."""
+    return apply_agents_reports([(agent_id, item) for item in batch])
+
+
+@atomic_with_retry
+def apply_agents_reports(items: list[tuple[str, Report]]) -> list[Outcome]:
+    """Apply ``(reporting agent, report)`` pairs from many agents in one transaction, in order.
+
+    A task that ended or went back to the queue frees room on its agent: the
+    dispatcher is woken with those agents named, so their next tasks go out at once.
     """
-    outcomes = reports.apply_reports(agent_id, batch, clock.now())
-    if any(outcome.status == "applied" and outcome.state not in HELD_STATES for outcome in outcomes):
-        wakeup.notify_on_commit(agents=[agent_id])
+    outcomes = reports.apply_agents_reports(items, clock.now())
+    freed = {
+        agent_id
+        for (agent_id, _), outcome in zip(items, outcomes, strict=True)
+        if outcome.status == "applied" and outcome.state not in HELD_STATES
+    }
+    if freed:
+        wakeup.notify_on_commit(agents=freed)
     return outcomes
 
 

@@ -22,10 +22,11 @@ from broker.direct import DirectPublisher
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.engine import clock
-from tasks.engine.errors import NotFound
 from tasks.engine.wakeup import Listener
 
 log = logging.getLogger("aegis.dispatcher")
+
+_AGENTS_PER_TRANSACTION = 50  # bounds how long one claim transaction holds its agent rows
 
 _PINNED_SQL = """
 SELECT DISTINCT t.agent_id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN agents a ON a.id = t.agent_id
@@ -75,29 +76,26 @@ class Dispatcher:
         )
 
     def assign(self) -> bool:
-        """One claim transaction per candidate agent, at most ``batch_size`` tasks each.
+        """Claim up to ``batch_size`` tasks for each candidate agent: one transaction per group of agents.
 
         Agents named by the NOTIFY that woke us go first, before the candidate
         query: a job pinned to an agent reaches it one query sooner.
         """
-        assigned = 0
         hinted, self.hints = sorted(self.hints), set()
-        for agent_id in hinted:
-            assigned += self._claim(agent_id)
-        for agent_id in self.candidate_agents():
-            if agent_id not in hinted:
-                assigned += self._claim(agent_id)
+        assigned = self._claim(hinted) if hinted else 0
+        assigned += self._claim([agent_id for agent_id in self.candidate_agents() if agent_id not in hinted])
         if self.direct is not None:
             self.direct.flush()
         if assigned:
             log.info("assigned tasks", extra={"count": assigned})
         return assigned > 0
 
-    def _claim(self, agent_id: str) -> int:
-        try:
-            return len(actions.claim_tasks(agent_id, self.batch_size, push=True))
-        except NotFound:  # removed since it was named
-            return 0
+    def _claim(self, agent_ids: list[str]) -> int:
+        assigned = 0
+        for start in range(0, len(agent_ids), _AGENTS_PER_TRANSACTION):
+            claimed = actions.claim_for_agents(agent_ids[start : start + _AGENTS_PER_TRANSACTION], self.batch_size)
+            assigned += sum(len(assignments) for assignments in claimed.values())
+        return assigned
 
     def candidate_agents(self) -> list[str]:
         """Dispatchable agents that have claimable work: pinned tasks first, then any-mode takers, idle ones first.

@@ -1,8 +1,8 @@
 """The claim's hot path on PostgreSQL: two statements between BEGIN and COMMIT.
 
-1. ``lock_agent``: lock the agent row (claims for one agent are serialised, so
-   its capacity is never oversubscribed) and read the open jobs it may draw
-   from, in one round trip.
+1. ``lock_agents``: lock the agent rows (claims for one agent are serialised,
+   so its capacity is never oversubscribed) and read the open jobs they may
+   draw from, in one round trip.
 2. ``claim_unlimited``: pick, assign, write history, start jobs and, in push
    mode, write the ``task.assign`` outbox messages, in one statement.
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from django.db import connection
 
 from broker import outbox
@@ -46,27 +47,26 @@ SELECT a.id, a.labels, a.capabilities, a.max_concurrency, a.admin_state, a.conne
     WHERE j.state IN ('scheduled', 'running')
       AND (j.mode = 'any' OR j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL
            OR j.rate_per_minute IS NOT NULL))
-FROM agents a WHERE a.id = %s FOR UPDATE OF a
+FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a
 """
 
 
-def lock_agent(agent_id: str) -> tuple[Agent, list[OpenJob]] | None:
-    """Lock the agent row and list the open jobs; ``None`` if there is no such agent."""
-    with connection.cursor() as cursor:
-        cursor.execute(_LOCK_SQL, [agent_id])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    pk, labels, capabilities, max_concurrency, admin_state, connectivity, jobs = row
-    agent = Agent(
-        id=pk,
-        labels=_json(labels),
-        capabilities=_json(capabilities),
-        max_concurrency=max_concurrency,
-        admin_state=admin_state,
-        connectivity=connectivity,
-    )
-    return agent, [OpenJob(*job) for job in _json(jobs) or ()]
+def lock_agents(agent_ids: list[str]) -> tuple[list[Agent], list[OpenJob]]:
+    """Lock the agents' rows (in id order) and list the open jobs; ids without an agent are left out."""
+    rows = _prepared(_LOCK_SQL, {"agents": agent_ids})
+    agents = [
+        Agent(
+            id=pk,
+            labels=_json(labels),
+            capabilities=_json(capabilities),
+            max_concurrency=max_concurrency,
+            admin_state=admin_state,
+            connectivity=connectivity,
+        )
+        for pk, labels, capabilities, max_concurrency, admin_state, connectivity, _jobs in rows
+    ]
+    jobs = [OpenJob(*job) for job in _json(rows[0][6]) or ()] if rows else []
+    return agents, jobs
 
 
 _CLAIM_SQL = """
@@ -138,9 +138,7 @@ def claim_unlimited(agent: Agent, limit: int, any_jobs: list[int], now: datetime
         "ts": now.isoformat(),
         "direct": direct,
     }
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL + (_PUSH_ASSIGNED if push else _RETURN_ASSIGNED), params)
-        rows = cursor.fetchall()
+    rows = _prepared(_CLAIM_SQL + (_PUSH_ASSIGNED if push else _RETURN_ASSIGNED), params)
     assignments = [Assignment(row[0], row[3], row[1], row[2], _json(row[4]), row[5], row[6]) for row in rows]
     if push and rows:
         topic = params["topic"]
@@ -159,6 +157,19 @@ def claim_unlimited(agent: Agent, limit: int, any_jobs: list[int], now: datetime
             ]
         )
     return assignments
+
+
+def _prepared(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Run ``sql`` as a prepared statement on Django's connection (and in its transaction).
+
+    Django binds parameters on the client, so every call sends new SQL text and
+    PostgreSQL plans the claim's CTE again (about 0.7 ms). A server-side binding
+    cursor with ``prepare=True`` plans it once per connection.
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(sql, params, prepare=True)
+        return cursor.fetchall()
 
 
 def _json(value: Any) -> Any:

@@ -101,17 +101,25 @@ class Outcome:
 @dataclass
 class _Batch:
     now: datetime
-    agent_id: str
     events: list[tuple[Any, ...]] = field(default_factory=list)
     changed: dict[int, _LockedTask] = field(default_factory=dict)
 
 
 def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[Outcome]:
     """Apply one agent's reports in order. Call inside a transaction."""
-    seen = _known_message_ids([r.message_id for r in reports if r.message_id])
+    return apply_agents_reports([(agent_id, report) for report in reports], now)
+
+
+def apply_agents_reports(items: list[tuple[str, Report]], now: datetime) -> list[Outcome]:
+    """Apply ``(reporting agent, report)`` pairs in order, from any number of agents, with one set of statements.
+
+    Call inside a transaction. The bridge's batches mix many agents: applying them
+    together costs five statements per batch instead of five per agent.
+    """
+    seen = _known_message_ids([r.message_id for _, r in items if r.message_id])
     locked = (
         Task.objects.select_for_update(of=("self",))
-        .filter(pk__in_array=sorted({r.task_id for r in reports}))
+        .filter(pk__in_array=sorted({r.task_id for _, r in items}))
         .order_by("pk")
         .values_list(*_LOADED)
     )
@@ -122,9 +130,9 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
         policy = policies.setdefault(values[-3:], JobPolicy(*values[-3:]))
         # The row holds the _LOADED columns: every _LockedTask field but the job, in order.
         tasks[values[0]] = _LockedTask(*values[:-3], policy)  # type: ignore[call-arg]
-    batch = _Batch(now=now, agent_id=agent_id)
+    batch = _Batch(now=now)
     outcomes = []
-    for report in reports:
+    for agent_id, report in items:
         if report.message_id and report.message_id in seen:
             outcomes.append(Outcome(report.task_id, "duplicate"))
             continue
@@ -134,7 +142,7 @@ def apply_reports(agent_id: str, reports: list[Report], now: datetime) -> list[O
         if task is None or (task.agent_id != agent_id and not _ever_held(task, agent_id, report.attempt)):
             outcomes.append(Outcome(report.task_id, "not_found"))
             continue
-        outcomes.append(_apply(batch, task, report))
+        outcomes.append(_apply(batch, task, agent_id, report))
     save_tasks(list(batch.changed.values()), _WRITTEN)
     history.write_events(batch.events)
     record_terminal(
@@ -168,10 +176,10 @@ def _stale_reason(task: _LockedTask, agent_id: str, report: Report) -> str:
     return ""
 
 
-def _apply(batch: _Batch, task: _LockedTask, report: Report) -> Outcome:
+def _apply(batch: _Batch, task: _LockedTask, agent_id: str, report: Report) -> Outcome:
     job = task.job
     now = batch.now
-    stale = _stale_reason(task, batch.agent_id, report)
+    stale = _stale_reason(task, agent_id, report)
     if stale:
         batch.events.append(
             history.event(
@@ -181,7 +189,7 @@ def _apply(batch: _Batch, task: _LockedTask, report: Report) -> Outcome:
                 now,
                 task.state,
                 task.state,
-                batch.agent_id,
+                agent_id,
                 report.message_id,
                 {"report": report.kind, "reason": stale},
             )
@@ -215,7 +223,7 @@ def _apply(batch: _Batch, task: _LockedTask, report: Report) -> Outcome:
     batch.changed[task.pk] = task
     batch.events.append(
         history.event(
-            task.pk, report.kind, report.attempt, now, previous, task.state, batch.agent_id, report.message_id, data
+            task.pk, report.kind, report.attempt, now, previous, task.state, agent_id, report.message_id, data
         )
     )
     return Outcome(task.pk, "applied", task.state)
