@@ -137,7 +137,9 @@ def _database() -> dict[str, Any]:
         config["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(DATA_DIR / "test_aegis.sqlite3"))}
         return config
     config["ENGINE"] = "django.db.backends.postgresql"
-    config["OPTIONS"] = {}
+    # Django's cursors bind on the client and are never prepared; this lets the claim's hot path
+    # (tasks/engine/claim_pg.py) prepare its statements. Off for a pooler in transaction mode.
+    config["OPTIONS"] = {"prepare_threshold": 5 if env.bool("DB_PREPARED_STATEMENTS", default=True) else None}
     pool_size = _positive_int("DB_POOL_SIZE", 4, minimum=0)
     if pool_size:
         config["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime

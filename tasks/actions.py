@@ -60,10 +60,9 @@ def claim_tasks(agent_id: str, limit: int, push: bool = False) -> list[Assignmen
     return claim_engine.claim_for(agent_id, limit, clock.now(), push=push)
 
 
-@atomic_with_retry
 def claim_for_agents(agent_ids: Collection[str], limit: int) -> dict[str, list[Assignment]]:
-    """The dispatcher's claim: up to ``limit`` tasks for each online agent, pushed, in one transaction."""
-    return claim_engine.claim_many(agent_ids, limit, clock.now(), push=True)
+    """The dispatcher's claim: up to ``limit`` tasks for each online agent, pushed; runs its own transactions."""
+    return claim_engine.dispatch(agent_ids, limit, clock.now())
 
 
 @atomic_with_retry

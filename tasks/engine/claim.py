@@ -1,7 +1,7 @@
 """Claiming queued tasks for one agent: the queue's hot path.
 
 One transaction per batch. On PostgreSQL, jobs without rollout limits take the
-two-statement path of ``claim_pg``. Everything else locks candidate rows with
+one-round-trip path of ``claim_pg``. Everything else locks candidate rows with
 ``FOR UPDATE SKIP LOCKED`` (SQLite serialises writers with ``BEGIN IMMEDIATE``),
 trims them to the rollout limits of their jobs, then assigns them with one
 UPDATE per job.
@@ -11,16 +11,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import F, Q
 
 from broker import outbox
 from registry.models import AdminState, Agent, Connectivity
 from tasks.engine import claim_pg, history
 from tasks.engine.assignment import Assignment
-from tasks.engine.claim_pg import OpenJob
+from tasks.engine.db import retry_on_conflict
 from tasks.engine.errors import NotFound
 from tasks.engine.jobs import mark_running
 from tasks.engine.targeting import Target, matches
@@ -54,28 +56,80 @@ def claim_many(agent_ids: Collection[str], limit: int, now: datetime, push: bool
     be online, and each assignment is also written to the outbox, published after
     the commit. One transaction for many agents saves a BEGIN and a COMMIT per agent.
     """
-    if connection.vendor == "postgresql":
-        agents, jobs = claim_pg.lock_agents(sorted(agent_ids))
-    else:
+    if connection.vendor != "postgresql":
         agents = list(Agent.objects.select_for_update().filter(pk__in=list(agent_ids)).order_by("pk"))
         jobs = _open_jobs() if agents else []
-    return {agent.pk: _claim_locked(agent, jobs, limit, now, push) for agent in agents}
+        return {agent.pk: _claim_general_for(agent, jobs, limit, now, push) for agent in agents}
+    claimed, limited = claim_pg.claim_agents(list(agent_ids), limit, now, push)
+    if limited:  # rollouts: the agents are locked already; their rows are read again for the targets
+        jobs = _open_jobs()
+        short = [agent_id for agent_id, assignments in claimed.items() if len(assignments) < limit]
+        for agent in Agent.objects.filter(pk__in=short).order_by("pk"):
+            more = _claim_general_for(agent, jobs, limit - len(claimed[agent.pk]), now, push, only_limited=True)
+            claimed[agent.pk] += more
+    return claimed
 
 
-def _claim_locked(agent: Agent, jobs: list[OpenJob], limit: int, now: datetime, push: bool) -> list[Assignment]:
+def dispatch(agent_ids: Collection[str], limit: int, now: datetime) -> dict[str, list[Assignment]]:
+    """The dispatcher's claim (push mode) in transactions of its own: on PostgreSQL, one round trip.
+
+    Jobs with rollout limits, when there are any, get a second transaction on
+    the general path. Inside a transaction (tests), it claims in that one.
+    """
+    if connection.in_atomic_block:
+        return claim_many(agent_ids, limit, now, push=True)
+    if connection.vendor != "postgresql":
+        return retry_on_conflict(_claim_many_atomic)(agent_ids, limit, now)
+    claimed, limited = retry_on_conflict(claim_pg.claim_agents)(list(agent_ids), limit, now, True, True)
+    if limited:
+        more = retry_on_conflict(_claim_limited_atomic)(sorted(claimed), limit, now, claimed)
+        for agent_id, assignments in more.items():
+            claimed[agent_id] += assignments
+    return claimed
+
+
+def _claim_many_atomic(agent_ids: Collection[str], limit: int, now: datetime) -> dict[str, list[Assignment]]:
+    with transaction.atomic():
+        return claim_many(agent_ids, limit, now, push=True)
+
+
+def _claim_limited_atomic(
+    agent_ids: list[str], limit: int, now: datetime, claimed: dict[str, list[Assignment]]
+) -> dict[str, list[Assignment]]:
+    with transaction.atomic():
+        jobs = _open_jobs()
+        agents = Agent.objects.select_for_update().filter(pk__in=agent_ids).order_by("pk")
+        return {
+            agent.pk: _claim_general_for(agent, jobs, limit - len(claimed[agent.pk]), now, True, only_limited=True)
+            for agent in agents
+            if len(claimed[agent.pk]) < limit
+        }
+
+
+def _claim_general_for(
+    agent: Agent, jobs: list[OpenJob], limit: int, now: datetime, push: bool, only_limited: bool = False
+) -> list[Assignment]:
     if agent.admin_state != AdminState.ACTIVE:
         return []
     if push and agent.connectivity != Connectivity.ONLINE:
         return []
     any_jobs = [job.id for job in jobs if job.mode == JobMode.ANY and _selects(job, agent)]
-    limited = [job.id for job in jobs if job.limited]
-    if connection.vendor != "postgresql":
-        return _written(agent, _claim_general(agent, limit, now, any_jobs), now, push)
-    assignments = claim_pg.claim_unlimited(agent, limit, any_jobs, now, push)
-    if limited and len(assignments) < limit:
-        more = _claim_general(agent, limit - len(assignments), now, any_jobs, only_jobs=limited)
-        assignments += _written(agent, more, now, push)
-    return assignments
+    only_jobs = [job.id for job in jobs if job.limited] if only_limited else None
+    if only_jobs == []:
+        return []
+    return _written(agent, _claim_general(agent, limit, now, any_jobs, only_jobs=only_jobs), now, push)
+
+
+@dataclass(frozen=True)
+class OpenJob:
+    """An active job an agent may draw from: an ``any``-mode job, or one with rollout limits."""
+
+    id: int
+    mode: str
+    target_agent_ids: list[str]
+    target_labels: dict[str, Any]
+    target_capabilities: list[str]
+    limited: bool
 
 
 def _open_jobs() -> list[OpenJob]:

@@ -1,19 +1,28 @@
-"""The claim's hot path on PostgreSQL: two statements between BEGIN and COMMIT.
+"""The claim's hot path on PostgreSQL: one network round trip.
 
-1. ``lock_agents``: lock the agent rows (claims for one agent are serialised,
-   so its capacity is never oversubscribed) and read the open jobs they may
-   draw from, in one round trip.
-2. ``claim_unlimited``: pick, assign, write history, start jobs and, in push
-   mode, write the ``task.assign`` outbox messages, in one statement.
+In psycopg's pipeline mode these go to the server in one flight and run in order:
 
-Raw SQL because this runs for every assignment: the ORM's query building cost
-more than the database's work (about 0.5 ms per query against 0.05 ms).
+1. BEGIN (psycopg's for Django's open transaction, or our own);
+2. lock the agent rows in id order (claims for one agent are serialised, so its
+   capacity is never oversubscribed), and say whether any open job has rollout
+   limits;
+3. per agent, one statement: check the agent may take work, find the ``any``
+   jobs whose target selects it (the SQL twin of ``targeting.matches``; a
+   property test holds them together), pick, assign, write history, start jobs
+   and, in push mode, write the ``task.assign`` outbox messages;
+4. for the dispatcher, which claims outside any other transaction: COMMIT.
+
+Each statement takes its own snapshot in READ COMMITTED, so the capacity count
+in (3) sees every claim committed before the lock in (2) was granted. Jobs with
+rollout limits are left to ``claim._claim_general``. Raw SQL because this runs
+for every assignment: building these queries with the ORM, and planning them
+again on every call, cost more than the database's work.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,61 +32,40 @@ from django.db import connection
 from broker import outbox
 from broker.models import OutboxMessage
 from broker.protocol import PROTOCOL_VERSION, inbox_topic
-from registry.models import Agent
 from tasks.engine.assignment import Assignment
 
-
-@dataclass(frozen=True)
-class OpenJob:
-    """An active job an agent may draw from: an ``any``-mode job, or one with rollout limits."""
-
-    id: int
-    mode: str
-    target_agent_ids: list[str]
-    target_labels: dict[str, Any]
-    target_capabilities: list[str]
-    limited: bool
-
-
 _LOCK_SQL = """
-SELECT a.id, a.labels, a.capabilities, a.max_concurrency, a.admin_state, a.connectivity, (
-    SELECT json_agg(json_build_array(j.id, j.mode, j.target_agent_ids, j.target_labels, j.target_capabilities,
-        j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL))
-    FROM jobs j
-    WHERE j.state IN ('scheduled', 'running')
-      AND (j.mode = 'any' OR j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL
-           OR j.rate_per_minute IS NOT NULL))
+SELECT a.id, EXISTS (
+    SELECT 1 FROM jobs j WHERE j.state IN ('scheduled', 'running')
+      AND (j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL))
 FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a
 """
 
-
-def lock_agents(agent_ids: list[str]) -> tuple[list[Agent], list[OpenJob]]:
-    """Lock the agents' rows (in id order) and list the open jobs; ids without an agent are left out."""
-    rows = _prepared(_LOCK_SQL, {"agents": agent_ids})
-    agents = [
-        Agent(
-            id=pk,
-            labels=_json(labels),
-            capabilities=_json(capabilities),
-            max_concurrency=max_concurrency,
-            admin_state=admin_state,
-            connectivity=connectivity,
-        )
-        for pk, labels, capabilities, max_concurrency, admin_state, connectivity, _jobs in rows
-    ]
-    jobs = [OpenJob(*job) for job in _json(rows[0][6]) or ()] if rows else []
-    return agents, jobs
-
-
+# targeting.matches in SQL: ids (empty = any), capabilities (a subset), labels (every key present and not null,
+# equal to the wanted value or, for a list, one of its values).
 _CLAIM_SQL = """
-WITH picked AS (
+WITH agent AS (
+    SELECT a.id, a.labels, a.capabilities, a.max_concurrency FROM agents a
+    WHERE a.id = %(agent)s AND a.admin_state = 'active' AND (a.connectivity = 'online' OR NOT %(push)s)
+), any_jobs AS (
+    SELECT j.id FROM jobs j CROSS JOIN agent a
+    WHERE j.mode = 'any' AND j.state IN ('scheduled', 'running')
+      AND j.max_in_flight IS NULL AND j.max_in_flight_percent IS NULL AND j.rate_per_minute IS NULL
+      AND (j.target_agent_ids = '[]'::jsonb OR j.target_agent_ids ? a.id)
+      AND (j.target_capabilities = '[]'::jsonb OR a.capabilities @> j.target_capabilities)
+      AND NOT EXISTS (
+          SELECT 1 FROM jsonb_each(j.target_labels) wanted(key, value)
+          WHERE (jsonb_typeof(a.labels -> wanted.key) <> 'null' AND CASE
+              WHEN jsonb_typeof(wanted.value) = 'array' THEN wanted.value @> jsonb_build_array(a.labels -> wanted.key)
+              ELSE a.labels -> wanted.key = wanted.value END) IS NOT TRUE)
+), picked AS (
     SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
     WHERE t.state = 'queued' AND t.not_before <= %(now)s
-      AND (t.agent_id = %(agent)s OR (t.agent_id IS NULL AND t.job_id = ANY(%(any_jobs)s::bigint[])))
+      AND (t.agent_id = %(agent)s OR (t.agent_id IS NULL AND t.job_id IN (SELECT id FROM any_jobs)))
       AND j.state IN ('scheduled', 'running')
       AND j.max_in_flight IS NULL AND j.max_in_flight_percent IS NULL AND j.rate_per_minute IS NULL
     ORDER BY t.priority DESC, t.id
-    LIMIT GREATEST(0, LEAST(%(limit)s, %(max_concurrency)s - (
+    LIMIT GREATEST(0, LEAST(%(limit)s, COALESCE((SELECT max_concurrency FROM agent), 0) - (
         SELECT count(*) FROM tasks h WHERE h.agent_id = %(agent)s AND h.state IN ('assigned', 'running'))))
     FOR UPDATE OF t SKIP LOCKED
 ), assigned AS (
@@ -101,8 +89,8 @@ SELECT id, job_id, kind, attempt, payload, execution_timeout_s, delivery_timeout
 ORDER BY priority DESC, id
 """
 
-# The envelope of ``broker.protocol.envelope`` + ``task_assign``, built in SQL so the outbox rows are written
-# by the same statement; tests/test_claim_pg.py checks it against the Python builder.
+# The envelope of ``broker.protocol.task_assign``, built in SQL so the same statement writes the outbox rows;
+# tests/test_direct_publish.py checks it against the Python builder.
 _PUSH_ASSIGNED = """
 , messages AS (
     INSERT INTO outbox_messages (agent_id, topic, message_type, payload, created_at, sent_at, direct)
@@ -121,32 +109,79 @@ ORDER BY a.priority DESC, a.id
 """
 
 
-def claim_unlimited(agent: Agent, limit: int, any_jobs: list[int], now: datetime, push: bool) -> list[Assignment]:
-    """Claim from jobs without rollout limits in one statement (``claim._claim_general`` does the others).
+def claim_agents(
+    agent_ids: Sequence[str], limit: int, now: datetime, push: bool, commit: bool = False
+) -> tuple[dict[str, list[Assignment]], bool]:
+    """Lock the agents and claim from jobs without rollout limits for each.
 
-    ``push``: also write each assignment to the agent's inbox outbox, published after the commit.
+    Inside the caller's transaction; or, with ``commit`` (outside any
+    transaction), in a transaction of its own whose BEGIN and COMMIT travel in
+    the same flight as the statements: one round trip from the dispatcher's
+    wake-up to assignments that are durable and may be published.
+
+    Returns the assignments of every agent that exists (ids without an agent are
+    left out) and whether some open job has rollout limits (then the caller runs
+    the general path too). In push mode the outbox rows are written and handed to
+    ``broker.outbox``, published once committed.
     """
+    ids = sorted(set(agent_ids))
     direct = outbox.direct_sink() is not None
-    params: dict[str, Any] = {
+    connection.ensure_connection()
+    if commit and (connection.in_atomic_block or not connection.get_autocommit()):
+        raise RuntimeError("claim_agents(commit=True) runs its own transaction: call it outside atomic()")
+    conn = connection.connection
+    sql = _CLAIM_SQL + (_PUSH_ASSIGNED if push else _RETURN_ASSIGNED)
+    with connection.wrap_database_errors:
+        try:
+            with conn.pipeline():
+                if commit:
+                    conn.execute("BEGIN")
+                lock = psycopg.Cursor(conn)
+                lock.execute(_LOCK_SQL, {"agents": ids}, prepare=True)
+                claims = []
+                for agent_id in ids:
+                    cursor = psycopg.Cursor(conn)
+                    cursor.execute(sql, _params(agent_id, limit, now, push, direct), prepare=True)
+                    claims.append((agent_id, cursor))
+                if commit:
+                    conn.execute("COMMIT")
+        except Exception:
+            if commit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                conn.execute("ROLLBACK")
+            raise
+        locked = lock.fetchall()
+        rows = {agent_id: cursor.fetchall() for agent_id, cursor in claims}
+    existing = {agent_id for agent_id, _limited in locked}
+    limited = any(flag for _agent_id, flag in locked)
+    # Outside a transaction, Django runs on-commit callbacks (the outbox's publication) at once.
+    claimed = {agent_id: _assignments(agent_id, rows[agent_id], now, push, direct) for agent_id in sorted(existing)}
+    return claimed, limited
+
+
+def _params(agent_id: str, limit: int, now: datetime, push: bool, direct: bool) -> dict[str, Any]:
+    return {
         "now": now,
-        "agent": agent.pk,
-        "any_jobs": any_jobs,
+        "agent": agent_id,
+        "push": push,
         "limit": limit,
-        "max_concurrency": agent.max_concurrency,
-        "topic": inbox_topic(agent.pk),
+        "topic": inbox_topic(agent_id),
         "version": PROTOCOL_VERSION,
         "ts": now.isoformat(),
         "direct": direct,
     }
-    rows = _prepared(_CLAIM_SQL + (_PUSH_ASSIGNED if push else _RETURN_ASSIGNED), params)
+
+
+def _assignments(
+    agent_id: str, rows: list[tuple[Any, ...]], now: datetime, push: bool, direct: bool
+) -> list[Assignment]:
     assignments = [Assignment(row[0], row[3], row[1], row[2], _json(row[4]), row[5], row[6]) for row in rows]
     if push and rows:
-        topic = params["topic"]
+        topic = inbox_topic(agent_id)
         outbox.after_write(
             [
                 OutboxMessage(
                     pk=row[7],
-                    agent_id=agent.pk,
+                    agent_id=agent_id,
                     topic=topic,
                     message_type="task.assign",
                     payload=_json(row[8]),
@@ -157,19 +192,6 @@ def claim_unlimited(agent: Agent, limit: int, any_jobs: list[int], now: datetime
             ]
         )
     return assignments
-
-
-def _prepared(sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-    """Run ``sql`` as a prepared statement on Django's connection (and in its transaction).
-
-    Django binds parameters on the client, so every call sends new SQL text and
-    PostgreSQL plans the claim's CTE again (about 0.7 ms). A server-side binding
-    cursor with ``prepare=True`` plans it once per connection.
-    """
-    connection.ensure_connection()
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchall()
 
 
 def _json(value: Any) -> Any:

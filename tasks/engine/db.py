@@ -36,14 +36,29 @@ def atomic_with_retry(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]
     """
 
     @functools.wraps(func)
+    def in_transaction(*args: P.args, **kwargs: P.kwargs) -> R:
+        with transaction.atomic():
+            return func(*args, **kwargs)
+
+    retrying = retry_on_conflict(in_transaction, attempts)
+
+    @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if connection.in_atomic_block:
-            with transaction.atomic():
-                return func(*args, **kwargs)
+            return in_transaction(*args, **kwargs)
+        return retrying(*args, **kwargs)
+
+    return wrapper
+
+
+def retry_on_conflict(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]:
+    """Call ``func`` (which runs whole transactions) again when the database broke a lock cycle."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         for attempt in range(1, attempts + 1):
             try:
-                with transaction.atomic():
-                    return func(*args, **kwargs)
+                return func(*args, **kwargs)
             except OperationalError as exc:
                 if attempt == attempts or not _is_retryable(exc):
                     raise
