@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker import protocol
-from broker.client import BrokerAddress, mqtt5, new_client
+from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client
 from broker.ingest import Incoming
 from broker.presence import HeartbeatBuffer
 from broker.publisher import publish_pending
@@ -63,7 +63,7 @@ class Bridge:
 
     # --- MQTT ------------------------------------------------------------------------------
 
-    def _client(self) -> mqtt.Client:
+    def _client(self) -> BatchingClient:
         client = new_client(self.client_id, self.address, persistent=True, manual_ack=True)
         client.max_inflight_messages_set(1000)
         client.max_queued_messages_set(0)
@@ -103,9 +103,7 @@ class Bridge:
         """PUBACK a committed batch: ``(packet id, qos)`` pairs."""
         with self._count_lock:
             self._unacknowledged -= len(acks)
-        for mid, qos in acks:
-            if qos > 0:
-                self.client.ack(mid, qos)
+        self.client.ack_many([mid for mid, qos in acks if qos == 1])
 
     def publish(self, topic: str, payload: bytes) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=1)
