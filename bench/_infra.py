@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -172,9 +173,14 @@ class Processes:
         return self.start(name, [PYTHON, "manage.py", *args], env)
 
 
+_BENCH_SECRET_KEY = secrets.token_urlsafe(50)  # a fresh one per run: the roles sign nothing that outlives it
+
+
 def role_env(database_url: str, port: int, tag: str, **extra: str) -> dict[str, str]:
-    """The environment of the bridge and dispatcher processes a benchmark starts."""
+    """The environment of the bridge and dispatcher processes a benchmark starts: production settings."""
     return {
+        "DEBUG": "false",  # DEBUG keeps every query in memory and wraps each cursor call
+        "SECRET_KEY": _BENCH_SECRET_KEY,
         "DATABASE_URL": database_url,
         "DB_POOL_SIZE": "0",
         "MQTT_URL": f"mqtt://127.0.0.1:{port}",
