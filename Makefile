@@ -34,6 +34,7 @@ test-pg: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DATA_DIR=$$(mktemp -d) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 typecheck: install
 	$(BIN)/mypy .

@@ -46,11 +46,9 @@ def operator() -> Actor:
 def make_agent(db: Any) -> Any:
     def make(agent_id: str, online: bool = True, **fields: Any) -> Agent:
         fields.setdefault("max_concurrency", 4)
+        fields.setdefault("last_seen_at", clock.now())
         return Agent.objects.create(
-            pk=agent_id,
-            connectivity=Connectivity.ONLINE if online else Connectivity.OFFLINE,
-            last_seen_at=clock.now(),
-            **fields,
+            pk=agent_id, connectivity=Connectivity.ONLINE if online else Connectivity.OFFLINE, **fields
         )
 
     return make

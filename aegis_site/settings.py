@@ -9,6 +9,7 @@ fail here, at start, with a message that names the variable.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -75,6 +76,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "registry",
     "tasks",
@@ -226,6 +230,66 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
+
+
+# --- HTTP API ----------------------------------------------------------------------
+
+API_PAGE_SIZE = _positive_int("API_PAGE_SIZE", 50)
+API_MAX_PAGE_SIZE = _positive_int("API_MAX_PAGE_SIZE", 500)
+API_MAX_BODY_BYTES = _positive_int("API_MAX_BODY_BYTES", 1_048_576)
+API_CLAIM_MAX_WAIT = _positive_float("API_CLAIM_MAX_WAIT", 30.0)  # longest long-poll of an agent's claim
+API_THROTTLE_RATES = {
+    "anon": env.str("API_THROTTLE_ANON", default="60/min"),
+    "agent": env.str("API_THROTTLE_AGENT", default="1200/min"),
+    "operator": env.str("API_THROTTLE_OPERATOR", default="600/min"),
+    "enrol": env.str("API_THROTTLE_ENROL", default="10/min"),
+    "auth": env.str("API_THROTTLE_AUTH", default="20/min"),
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "aegis_site.api.authentication.AgentTokenAuthentication",
+        "aegis_site.api.authentication.OperatorTokenAuthentication",
+        "aegis_site.api.authentication.AegisJWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["aegis_site.api.permissions.IsOperator"],
+    "DEFAULT_PARSER_CLASSES": ["aegis_site.api.parsers.LimitedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "aegis_site.api.pagination.CursorPage",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_THROTTLE_CLASSES": ["aegis_site.api.throttling.ClientThrottle"],
+    "DEFAULT_THROTTLE_RATES": API_THROTTLE_RATES,
+    "EXCEPTION_HANDLER": "aegis_site.api.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "aegis_site.api.schema.AegisAutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=_positive_int("JWT_ACCESS_TTL", 300)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=_positive_int("JWT_REFRESH_TTL", 86_400)),
+    "SIGNING_KEY": env.str("JWT_SIGNING_KEY", default="") or SECRET_KEY,
+    "ALGORITHM": env.str("JWT_ALGORITHM", default="HS256"),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": False,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Aegis Event Bus API",
+    "DESCRIPTION": (
+        "Agents (Bearer agent token or agent JWT) enrol, claim tasks and report on them; operators "
+        "(staff session, personal token or JWT) manage agents, jobs, tasks and read the audit log. "
+        'Every error is {"error": {"code", "message", "fields"?}}.'
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"JobStateEnum": "tasks.models.JobState", "TaskStateEnum": "tasks.models.TaskState"},
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums"],
+}
 
 
 # --- Logging -----------------------------------------------------------------------

@@ -1,6 +1,29 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
+
+from aegis_site.api import errors
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("api/", include("aegis_site.api.urls")),
 ]
+
+handler404 = "aegis_site.urls.not_found"
+handler500 = "aegis_site.urls.server_error"
+
+
+def not_found(request, exception=None):  # type: ignore[no-untyped-def]
+    """JSON under /api/, Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return errors.not_found(request, exception)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)
+
+
+def server_error(request):  # type: ignore[no-untyped-def]
+    if request.path.startswith("/api/"):
+        return errors.server_error(request)
+    from django.views.defaults import server_error as page_server_error
+
+    return page_server_error(request)

@@ -13,7 +13,7 @@ from django.db.models import Q
 
 from broker import outbox
 from ops.audit import Actor, record
-from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind
+from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken
 from tasks.engine import clock
 
 TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)
@@ -164,6 +164,12 @@ def revoke_credential(credential_id: int, actor: Actor) -> AgentCredential:
 
 def authenticate_token(token: str) -> Agent | None:
     """The agent a live token belongs to, or ``None`` (unknown, revoked, expired or disabled agent)."""
+    credential = authenticate_token_credential(token)
+    return None if credential is None else credential.agent
+
+
+def authenticate_token_credential(token: str) -> AgentCredential | None:
+    """The live token credential (its agent loaded), or ``None``."""
     if not token.startswith(TOKEN_PREFIX):
         return None
     now = clock.now()
@@ -175,7 +181,7 @@ def authenticate_token(token: str) -> Agent | None:
     )
     if credential is None or credential.agent.admin_state == AdminState.DISABLED:
         return None
-    return credential.agent
+    return credential
 
 
 def remove_agent(agent_id: str, actor: Actor) -> None:
@@ -234,3 +240,119 @@ def record_hello(
             record(Actor.agent(agent_id), "agent.register" if created else "agent.update", "agent", agent_id, **changed)
     offers_changed = created or bool({"capabilities", "labels"} & changed.keys())
     return agent, offers_changed
+
+
+ENROLMENT_PREFIX = "aen_"
+
+
+class EnrolmentRefused(Exception):
+    """The enrolment token is unknown, used up, expired, or does not allow this agent id."""
+
+    def __init__(self, message: str, code: str = "enrolment_refused") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def create_enrolment_token(
+    actor: Actor,
+    *,
+    name: str = "",
+    agent_id: str = "",
+    labels: Mapping[str, Any] | None = None,
+    uses: int = 1,
+    ttl: timedelta | None = None,
+) -> tuple[EnrolmentToken, str]:
+    """A bootstrap token for ``uses`` enrolments; the plaintext is returned once and never stored."""
+    token = ENROLMENT_PREFIX + secrets.token_urlsafe(32)
+    with transaction.atomic():
+        enrolment = EnrolmentToken.objects.create(
+            name=name,
+            token_prefix=token[:12],
+            token_hash=hash_token(token),
+            agent_id=agent_id,
+            labels=dict(labels or {}),
+            uses_left=uses,
+            expires_at=clock.now() + ttl if ttl else None,
+        )
+        record(actor, "enrolment_token.create", "enrolment_token", enrolment.pk, agent_id=agent_id, uses=uses)
+    return enrolment, token
+
+
+def revoke_enrolment_token(token_id: int, actor: Actor) -> EnrolmentToken:
+    with transaction.atomic():
+        enrolment = EnrolmentToken.objects.select_for_update().get(pk=token_id)
+        if enrolment.revoked_at is None:
+            enrolment.revoked_at = clock.now()
+            enrolment.save(update_fields=["revoked_at"])
+        record(actor, "enrolment_token.revoke", "enrolment_token", enrolment.pk)
+    return enrolment
+
+
+def enrol(
+    bootstrap: str,
+    agent_id: str,
+    *,
+    name: str = "",
+    labels: Mapping[str, Any] | None = None,
+    capabilities: list[str] | None = None,
+    max_concurrency: int | None = None,
+    version: str = "",
+) -> tuple[Agent, AgentCredential, str]:
+    """Trade a bootstrap token for the agent's own token: create the agent, or claim it if the token is bound to it.
+
+    Claiming revokes the agent's earlier tokens (the enrolling process is its new
+    holder). Refused (``EnrolmentRefused``) for an unknown, used-up, expired or
+    revoked token, for an id the token is not bound to, and for an existing agent
+    with an unbound token. The token's labels are added to the agent's.
+    """
+    now = clock.now()
+    with transaction.atomic():
+        enrolment = (
+            EnrolmentToken.objects.select_for_update()
+            .filter(token_hash=hash_token(bootstrap), revoked_at__isnull=True, uses_left__gt=0)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+            .first()
+        )
+        if enrolment is None:
+            raise EnrolmentRefused("unknown, used up, expired or revoked enrolment token")
+        if enrolment.agent_id and enrolment.agent_id != agent_id:
+            raise EnrolmentRefused("this enrolment token is for another agent id")
+        existing = Agent.objects.select_for_update().filter(pk=agent_id).first()
+        if existing is not None and not enrolment.agent_id:
+            raise EnrolmentRefused(f"agent {agent_id} exists; claiming it needs a token bound to it", "agent_exists")
+        if existing is not None and existing.admin_state == AdminState.DISABLED:
+            raise EnrolmentRefused(f"agent {agent_id} is disabled")
+        enrolment.uses_left -= 1
+        enrolment.save(update_fields=["uses_left"])
+        actor = Actor.agent(agent_id)
+        agent, _created = register_agent(
+            agent_id,
+            actor,
+            name=name,
+            labels={**(existing.labels if existing else {}), **(labels or {}), **enrolment.labels},
+            capabilities=capabilities,
+            max_concurrency=max_concurrency,
+            version=version,
+        )
+        if existing is not None:
+            for credential in AgentCredential.objects.filter(
+                agent_id=agent_id, kind=CredentialKind.TOKEN, revoked_at__isnull=True
+            ):
+                revoke_credential(credential.pk, actor)
+        credential, token = issue_token(agent_id, actor)
+        record(actor, "agent.enrol", "agent", agent_id, enrolment_token=enrolment.pk, claimed=existing is not None)
+    return agent, credential, token
+
+
+def rotate_token(agent_id: str, actor: Actor) -> tuple[AgentCredential, str]:
+    """Issue a new token and revoke the agent's other live tokens (and with them the JWTs made from them)."""
+    with transaction.atomic():
+        if not Agent.objects.filter(pk=agent_id).exists():
+            raise Agent.DoesNotExist(f"agent {agent_id} does not exist")
+        old = list(
+            AgentCredential.objects.filter(agent_id=agent_id, kind=CredentialKind.TOKEN, revoked_at__isnull=True)
+        )
+        credential, token = issue_token(agent_id, actor)
+        for previous in old:
+            revoke_credential(previous.pk, actor)
+    return credential, token

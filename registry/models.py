@@ -93,3 +93,28 @@ class AgentCredential(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of {self.agent_id}"
+
+
+class EnrolmentToken(models.Model):
+    """A bootstrap secret (``aen_...``) an agent trades for its own token at ``POST /api/v1/agent/enrol``.
+
+    Bound to one agent id (which it may then claim, even if the agent exists), or
+    unbound (it may only create new agents). Stored as a hash, shown once.
+    """
+
+    name = models.CharField(max_length=100, blank=True)
+    token_prefix = models.CharField(max_length=12)
+    token_hash = models.CharField(max_length=64, unique=True)
+    agent_id = models.CharField(max_length=63, blank=True, help_text="The only agent id it enrols; empty: any new id.")
+    labels = models.JSONField(default=dict, blank=True, help_text="Labels given to agents enrolled with it.")
+    uses_left = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "enrolment_tokens"
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name or 'enrolment token'} ({self.token_prefix}…)"

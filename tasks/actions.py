@@ -19,9 +19,12 @@ from tasks.engine.claim import Assignment
 from tasks.engine.db import atomic_with_retry
 from tasks.engine.errors import InvalidTransition, NotFound
 from tasks.engine.explain import Explanation, explain
+from tasks.engine.preview import JobPreview
+from tasks.engine.preview import build as build_preview
 from tasks.engine.reconcile import Reconciliation
 from tasks.engine.reports import Outcome, Report
 from tasks.engine.submit import JobSpec
+from tasks.engine.targeting import matching_agents
 from tasks.models import HELD_STATES, Job, JobMode, JobState, Task
 
 log = logging.getLogger("aegis.tasks")
@@ -152,6 +155,19 @@ def explain_task(task_id: int) -> Explanation:
     if task is None:
         raise NotFound(f"task {task_id} does not exist")
     return explain(task, clock.now())
+
+
+def preview_job(spec: JobSpec) -> JobPreview:
+    """What ``submit_job(spec)`` would create now, without writing anything (so nothing is audited either).
+
+    Mode ``any`` lists the agents that could take its tasks at once (online and
+    active), since those tasks are not pinned to the agents that match.
+    """
+    submit.check_explicit_agents(spec)
+    agents = matching_agents(spec.target)
+    if spec.mode == JobMode.ANY:
+        agents = [agent for agent in agents if agent.is_dispatchable]
+    return build_preview(spec, [agent.pk for agent in agents])
 
 
 def add_agent_to_continuous_jobs(agent: Agent) -> list[int]:

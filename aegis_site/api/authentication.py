@@ -1,0 +1,126 @@
+"""Bearer credentials: an agent's token (``aeg_``), an operator's personal token (``aeo_``), or a JWT.
+
+Each class claims only the tokens that look like its own and leaves the others to
+the next class, so the order in ``REST_FRAMEWORK`` does not matter. A token that
+looks like ours but does not authenticate is an ``auth_failed`` log event (with
+the client address and the token's first characters, never the token) and a 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
+
+from aegis_site.api.principals import AgentPrincipal
+from ops import tokens
+from registry import actions as registry_actions
+from registry.models import AdminState, AgentCredential
+
+log = logging.getLogger("aegis.api")
+
+
+def client_address(request: Any) -> str:
+    return str(request.META.get("REMOTE_ADDR", ""))
+
+
+def auth_failed(request: Any, scheme: str, reason: str, token: str = "") -> exceptions.AuthenticationFailed:
+    log.warning(
+        "auth_failed",
+        extra={
+            "event": "auth_failed",
+            "client": client_address(request),
+            "scheme": scheme,
+            "reason": reason,
+            "token_prefix": token[:8],
+            "path": request.path,
+        },
+    )
+    return exceptions.AuthenticationFailed("Invalid or expired credentials.")
+
+
+def bearer_token(request: Request) -> str | None:
+    header = authentication.get_authorization_header(request).decode("latin-1")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class AgentTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer aeg_...``: a per-agent token, stored as a hash."""
+
+    def authenticate(self, request: Request) -> tuple[AgentPrincipal, AgentCredential] | None:
+        token = bearer_token(request)
+        if token is None or not token.startswith(registry_actions.TOKEN_PREFIX):
+            return None
+        found = registry_actions.authenticate_token_credential(token)
+        if found is None:
+            raise auth_failed(request, "agent_token", "unknown, revoked or expired token", token)
+        return AgentPrincipal(found.agent, found.pk), found
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+class OperatorTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer aeo_...``: an operator's personal API token, acting as that user."""
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        token = bearer_token(request)
+        if token is None or not token.startswith(tokens.TOKEN_PREFIX):
+            return None
+        found = tokens.authenticate(token)
+        if found is None:
+            raise auth_failed(request, "operator_token", "unknown, revoked or expired token", token)
+        return found.user, found
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+class AegisJWTAuthentication(JWTAuthentication):
+    """Short-lived JWTs: an operator's (a user id claim) or an agent's (``agent_id`` + ``credential_id`` claims).
+
+    An agent's JWT stays valid only while the credential it was exchanged for is
+    live: rotating or revoking the credential revokes its JWTs too.
+    """
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        token = bearer_token(request)
+        if token is None or token.count(".") != 2:
+            return None
+        try:
+            validated = self.get_validated_token(token.encode())
+        except (InvalidToken, TokenError) as exc:
+            raise auth_failed(request, "jwt", str(exc)[:100], token) from exc
+        if "agent_id" in validated:
+            credential = live_credential(validated.get("credential_id"), validated.get("agent_id"))
+            if credential is None:
+                raise auth_failed(request, "jwt", "the agent credential behind this token is gone", token)
+            return AgentPrincipal(credential.agent, credential.pk), validated
+        try:
+            user = self.get_user(validated)
+        except (InvalidToken, exceptions.AuthenticationFailed) as exc:
+            raise auth_failed(request, "jwt", "no active user for this token", token) from exc
+        return user, validated
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+def live_credential(credential_id: Any, agent_id: Any) -> AgentCredential | None:
+    credential = (
+        AgentCredential.objects.select_related("agent")
+        .filter(pk=credential_id, agent_id=agent_id, revoked_at__isnull=True)
+        .first()
+    )
+    if credential is None or credential.agent.admin_state == AdminState.DISABLED:
+        return None
+    if credential.expires_at is not None and credential.expires_at <= registry_actions.clock.now():
+        return None
+    return credential

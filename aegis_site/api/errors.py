@@ -1,0 +1,97 @@
+"""One JSON error shape for every API answer that is not a success.
+
+    {"error": {"code": "not_found", "message": "Task 12 does not exist.", "fields": {...}}}
+
+``code`` is stable (clients branch on it), ``message`` is for people, ``fields``
+only on validation errors (the serializer's per-field messages). Domain errors
+of the engine and registry map to 404/409/400 here, so views just call actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied, RequestDataTooBig
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from aegis_site.api.authentication import client_address
+from aegis_site.api.exceptions import Conflict, TooLarge
+from registry.actions import EnrolmentRefused
+from tasks.engine.errors import InvalidTarget, InvalidTransition, NotFound
+
+log = logging.getLogger("aegis.api")
+
+_CODES = {
+    status.HTTP_400_BAD_REQUEST: "invalid",
+    status.HTTP_401_UNAUTHORIZED: "not_authenticated",
+    status.HTTP_403_FORBIDDEN: "permission_denied",
+    status.HTTP_404_NOT_FOUND: "not_found",
+    status.HTTP_405_METHOD_NOT_ALLOWED: "method_not_allowed",
+    status.HTTP_406_NOT_ACCEPTABLE: "not_acceptable",
+    status.HTTP_409_CONFLICT: "conflict",
+    status.HTTP_413_REQUEST_ENTITY_TOO_LARGE: "too_large",
+    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: "unsupported_media_type",
+    status.HTTP_429_TOO_MANY_REQUESTS: "throttled",
+}
+
+
+def body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields is not None:
+        error["fields"] = fields
+    return {"error": error}
+
+
+def _translate(exc: Exception) -> Exception:
+    """Domain and Django errors as the DRF exceptions that carry their HTTP status."""
+    if isinstance(exc, NotFound | ObjectDoesNotExist | Http404):
+        return exceptions.NotFound(str(exc) or "Not found.")
+    if isinstance(exc, InvalidTransition):
+        return Conflict(str(exc), code=exc.code)
+    if isinstance(exc, InvalidTarget):
+        return exceptions.ValidationError({"target": [str(exc)]}, code=exc.code)
+    if isinstance(exc, EnrolmentRefused):
+        return exceptions.PermissionDenied(str(exc), code=exc.code)
+    if isinstance(exc, PermissionDenied):
+        return exceptions.PermissionDenied()
+    if isinstance(exc, RequestDataTooBig):
+        return TooLarge()
+    return exc
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    exc = _translate(exc)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None  # a bug: Django's 500 handler (JSON under /api/, see server_error)
+    request = context.get("request")
+    if isinstance(exc, exceptions.Throttled) and request is not None:
+        log.warning(
+            "rate_limit",
+            extra={"event": "rate_limit", "client": client_address(request), "path": request.path},
+        )
+    code = _CODES.get(response.status_code, "error")
+    if isinstance(exc, exceptions.APIException):
+        codes = exc.get_codes()
+        if isinstance(codes, str) and codes not in {"invalid", "error"}:
+            code = codes
+    if isinstance(exc, exceptions.ValidationError):
+        fields = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
+        response.data = body("invalid", "The request is not valid.", fields)
+    else:
+        detail = getattr(exc, "detail", None)
+        response.data = body(code, str(detail) if detail is not None else str(exc))
+    return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """``handler404`` for paths under ``/api/``: the same JSON shape as the views."""
+    return JsonResponse(body("not_found", "No such endpoint."), status=404)
+
+
+def server_error(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(body("server_error", "Internal error; it has been logged."), status=500)

@@ -1,0 +1,256 @@
+"""The agent side of the HTTP API: for agents that cannot hold an MQTT session.
+
+An agent authenticates with its own token (or a JWT exchanged for it) and sees
+only itself and its own tasks: any other task id answers 404, exactly like an id
+that does not exist. Every write calls the same actions as the MQTT bridge.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework_simplejwt.tokens import RefreshToken
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
+
+from aegis_site.api.authentication import AgentTokenAuthentication
+from aegis_site.api.exceptions import Conflict
+from aegis_site.api.permissions import IsAgent
+from aegis_site.api.principals import AgentPrincipal
+from aegis_site.api.throttling import EndpointThrottle
+from registry import actions as registry_actions
+from registry.api.serializers import (
+    AgentSerializer,
+    ClaimAnswerSerializer,
+    ClaimSerializer,
+    EnrolSerializer,
+    HeartbeatAnswerSerializer,
+    HeartbeatSerializer,
+    IssuedTokenSerializer,
+    JwtPairSerializer,
+)
+from registry.models import Agent
+from tasks import actions as task_actions
+from tasks.engine import clock
+from tasks.engine.errors import NotFound
+from tasks.engine.reports import Report
+from tasks.models import HELD_STATES, Task
+
+_CLAIM_POLL_S = 0.25
+
+
+def principal(request: Request) -> AgentPrincipal:
+    user = request.user
+    assert isinstance(user, AgentPrincipal)
+    return user
+
+
+class AgentView(APIView):
+    permission_classes = [IsAgent]
+
+
+class EnrolView(APIView):
+    """Trade a bootstrap (enrolment) token for the agent's own token, shown once."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes = [EndpointThrottle]
+    throttle_scope = "enrol"
+
+    @extend_schema(request=EnrolSerializer, responses={201: IssuedTokenSerializer}, auth=[])
+    def post(self, request: Request) -> Response:
+        body = EnrolSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        agent, credential, token = registry_actions.enrol(
+            data["enrolment_token"],
+            data["agent_id"],
+            name=data["name"],
+            labels=data["labels"],
+            capabilities=data["capabilities"],
+            max_concurrency=data.get("max_concurrency"),
+            version=data["version"],
+        )
+        answer = {"agent_id": agent.pk, "credential_id": credential.pk, "token": token}
+        return Response(IssuedTokenSerializer(answer).data, status=status.HTTP_201_CREATED)
+
+
+class AgentTokenView(AgentView):
+    """Exchange the agent's long-lived token for a short-lived JWT pair (revoked with the token)."""
+
+    authentication_classes = [AgentTokenAuthentication]
+    throttle_classes = [EndpointThrottle]
+    throttle_scope = "auth"
+
+    @extend_schema(request=None, responses={201: JwtPairSerializer})
+    def post(self, request: Request) -> Response:
+        me = principal(request)
+        refresh = RefreshToken()
+        refresh["agent_id"] = me.agent_id
+        refresh["credential_id"] = me.credential_id
+        body = {"access": str(refresh.access_token), "refresh": str(refresh)}
+        return Response(JwtPairSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class MeView(AgentView):
+    @extend_schema(responses=AgentSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(AgentSerializer(Agent.objects.get(pk=principal(request).agent_id)).data)
+
+
+class HeartbeatView(AgentView):
+    """The agent is alive: online now, ``last_seen_at`` moved; the answer says whether it should drain."""
+
+    @extend_schema(request=HeartbeatSerializer, responses=HeartbeatAnswerSerializer)
+    def post(self, request: Request) -> Response:
+        HeartbeatSerializer(data=request.data).is_valid(raise_exception=True)
+        now = clock.now()
+        registry_actions.mark_online(principal(request).agent_id, now)
+        agent = Agent.objects.only("admin_state").get(pk=principal(request).agent_id)
+        return Response(HeartbeatAnswerSerializer({"admin_state": agent.admin_state, "server_time": now}).data)
+
+
+class ClaimView(AgentView):
+    """Claim up to ``max_tasks``; with ``wait_s`` keep asking until work comes or the wait is over (long poll)."""
+
+    @extend_schema(request=ClaimSerializer, responses=ClaimAnswerSerializer)
+    def post(self, request: Request) -> Response:
+        body = ClaimSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        agent_id = principal(request).agent_id
+        deadline = time.monotonic() + body.validated_data["wait_s"]
+        while True:
+            assignments = task_actions.claim_tasks(agent_id, body.validated_data["max_tasks"])
+            if assignments or time.monotonic() >= deadline:
+                break
+            time.sleep(min(_CLAIM_POLL_S, max(deadline - time.monotonic(), 0)))
+        return Response({"tasks": [assignment.as_message() for assignment in assignments]})
+
+
+class AgentTaskSerializer(serializers.ModelSerializer[Task]):
+    """A task as its agent sees it (all read-only: the agent changes it by posting events)."""
+
+    payload = serializers.JSONField(source="job.payload", read_only=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id",
+            "job_id",
+            "kind",
+            "state",
+            "attempt",
+            "payload",
+            "progress",
+            "result",
+            "error",
+            "assigned_at",
+            "started_at",
+            "finished_at",
+            "lease_expires_at",
+            "cancel_requested_at",
+        ]
+        read_only_fields = fields
+
+
+def own_task(agent_id: str, task_id: int) -> Task:
+    task = Task.objects.select_related("job").filter(pk=task_id, agent_id=agent_id).first()
+    if task is None:
+        raise NotFound(f"task {task_id} does not exist")  # someone else's task: the same answer
+    return task
+
+
+class AgentTaskListView(AgentView):
+    """The tasks this agent holds now (assigned or running), oldest first."""
+
+    @extend_schema(responses=AgentTaskSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        held = (
+            Task.objects.select_related("job")
+            .filter(agent_id=principal(request).agent_id, state__in=HELD_STATES)
+            .order_by("id")[:1000]
+        )
+        return Response(AgentTaskSerializer(held, many=True).data)
+
+
+class AgentTaskDetailView(AgentView):
+    @extend_schema(responses=AgentTaskSerializer)
+    def get(self, request: Request, task_id: int) -> Response:
+        return Response(AgentTaskSerializer(own_task(principal(request).agent_id, task_id)).data)
+
+
+class TaskEventSerializer(serializers.Serializer[Any]):
+    """One report on one attempt. ``event_id`` makes a retried POST count once."""
+
+    type = serializers.ChoiceField(choices=["accepted", "progress", "succeeded", "failed", "rejected"])
+    attempt = serializers.IntegerField(min_value=1, max_value=32767)
+    event_id = serializers.RegexField(r"^[A-Za-z0-9_-]{1,32}$", required=False)
+    progress = serializers.DictField(required=False)
+    result = serializers.JSONField(required=False)
+    error = serializers.DictField(required=False, help_text='For failed: {"code": ..., "message": ...}.')
+    retryable = serializers.BooleanField(default=True)
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["type"] == "progress" and "progress" not in attrs:
+            raise serializers.ValidationError({"progress": ["Required for a progress event."]})
+        if attrs["type"] == "failed":
+            error = attrs.get("error") or {}
+            if not isinstance(error.get("code"), str) or not isinstance(error.get("message"), str):
+                raise serializers.ValidationError({"error": ["A failed event needs error.code and error.message."]})
+        return attrs
+
+
+class EventAnswerSerializer(serializers.Serializer[Any]):
+    status = serializers.ChoiceField(choices=["applied", "duplicate"], read_only=True)
+    state = serializers.CharField(read_only=True, allow_blank=True)
+
+
+class AgentTaskEventView(AgentView):
+    """Report on a task this agent holds. Fenced by attempt: a report for an older attempt answers 409."""
+
+    @extend_schema(request=TaskEventSerializer, responses=EventAnswerSerializer)
+    def post(self, request: Request, task_id: int) -> Response:
+        body = TaskEventSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        agent_id = principal(request).agent_id
+        event_id = data.get("event_id")
+        report = Report(
+            kind=data["type"],
+            task_id=task_id,
+            attempt=data["attempt"],
+            # Scoped by agent: one agent's ids can never shadow another's.
+            message_id=f"h:{agent_id}:{event_id}" if event_id else None,
+            progress=data.get("progress"),
+            result=data.get("result"),
+            error=data.get("error"),
+            retryable=data["retryable"],
+            reason=data["reason"],
+        )
+        outcome = task_actions.report(agent_id, report)
+        if outcome.status == "not_found":
+            raise NotFound(f"task {task_id} does not exist")
+        if outcome.status == "stale":
+            raise Conflict(outcome.detail or "stale report", code="stale")
+        return Response(EventAnswerSerializer({"status": outcome.status, "state": outcome.state}).data)
+
+
+class OperatorTokenView(TokenObtainPairView):
+    """An operator's username and password for a short-lived JWT pair (throttled like every credential check)."""
+
+    throttle_classes = [EndpointThrottle]
+    throttle_scope = "auth"
+
+
+class RefreshView(TokenRefreshView):
+    """A refresh token (an operator's or an agent's) for a new access token."""
+
+    throttle_classes = [EndpointThrottle]
+    throttle_scope = "auth"

@@ -1,0 +1,179 @@
+"""Serializers of the registry API: agents and their credentials (operators), enrolment and `me` (agents)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from rest_framework import serializers
+
+from registry.models import AGENT_ID_PATTERN, AdminState, Agent, AgentCredential, EnrolmentToken
+
+AGENT_ID_REGEX = AGENT_ID_PATTERN.replace(r"\A", "^").replace(r"\Z", "$")
+_LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9./-]{0,62}$"  # no "_": a key never forms a "__" lookup in a filter
+LABEL_KEY = re.compile(_LABEL_KEY)
+
+
+class LabelsField(serializers.DictField):
+    """String key/value pairs (at most 50), what label selectors match on."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.CharField(max_length=200, allow_blank=True), **kwargs)
+
+    def to_internal_value(self, data: Any) -> dict[str, str]:
+        value = super().to_internal_value(data)
+        if len(value) > 50:
+            raise serializers.ValidationError("At most 50 labels.")
+        for key in value:
+            serializers.RegexField(_LABEL_KEY).run_validation(key)
+        return dict(value)
+
+
+class CapabilitiesField(serializers.ListField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(child=serializers.RegexField(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"), max_length=100, **kwargs)
+
+
+class AgentSerializer(serializers.ModelSerializer[Agent]):
+    """What operators and agents see of an agent. Presence, version and offers come from the agent itself."""
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id",
+            "name",
+            "labels",
+            "capabilities",
+            "version",
+            "max_concurrency",
+            "connectivity",
+            "admin_state",
+            "last_seen_at",
+            "disconnect_reason",
+            "enrolled_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class AgentUpdateSerializer(serializers.Serializer[Agent]):
+    """``PATCH /agents/{id}/``: what an operator may change. Presence and offers stay the agent's."""
+
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    labels = LabelsField(required=False)
+    admin_state = serializers.ChoiceField(choices=AdminState.choices, required=False)
+
+
+class CredentialSerializer(serializers.ModelSerializer[AgentCredential]):
+    """A credential without its secret: only the prefix that lets an operator recognise a token."""
+
+    class Meta:
+        model = AgentCredential
+        fields = [
+            "id",
+            "kind",
+            "token_prefix",
+            "cert_fingerprint",
+            "cert_serial",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class IssuedTokenSerializer(serializers.Serializer[Any]):
+    """A new agent token: the plaintext appears in this answer only."""
+
+    agent_id = serializers.CharField(read_only=True)
+    credential_id = serializers.IntegerField(read_only=True)
+    token = serializers.CharField(read_only=True)
+
+
+class EnrolmentTokenSerializer(serializers.ModelSerializer[EnrolmentToken]):
+    class Meta:
+        model = EnrolmentToken
+        fields = [
+            "id",
+            "name",
+            "token_prefix",
+            "agent_id",
+            "labels",
+            "uses_left",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+        ]
+        read_only_fields = fields
+
+
+class EnrolmentTokenCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    agent_id = serializers.RegexField(AGENT_ID_REGEX, required=False, allow_blank=True, default="")
+    labels = LabelsField(required=False, default=dict)
+    uses = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
+    ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 365, required=False)
+
+
+class EnrolmentTokenIssuedSerializer(EnrolmentTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="Shown once.")
+
+    class Meta(EnrolmentTokenSerializer.Meta):
+        fields = [*EnrolmentTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
+
+
+class EnrolSerializer(serializers.Serializer[Any]):
+    """``POST /agent/enrol/``: trade a bootstrap token for the agent's own token."""
+
+    enrolment_token = serializers.CharField(max_length=200, write_only=True)
+    agent_id = serializers.RegexField(AGENT_ID_REGEX)
+    name = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    labels = LabelsField(required=False, default=dict)
+    capabilities = CapabilitiesField(required=False, default=list)
+    max_concurrency = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
+    version = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+
+
+class HeartbeatSerializer(serializers.Serializer[Any]):
+    running = serializers.ListField(
+        child=serializers.DictField(child=serializers.IntegerField(min_value=0)), max_length=10_000, default=list
+    )
+
+
+class HeartbeatAnswerSerializer(serializers.Serializer[Any]):
+    admin_state = serializers.CharField(read_only=True)
+    server_time = serializers.DateTimeField(read_only=True)
+
+
+class ClaimSerializer(serializers.Serializer[Any]):
+    max_tasks = serializers.IntegerField(min_value=1, max_value=100, default=1)
+    wait_s = serializers.FloatField(min_value=0, default=0)
+
+    def validate_wait_s(self, value: float) -> float:
+        limit = float(settings.API_CLAIM_MAX_WAIT)
+        if value > limit:
+            raise serializers.ValidationError(f"At most {limit:g} seconds.")
+        return value
+
+
+class AssignmentSerializer(serializers.Serializer[Any]):
+    """One attempt of a task, as the MQTT ``task.assign`` message carries it."""
+
+    id = serializers.IntegerField(read_only=True)
+    attempt = serializers.IntegerField(read_only=True)
+    job_id = serializers.IntegerField(read_only=True)
+    kind = serializers.CharField(read_only=True)
+    payload = serializers.JSONField(read_only=True)
+    timeout_s = serializers.IntegerField(read_only=True)
+    lease_s = serializers.IntegerField(read_only=True)
+
+
+class ClaimAnswerSerializer(serializers.Serializer[Any]):
+    tasks = AssignmentSerializer(many=True, read_only=True)
+
+
+class JwtPairSerializer(serializers.Serializer[Any]):
+    access = serializers.CharField(read_only=True)
+    refresh = serializers.CharField(read_only=True)
