@@ -77,6 +77,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
+    "health_check",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -290,6 +291,13 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"JobStateEnum": "tasks.models.JobState", "TaskStateEnum": "tasks.models.TaskState"},
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums"],
 }
+
+
+# --- Health ------------------------------------------------------------------------
+
+ROLE_HEARTBEAT_INTERVAL = _positive_float("ROLE_HEARTBEAT_INTERVAL", 10.0)  # how often bridge/dispatcher report
+ROLE_STALE_AFTER = _positive_float("ROLE_STALE_AFTER", 60.0)  # a role silent this long is unhealthy
+CERT_WARN_DAYS = _positive_int("CERT_WARN_DAYS", 30)
 
 
 # --- Logging -----------------------------------------------------------------------

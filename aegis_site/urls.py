@@ -2,10 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 
 from aegis_site.api import errors
+from ops.health.views import ComprehensiveView, LivenessView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("aegis_site.api.urls")),
+    path("healthz", LivenessView.as_view(), name="healthz"),
+    path("healthz/comprehensive", ComprehensiveView.as_view(), name="healthz-comprehensive"),
 ]
 
 handler404 = "aegis_site.urls.not_found"

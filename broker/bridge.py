@@ -31,6 +31,7 @@ from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client
 from broker.ingest import Incoming
 from broker.presence import HeartbeatBuffer
 from broker.publisher import publish_pending
+from ops.roles import RoleBeacon
 from tasks.engine.wakeup import OUTBOX_CHANNEL, Listener
 
 log = logging.getLogger("aegis.bridge")
@@ -231,8 +232,11 @@ class Bridge:
             close_old_connections()
 
     def _run_heartbeat_flush(self) -> None:
+        beacon = RoleBeacon("bridge")
         while not self.stop.wait(settings.BRIDGE_HEARTBEAT_FLUSH_INTERVAL):
             self._flush_heartbeats()
+            if self.connected.is_set():  # a bridge cut off from the broker is not healthy
+                beacon.maybe_beat(client_id=self.client_id)
         self._flush_heartbeats()
 
     def _flush_heartbeats(self) -> None:

@@ -49,3 +49,21 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.token_prefix}…) of {self.user}"
+
+
+class RoleHeartbeat(models.Model):
+    """The last sign of life of one long-running role process (bridge, dispatcher): health checks read it."""
+
+    role = models.CharField(max_length=20)
+    instance = models.CharField(max_length=200, help_text="host:pid of the process.")
+    beat_at = models.DateTimeField()
+    started_at = models.DateTimeField()
+    info = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "role_heartbeats"
+        constraints = [models.UniqueConstraint(fields=["role", "instance"], name="role_heartbeat_unique")]
+        indexes = [models.Index(fields=["role", "beat_at"], name="role_heartbeat_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.instance}"

@@ -19,6 +19,7 @@ from django.db import close_old_connections, connection
 
 from broker import direct
 from broker.direct import DirectPublisher
+from ops.roles import RoleBeacon
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.engine import clock
@@ -131,12 +132,14 @@ class Dispatcher:
     def run(self) -> None:
         log.info("dispatcher started", extra={"batch_size": self.batch_size, "poll_interval": self.poll_interval})
         listener = Listener()
+        beacon = RoleBeacon("dispatcher")
         if direct.enabled():
             self.direct = DirectPublisher()
             self.direct.start()
         try:
             while not self.stop.is_set():
                 close_old_connections()
+                beacon.maybe_beat(publishes=self.direct is not None)
                 if not self.step():
                     self.hints |= listener.wait(self.poll_interval, self.stop) or set()
         finally:

@@ -1,0 +1,101 @@
+"""The project's own checks: the MQTT broker, the roles' freshness, certificate expiry.
+
+Each raises ``ServiceUnavailable`` (unhealthy: the view answers 500) or
+``ServiceWarning`` (reported, still healthy). Messages name what is wrong and
+never carry a secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import threading
+import uuid
+from pathlib import Path
+
+from cryptography import x509
+from django.conf import settings
+from django.db import connection
+from health_check.base import HealthCheck
+from health_check.exceptions import ServiceUnavailable, ServiceWarning
+
+from ops.models import RoleHeartbeat
+from tasks.engine import clock
+
+
+@dataclasses.dataclass
+class RoleFreshness(HealthCheck):
+    """A bridge or dispatcher process recorded a heartbeat within ``ROLE_STALE_AFTER`` seconds."""
+
+    role: str = "dispatcher"
+
+    def run(self) -> None:
+        try:
+            latest = RoleHeartbeat.objects.filter(role=self.role).order_by("-beat_at").first()
+        finally:
+            # Checks run on the view's executor threads, outside any request: give the connection back
+            # (with the pool on, a kept one would starve the next requests).
+            connection.close()
+        if latest is None:
+            raise ServiceUnavailable(f"no {self.role} has ever reported")
+        age = (clock.now() - latest.beat_at).total_seconds()
+        if age > settings.ROLE_STALE_AFTER:
+            raise ServiceUnavailable(f"{self.role} last reported {age:.0f}s ago ({latest.instance})")
+
+
+@dataclasses.dataclass
+class MqttBroker(HealthCheck):
+    """A real CONNECT/CONNACK with the bridge's settings and TLS identity, then DISCONNECT."""
+
+    timeout: datetime.timedelta = dataclasses.field(default=datetime.timedelta(seconds=5), repr=False)
+
+    def run(self) -> None:
+        from broker.client import BrokerAddress, new_client
+
+        if not settings.MQTT_URL:
+            raise ServiceWarning("MQTT_URL is not set (all-in-one mode: the embedded broker)")
+        address = BrokerAddress.configured()
+        answered = threading.Event()
+        outcome: list[str] = []
+        client = new_client(f"aegis-health-{uuid.uuid4().hex[:12]}", address, persistent=False)
+
+        def on_connect(_client: object, _userdata: object, _flags: object, reason: object, _props: object) -> None:
+            outcome.append("" if not getattr(reason, "is_failure", False) else str(reason))
+            answered.set()
+
+        client.on_connect = on_connect
+        try:
+            client.connect(address.host, address.port, keepalive=10)
+            client.loop_start()
+            if not answered.wait(self.timeout.total_seconds()):
+                raise ServiceUnavailable(f"no CONNACK from {address.host}:{address.port}")
+            if outcome[0]:
+                raise ServiceUnavailable(f"broker refused the connection: {outcome[0]}")
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot reach {address.host}:{address.port}: {exc.strerror or exc}") from exc
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+@dataclasses.dataclass
+class CertificateExpiry(HealthCheck):
+    """The certificates this process uses: a warning under ``CERT_WARN_DAYS`` days, unhealthy once expired."""
+
+    def run(self) -> None:
+        paths = [Path(p) for p in (settings.MQTT_CA_FILE, settings.MQTT_CERT_FILE) if p]
+        warnings = []
+        for path in paths:
+            try:
+                certificates = x509.load_pem_x509_certificates(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise ServiceUnavailable(f"cannot read {path.name}: {exc}") from exc
+            for certificate in certificates:
+                left = certificate.not_valid_after_utc - clock.now()
+                name = f"{path.name} ({certificate.subject.rfc4514_string()})"
+                if left.total_seconds() <= 0:
+                    raise ServiceUnavailable(f"{name} expired {-left.days} days ago")
+                if left.days < settings.CERT_WARN_DAYS:
+                    warnings.append(f"{name} expires in {left.days} days")
+        if warnings:
+            raise ServiceWarning("; ".join(warnings))

@@ -1,0 +1,119 @@
+"""/healthz and /healthz/comprehensive against the real database, cache and Mosquitto (127.0.0.1:1883)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.test import Client
+
+from broker import pki
+from ops import actions
+from ops.models import RoleHeartbeat
+from tasks.engine import clock
+from tests.support import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+JSON = {"HTTP_ACCEPT": "application/json"}
+
+
+def beat(role: str, age_s: float = 0) -> None:
+    actions.record_role_heartbeat(role, f"host:{role}", clock.now())
+    RoleHeartbeat.objects.filter(role=role).update(beat_at=clock.now() - timedelta(seconds=age_s))
+
+
+@pytest.fixture
+def healthy(settings: Any, tmp_path: Path) -> Any:
+    settings.MQTT_URL = "mqtt://127.0.0.1:1883"
+    settings.MQTT_CA_FILE = settings.MQTT_CERT_FILE = ""
+    settings.DATA_DIR = tmp_path
+    beat("bridge")
+    beat("dispatcher")
+    return settings
+
+
+def failing(answer: Any) -> dict[str, str]:
+    return {name: status for name, status in answer.json().items() if status != "OK"}
+
+
+def test_liveness_is_json_on_request_and_pings_the_database():
+    answer = Client().get("/healthz", **JSON)
+    assert answer.status_code == 200
+    assert list(answer.json().values()) == ["OK"]
+    assert Client().get("/healthz?format=json").json() == answer.json()
+
+
+def test_comprehensive_is_healthy_when_everything_answers(healthy):
+    answer = Client().get("/healthz/comprehensive", **JSON)
+    assert answer.status_code == 200, answer.json()
+    assert failing(answer) == {}
+    assert len(answer.json()) == 8  # database, cache, broker, bridge, dispatcher, disk, memory, certificates
+
+
+def test_a_stale_dispatcher_makes_it_unhealthy_and_is_named(healthy):
+    beat("dispatcher", age_s=600)
+    answer = Client().get("/healthz/comprehensive", **JSON)
+    assert answer.status_code == 500
+    (name,) = failing(answer)
+    assert "dispatcher" in name
+    assert "last reported" in failing(answer)[name]
+
+
+def test_a_role_that_never_reported_is_unhealthy(healthy):
+    RoleHeartbeat.objects.filter(role="bridge").delete()
+    answer = Client().get("/healthz/comprehensive", **JSON)
+    assert answer.status_code == 500
+    assert any("has ever reported" in status for status in failing(answer).values())
+
+
+def test_an_unreachable_broker_is_unhealthy(healthy):
+    healthy.MQTT_URL = f"mqtt://127.0.0.1:{free_port()}"
+    answer = Client().get("/healthz/comprehensive", **JSON)
+    assert answer.status_code == 500
+    assert list(failing(answer)) == ["MqttBroker()"], answer.json()
+
+
+def _cert_file(tmp_path: Path, days: int) -> str:
+    ca = pki.create_ca(validity_days=3650)
+    leaf = pki.issue_agent_cert(ca, "edge-1", validity_days=days)
+    path = tmp_path / "bridge.crt"
+    path.write_bytes(leaf.cert_pem)
+    return str(path)
+
+
+def test_a_certificate_expiring_soon_warns_but_stays_healthy(healthy, tmp_path):
+    healthy.MQTT_CERT_FILE = _cert_file(tmp_path, days=10)
+    answer = Client().get("/healthz/comprehensive", **JSON)
+    assert answer.status_code == 200, answer.json()
+    (status,) = failing(answer).values()
+    assert status.startswith("Warning")
+    assert "expires in" in status
+
+
+def test_an_expired_certificate_is_unhealthy(healthy, tmp_path):
+    healthy.MQTT_CERT_FILE = _cert_file(tmp_path, days=1)
+    beat("bridge")
+    beat("dispatcher")
+    later = clock.now() + timedelta(days=3)
+    clock.set_clock(lambda: later)
+    try:
+        beat("bridge")
+        beat("dispatcher")
+        answer = Client().get("/healthz/comprehensive", **JSON)
+    finally:
+        clock.set_clock(None)
+    assert answer.status_code == 500
+    assert any("expired" in status for status in failing(answer).values())
+
+
+def test_the_health_check_command_runs_from_the_shell(live_server, healthy):
+    address = live_server.url.removeprefix("http://")
+    call_command("health_check", "healthz", address, "--forwarded-proto", "http")
+    beat("dispatcher", age_s=600)
+    with pytest.raises(SystemExit) as exited:
+        call_command("health_check", "healthz-comprehensive", address, "--forwarded-proto", "http")
+    assert exited.value.code != 0
