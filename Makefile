@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PG_URL ?= postgres://postgres@127.0.0.1:5432/aegis
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-pg lint typecheck install migrate bench clean
+.PHONY: run test test-sqlite test-pg lint typecheck security install migrate bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ run: migrate
 	$(BIN)/python manage.py run_all
 
 ## The whole test suite: lint, types, then every test on SQLite and on PostgreSQL.
-test: install lint typecheck test-sqlite test-pg
+test: install lint typecheck security test-sqlite test-pg
 
 test-sqlite: install
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -35,6 +35,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	DATA_DIR=$$(mktemp -d) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+## bandit over the code and pip-audit over the requirements (skipped, with a message, when offline).
+security: install
+	VENV=$(VENV) scripts/security_scan.sh
 
 typecheck: install
 	$(BIN)/mypy .

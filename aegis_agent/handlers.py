@@ -9,7 +9,7 @@ raises TaskError for a failure the server should see with a stable code.
 from __future__ import annotations
 
 import logging
-import subprocess
+import subprocess  # nosec B404  # the exec handler runs operator-defined argv (no shell) by design
 import tempfile
 import threading
 import time
@@ -190,7 +190,7 @@ class ShellHandler:
         self, ctx: TaskContext, argv: list[str], cwd: str | None, timeout_s: float, out: IO[bytes], err: IO[bytes]
     ) -> int:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd)  # noqa: S603
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd)  # noqa: S603  # nosec B603  # argv list, no shell
         except OSError as exc:
             raise TaskError("exec_failed", f"cannot run {argv[0]!r}: {exc}") from exc
         deadline = time.monotonic() + timeout_s

@@ -70,7 +70,7 @@ class Multiplexer:
         self._pool = concurrent.futures.ThreadPoolExecutor(connect_workers, thread_name_prefix="mqtt-connect")
         self._thread = threading.Thread(target=self._run_loop, name="mqtt-multiplexer", daemon=True)
         self._sessions: list[Session] = []
-        self._random = random.Random()  # noqa: S311 (jitter, not security)
+        self._random = random.Random()  # noqa: S311 (jitter, not security)  # nosec B311
 
     # --- thread plumbing --------------------------------------------------------
 

@@ -75,7 +75,7 @@ class Fleet:
         self.mqtt_version = mqtt_version
         self.session_expiry_s = session_expiry_s
         self.keepalive_s = keepalive_s
-        self.random = random.Random(seed)  # noqa: S311 (simulation, not security)
+        self.random = random.Random(seed)  # noqa: S311 (simulation, not security)  # nosec B311
         self.stats = FleetStats()
         self.agent_ids = [f"{prefix}{i}" for i in range(count)]
         self.mux = Multiplexer(connect_workers=connect_workers)
@@ -116,7 +116,7 @@ class Fleet:
         self._started = True
         self.mux.start()
         for agent in self.agents:
-            assert agent.session is not None
+            assert agent.session is not None  # nosec B101  # type narrowing: __init__ gives every agent a session
             self.mux.call(self.mux.connect, agent.session)
         if wait_s is not None and not self.wait_online(wait_s):
             raise TimeoutError(f"only {self.online_count()} of {len(self.agents)} agents online after {wait_s}s")
@@ -149,7 +149,7 @@ class Fleet:
     def _disconnect_all(self) -> None:
         offline = wire.encode(wire.status("offline"))
         for agent in self.agents:
-            assert agent.session is not None
+            assert agent.session is not None  # nosec B101  # type narrowing: __init__ gives every agent a session
             agent.session.wanted = False
             if agent.heartbeat_timer is not None:
                 agent.heartbeat_timer.cancel()

@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "health_check",
+    "django_prometheus",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
@@ -88,6 +89,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "ops.metrics.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -95,6 +98,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "aegis_site.urls"
@@ -300,17 +304,41 @@ ROLE_STALE_AFTER = _positive_float("ROLE_STALE_AFTER", 60.0)  # a role silent th
 CERT_WARN_DAYS = _positive_int("CERT_WARN_DAYS", 30)
 
 
+# Where setup_broker wrote the CA, certificates, mosquitto.conf and ACL: the default of rotate_certs,
+# check_certs and revoke_agent_cert (--dir overrides it).
+BROKER_DIR = env.str("BROKER_DIR", default="") or None
+AEGIS_CRL_VALIDITY_DAYS = _positive_int("AEGIS_CRL_VALIDITY_DAYS", 180)
+
+
+# --- Metrics -----------------------------------------------------------------------
+
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")  # Bearer token for /metrics*; or come from an allowed network
+METRICS_ALLOWED_NETWORKS = env.list("METRICS_ALLOWED_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+METRICS_PORT = env.int("METRICS_PORT", default=0)  # bridge and dispatcher: serve /metrics on this port (0: off)
+METRICS_ADDR = env.str("METRICS_ADDR", default="127.0.0.1")
+
+
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL must be one of DEBUG..CRITICAL, got {LOG_LEVEL!r}")
 
+# JSON lines (structlog) by default; LOG_FORMAT=plain for a person at a terminal (the all-in-one mode).
+# Every line carries the request id bound by ops.metrics.middleware; ``extra`` fields become keys.
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
+SLOW_REQUEST_MS = _positive_float("SLOW_REQUEST_MS", 500.0)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "json": {"()": "aegis_site.logs.json_formatter"},
+        "plain": {"()": "aegis_site.logs.plain_formatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

@@ -3,12 +3,16 @@ from django.urls import include, path
 
 from aegis_site.api import errors
 from ops.health.views import ComprehensiveView, LivenessView
+from ops.metrics import views as metrics_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("aegis_site.api.urls")),
     path("healthz", LivenessView.as_view(), name="healthz"),
     path("healthz/comprehensive", ComprehensiveView.as_view(), name="healthz-comprehensive"),
+    path("metrics", metrics_views.prometheus, name="metrics"),
+    path("metrics/system", metrics_views.system, name="metrics-system"),
+    path("metrics/performance", metrics_views.performance, name="metrics-performance"),
 ]
 
 handler404 = "aegis_site.urls.not_found"

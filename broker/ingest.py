@@ -16,12 +16,15 @@ from django.db import DatabaseError, transaction
 
 from broker.presence import HeartbeatBuffer
 from broker.protocol import Heartbeat, Hello, ProtocolError, Status, TaskEvent, parse_agent_message, report_fields
+from ops.metrics import counters
 from registry import actions as registry_actions
 from tasks import actions as task_actions
 from tasks.engine import clock, wakeup
 from tasks.engine.reports import Report
 
 log = logging.getLogger("aegis.bridge")
+
+_HEARTBEATS_IN = counters.MQTT_MESSAGES.labels("in", "heartbeat")  # the hot path: resolve the label once
 
 # Messages dropped since the process started, by reason (exported as metrics by the ops issue).
 dropped: Counter[str] = Counter()
@@ -55,6 +58,7 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
             continue
         if isinstance(message, Heartbeat):  # the most frequent message touches memory only
             received["Heartbeat"] += 1
+            _HEARTBEATS_IN.inc()
             heartbeats.add(message.agent_id, now)
         else:
             parsed.append(message)
@@ -83,6 +87,7 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
 
 def drop(reason: str, topic: str, detail: str) -> None:
     dropped[reason] += 1
+    counters.MQTT_DROPPED.labels(reason).inc()
     log.warning("mqtt message dropped", extra={"reason": reason, "topic": topic[:200], "detail": detail[:300]})
 
 
@@ -98,6 +103,7 @@ def _apply_all(messages: list[Hello | Status | TaskEvent]) -> None:
     waiting: set[str] = set()  # agents with events in ``pending``
     for message in messages:
         received[type(message).__name__] += 1
+        counters.MQTT_MESSAGES.labels("in", type(message).__name__.lower()).inc()
         if isinstance(message, TaskEvent):
             pending.append(message)
             waiting.add(message.agent_id)

@@ -66,6 +66,38 @@ class BrokerLayout:
         return self.directory / "bridge.key"
 
     @property
+    def ca_bundle(self) -> Path:
+        """Every CA Mosquitto and the agents trust; only present once a CA rotation started."""
+        return self.directory / "ca-bundle.crt"
+
+    @property
+    def trust_file(self) -> Path:
+        """What Mosquitto's ``cafile`` and an agent's ``ca.crt`` hold: the bundle if any, else the CA."""
+        return self.ca_bundle if self.ca_bundle.exists() else self.ca_cert
+
+    @property
+    def crl(self) -> Path:
+        return self.directory / "crl.pem"
+
+    @property
+    def ca_state(self) -> Path:
+        return self.directory / "ca-state.json"
+
+    @property
+    def revoked(self) -> Path:
+        return self.directory / "revoked.json"
+
+    @property
+    def cas(self) -> Path:
+        """Every CA (certificate and key) the rotation knows, named by fingerprint."""
+        return self.directory / "cas"
+
+    @property
+    def issued(self) -> Path:
+        """A copy of each agent certificate issued (no keys), for expiry reports and revocation."""
+        return self.directory / "issued"
+
+    @property
     def conf(self) -> Path:
         return self.directory / "mosquitto.conf"
 
@@ -171,7 +203,8 @@ def render_conf(
         "",
         f"listener {port} {host}",
         "protocol mqtt",
-        f"cafile {layout.ca_cert}",
+        f"cafile {layout.trust_file}",
+        *_crl_lines(layout),
         f"certfile {layout.server_cert}",
         f"keyfile {layout.server_key}",
         "tls_version tlsv1.2",
@@ -179,6 +212,31 @@ def render_conf(
         "use_identity_as_username true",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _crl_lines(layout: BrokerLayout) -> list[str]:
+    return [f"crlfile {layout.crl}"] if layout.crl.exists() else []
+
+
+def sync_trust_lines(layout: BrokerLayout) -> bool:
+    """Point an existing ``mosquitto.conf`` at the current trust bundle and CRL; True if it changed.
+
+    Rotation and revocation change which files exist, but not the host, port or log
+    settings the operator gave ``setup_broker``, so only these lines are rewritten.
+    """
+    if not layout.conf.exists():
+        return False
+    old = layout.conf.read_text()
+    lines = [line for line in old.splitlines() if not line.startswith("crlfile ")]
+    for index, line in enumerate(lines):
+        if line.startswith("cafile "):
+            lines[index : index + 1] = [f"cafile {layout.trust_file}", *_crl_lines(layout)]
+            break
+    new = "\n".join(lines) + "\n"
+    if new == old:
+        return False
+    pki.write_public(layout.conf, new.encode())
+    return True
 
 
 def mosquitto_command(layout: BrokerLayout, executable: str = "mosquitto") -> list[str]:
@@ -244,6 +302,8 @@ def write_agent_bundle(
     layout = BrokerLayout(broker_directory.resolve())
     ca = pki.load_issued(layout.ca_cert, layout.ca_key)
     issued = pki.issue_agent_cert(ca, agent_id, key_algorithm=key_algorithm)
+    # Public copy (no key), so that expiry reports and revocation know every agent certificate.
+    pki.write_public(layout.issued / f"{agent_id}-{issued.serial:x}.crt", issued.cert_pem)
     bundle = AgentBundle(
         cert=out_directory / f"{agent_id}.crt",
         key=out_directory / f"{agent_id}.key",
@@ -251,7 +311,8 @@ def write_agent_bundle(
         issued=issued,
     )
     pki.write_issued(issued, bundle.cert, bundle.key)
-    pki.write_public(bundle.ca_cert, ca.cert_pem)
+    # During a CA rotation the agent must trust the old and the new CA.
+    pki.write_public(bundle.ca_cert, layout.ca_bundle.read_bytes() if layout.ca_bundle.exists() else ca.cert_pem)
     return bundle
 
 

@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
+import subprocess  # nosec B404  # starts this project's own role processes
 import sys
 import time
 from dataclasses import dataclass, field
@@ -45,7 +45,7 @@ class Supervisor:
     def start(self) -> None:
         base = Path(settings.BASE_DIR)
         for name, command in self.commands.items():
-            self.procs[name] = subprocess.Popen(command, cwd=base, env={**os.environ, **self.env})  # noqa: S603
+            self.procs[name] = subprocess.Popen(command, cwd=base, env={**os.environ, **self.env})  # noqa: S603  # nosec B603  # argv from role_commands(), no shell
             log.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(command))
 
     def run(self) -> int:
@@ -88,11 +88,11 @@ def role_commands(host: str, port: int, agents: int) -> tuple[dict[str, list[str
     """
     python, manage = sys.executable, str(Path(settings.BASE_DIR) / "manage.py")
     commands: dict[str, list[str]] = {}
-    env: dict[str, str] = {}
+    env: dict[str, str] = {"LOG_FORMAT": os.environ.get("LOG_FORMAT", "plain")}
     mqtt_url = settings.MQTT_URL
     if not mqtt_url:
         mqtt_url = f"mqtt://127.0.0.1:{EMBEDDED_BROKER_PORT}"
-        env = {"MQTT_URL": mqtt_url, "MQTT_PROTOCOL": "3.1.1"}
+        env |= {"MQTT_URL": mqtt_url, "MQTT_PROTOCOL": "3.1.1"}
         commands["broker"] = [python, manage, "run_embedded_broker", "--port", str(EMBEDDED_BROKER_PORT)]
     commands["web"] = [python, "-m", "daphne", "-b", host, "-p", str(port), "aegis_site.asgi:application"]
     commands["dispatcher"] = [python, manage, "run_dispatcher"]

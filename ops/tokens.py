@@ -9,7 +9,7 @@ from django.db.models import Q
 from ops.models import ApiToken
 from tasks.engine import clock
 
-TOKEN_PREFIX = "aeo_"  # noqa: S105  (a public marker, not a secret)
+TOKEN_PREFIX = "aeo_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
 
 
 def hash_token(token: str) -> str:

@@ -16,7 +16,7 @@ from ops.audit import Actor, record
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken
 from tasks.engine import clock
 
-TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)
+TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
 
 
 def hash_token(token: str) -> str:
@@ -115,13 +115,13 @@ def touch_agents(last_seen: Mapping[str, datetime]) -> int:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
-                f"UPDATE agents SET {_TOUCH_SET.format(ts='v.ts')} "  # noqa: S608  (constant SQL)
+                f"UPDATE agents SET {_TOUCH_SET.format(ts='v.ts')} "  # noqa: S608  (constant SQL)  # nosec B608
                 "FROM unnest(%s::varchar[], %s::timestamptz[]) AS v(id, ts) WHERE agents.id = v.id",
                 [ids, stamps],
             )
             return cursor.rowcount
         cursor.executemany(
-            f"UPDATE agents SET {_TOUCH_SET.format(ts='%s')} WHERE id = %s",  # noqa: S608  (constant SQL)
+            f"UPDATE agents SET {_TOUCH_SET.format(ts='%s')} WHERE id = %s",  # noqa: S608  (constant SQL)  # nosec B608
             list(zip(stamps, ids, strict=True)),
         )
         return cursor.rowcount

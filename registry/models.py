@@ -59,7 +59,7 @@ class Agent(models.Model):
 
 
 class CredentialKind(models.TextChoices):
-    TOKEN = "token"  # noqa: S105
+    TOKEN = "token"  # noqa: S105  # nosec B105  # a credential kind, not a secret
     CERTIFICATE = "certificate"
 
 

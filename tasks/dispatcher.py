@@ -19,6 +19,7 @@ from django.db import close_old_connections, connection
 
 from broker import direct
 from broker.direct import DirectPublisher
+from ops.metrics import counters
 from ops.roles import RoleBeacon
 from registry import actions as registry_actions
 from tasks import actions
@@ -66,7 +67,9 @@ class Dispatcher:
         self.hints: set[str] = set()  # agents named by NOTIFY payloads, claimed for first
 
     def expire_leases(self) -> bool:
-        return actions.expire_leases(self.batch_size) > 0
+        expired = actions.expire_leases(self.batch_size)
+        counters.LEASE_EXPIRIES.inc(expired)
+        return expired > 0
 
     def mark_silent_agents_offline(self) -> bool:
         return (

@@ -18,6 +18,7 @@ from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
 from aegis_site.api.principals import AgentPrincipal
 from ops import tokens
+from ops.metrics import counters
 from registry import actions as registry_actions
 from registry.models import AdminState, AgentCredential
 
@@ -28,7 +29,10 @@ def client_address(request: Any) -> str:
     return str(request.META.get("REMOTE_ADDR", ""))
 
 
-def auth_failed(request: Any, scheme: str, reason: str, token: str = "") -> exceptions.AuthenticationFailed:
+def auth_failed(  # nosec B107  # "" means no token, not a password
+    request: Any, scheme: str, reason: str, token: str = ""
+) -> exceptions.AuthenticationFailed:
+    counters.AUTH_FAILURES.labels(scheme).inc()
     log.warning(
         "auth_failed",
         extra={

@@ -20,6 +20,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from aegis_site.api.authentication import client_address
 from aegis_site.api.exceptions import Conflict, TooLarge
+from ops.metrics import counters
 from registry.actions import EnrolmentRefused
 from tasks.engine.errors import InvalidTarget, InvalidTransition, NotFound
 
@@ -70,6 +71,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None  # a bug: Django's 500 handler (JSON under /api/, see server_error)
     request = context.get("request")
     if isinstance(exc, exceptions.Throttled) and request is not None:
+        counters.RATE_LIMITED.labels(getattr(context.get("view"), "throttle_scope", None) or "client").inc()
         log.warning(
             "rate_limit",
             extra={"event": "rate_limit", "client": client_address(request), "path": request.path},

@@ -98,10 +98,10 @@ def insert_rows(model: type[models.Model], fields: Sequence[str], rows: Sequence
             if not source:  # every column uniform: still one row per input row
                 source = f"generate_series(1, {len(rows)})"
             # Placeholders of the SELECT list (scalars) precede those of unnest() (arrays).
-            cursor.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(expressions)} FROM {source}", params)
+            cursor.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(expressions)} FROM {source}", params)  # nosec B608  # identifiers from model metadata, quoted; values are parameters
         else:
             placeholders = ", ".join(["%s"] * len(columns.fields))
-            cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({placeholders})", columns.rows(len(rows)))
+            cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({placeholders})", columns.rows(len(rows)))  # nosec B608  # identifiers from model metadata, quoted; values are parameters
 
 
 def update_each(model: type[models.Model], fields: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -124,10 +124,10 @@ def update_each(model: type[models.Model], fields: Sequence[str], rows: Sequence
             assignments = ", ".join(
                 f"{target} = {expression}" for target, expression in zip(targets, expressions[1:], strict=True)
             )
-            cursor.execute(f"UPDATE {table} SET {assignments} FROM {source} WHERE {table}.{pk_column} = v.c0", params)
+            cursor.execute(f"UPDATE {table} SET {assignments} FROM {source} WHERE {table}.{pk_column} = v.c0", params)  # nosec B608  # identifiers from model metadata, quoted; values are parameters
         else:
             assignments = ", ".join(f"{quote(field.column)} = %s" for field in columns.fields[1:])
             cursor.executemany(
-                f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s",
+                f"UPDATE {table} SET {assignments} WHERE {pk_column} = %s",  # nosec B608  # identifiers from model metadata, quoted; values are parameters
                 [[*row[1:], row[0]] for row in columns.rows(len(rows))],
             )

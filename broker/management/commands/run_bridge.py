@@ -4,6 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from broker.bridge import Bridge
+from ops.metrics import serve_role_metrics
 
 
 class Command(BaseCommand):
@@ -14,6 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("--client-id", default=None, help="MQTT client id (default: MQTT_CLIENT_ID)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        serve_role_metrics()
         bridge = Bridge(options["url"], options["client_id"])
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: bridge.stop.set())

@@ -3,6 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from ops.metrics import serve_role_metrics
 from tasks.dispatcher import Dispatcher
 
 
@@ -21,4 +22,5 @@ class Command(BaseCommand):
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: dispatcher.stop.set())
+        serve_role_metrics()
         dispatcher.run()

@@ -1,0 +1,79 @@
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from broker import certs
+from broker.mosquitto import BrokerLayout
+
+SIGHUP_NOTE = (
+    "Mosquitto: reload to pick up the new server certificate: kill -HUP <pid> (or systemctl reload mosquitto)."
+)
+BRIDGE_NOTE = "Bridge and dispatcher: restart them (run_bridge, run_dispatcher) to use the new client certificate."
+RESTART_NOTE = "Mosquitto: RESTART it (systemctl restart mosquitto): it does not re-read its CA bundle on SIGHUP."
+
+
+class Command(BaseCommand):
+    help = "Re-issue the server/bridge certificates, or rotate the CA with an overlap window."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--dir", type=Path, default=None, help="broker directory (default: settings.BROKER_DIR)")
+        parser.add_argument("--server", action="store_true", help="re-issue the server certificate only")
+        parser.add_argument("--bridge", action="store_true", help="re-issue the bridge certificate only")
+        steps = parser.add_mutually_exclusive_group()
+        steps.add_argument("--ca", action="store_true", help="start a CA rotation: new CA trusted next to the old")
+        steps.add_argument("--finish-ca", action="store_true", help="sign with the new CA; re-issue server and bridge")
+        steps.add_argument("--drop-old-ca", action="store_true", help="stop trusting the old CA")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        directory = options["dir"] or getattr(settings, "BROKER_DIR", None)
+        if directory is None:
+            raise CommandError("pass --dir (or set BROKER_DIR)")
+        layout = BrokerLayout(Path(directory).resolve())
+        if not layout.ca_key.exists():
+            raise CommandError(f"no CA in {layout.directory}: run setup_broker first")
+        try:
+            if options["ca"]:
+                self._report(certs.start_ca_rotation(layout), layout)
+                self.stdout.write(RESTART_NOTE)
+                self.stdout.write(
+                    f"Agents: give each the new trust bundle {layout.ca_bundle} as its CA file "
+                    "(agents issued from now on get it in their ca.crt), then run rotate_certs --finish-ca."
+                )
+            elif options["finish_ca"]:
+                result = certs.finish_ca_rotation(layout)
+                self._report(result, layout)
+                if result.changed:
+                    self.stdout.write(SIGHUP_NOTE + " Restart instead if this is the first restart since --ca.")
+                    self.stdout.write(BRIDGE_NOTE)
+                    self.stdout.write(
+                        "Agents: re-issue their certificates (issue_agent_cert) to move them to the new CA; "
+                        "old-CA certificates keep working until rotate_certs --drop-old-ca."
+                    )
+            elif options["drop_old_ca"]:
+                result = certs.drop_old_ca(layout)
+                self._report(result, layout)
+                if result.changed:
+                    self.stdout.write(RESTART_NOTE + " Agents still holding old-CA certificates are refused from then.")
+            else:
+                both = not (options["server"] or options["bridge"])
+                issued = certs.rotate_leaf_certs(
+                    layout, server=both or options["server"], bridge=both or options["bridge"]
+                )
+                self.stdout.write(f"Re-issued with the current CA: {', '.join(issued)}")
+                if "server" in issued:
+                    self.stdout.write(SIGHUP_NOTE)
+                if "bridge" in issued:
+                    self.stdout.write(BRIDGE_NOTE)
+        except certs.RotationError as error:
+            raise CommandError(str(error)) from error
+
+    def _report(self, result: certs.StepResult, layout: BrokerLayout) -> None:
+        state = result.state
+        for note in result.notes:
+            self.stdout.write(f"Nothing to do: {note}.")
+        if result.issued:
+            self.stdout.write(f"Issued: {', '.join(result.issued)}")
+        self.stdout.write(f"CA state ({layout.ca_state}): phase={state.phase} signing={state.signing}")
+        self.stdout.write(f"  trusted: {', '.join(state.trusted)} (bundle {layout.ca_bundle})")

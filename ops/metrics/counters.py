@@ -1,0 +1,52 @@
+"""Counters and histograms incremented where things happen (each role process exports its own).
+
+With several web workers, set ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+multiprocess mode): every worker writes its values there and ``/metrics`` sums them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+AUTH_FAILURES = Counter("aegis_auth_failures", "Failed API authentications.", ["scheme"])
+RATE_LIMITED = Counter("aegis_rate_limited", "API requests refused by a throttle.", ["scope"])
+MQTT_MESSAGES = Counter("aegis_mqtt_messages", "MQTT messages handled by the bridge.", ["direction", "type"])
+MQTT_DROPPED = Counter("aegis_mqtt_dropped", "Malformed or unusable MQTT messages dropped.", ["reason"])
+LEASE_EXPIRIES = Counter("aegis_lease_expiries", "Task leases that expired (delivery or execution timeout).")
+TIME_TO_ASSIGNMENT = Histogram(
+    "aegis_time_to_assignment_seconds",
+    "From a task becoming claimable to its assignment.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)
+TASK_DURATION = Histogram(
+    "aegis_task_duration_seconds",
+    "From a task's start (accepted) to its end, for tasks that ended on an agent's report.",
+    ["outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600),
+)
+BRIDGE_INGEST_LAG = Histogram(
+    "aegis_bridge_ingest_lag_seconds",
+    "From an agent's message timestamp to its commit in the database.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DB_QUERY_DURATION = Histogram(
+    "aegis_db_query_duration_seconds",
+    "Duration of the queries run through Django's cursors (the claim's prepared statements excepted).",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def time_queries(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """``connection_created``: time every query of the new connection into ``DB_QUERY_DURATION``."""
+    connection.execute_wrappers.append(_timed)
+
+
+def _timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+    started = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        DB_QUERY_DURATION.observe(time.perf_counter() - started)

@@ -1,0 +1,103 @@
+"""/metrics, /metrics/system, /metrics/performance, the request id and slow_request log lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from aegis_site.logs import json_formatter
+from ops.metrics import counters
+from tasks import actions
+
+pytestmark = pytest.mark.django_db
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in Prometheus text output."""
+    wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))  # the exposition sorts them
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series == (f"{name}{{{wanted}}}" if labels else name):
+            return float(value)
+    return None
+
+
+def test_metrics_expose_requests_and_the_domain(make_agent, spec, operator):
+    make_agent("m-1")
+    make_agent("m-2", online=False)
+    actions.submit_job(spec(mode="any", task_count=3), operator)
+    Client().get("/healthz")
+    text = Client().get("/metrics").content.decode()
+    assert sample(text, "aegis_agents", connectivity="online", admin_state="active") == 1
+    assert sample(text, "aegis_agents", connectivity="offline", admin_state="active") == 1
+    assert sample(text, "aegis_queue_depth") == 3
+    assert sample(text, "aegis_tasks", state="queued", kind="echo") == 3
+    assert sample(text, "aegis_outbox_backlog") == 0
+    assert sample(text, "aegis_disk_free_ratio") is not None
+    assert "django_http_requests_total_by_method_total" in text
+    assert "aegis_db_query_duration_seconds_bucket" in text
+
+
+def test_metrics_need_the_token_or_an_allowed_address(settings):
+    settings.METRICS_TOKEN = "s3cret-for-tests"
+    outsider = Client(REMOTE_ADDR="203.0.113.9")
+    for path in ("/metrics", "/metrics/system", "/metrics/performance"):
+        refused = outsider.get(path)
+        assert refused.status_code == 403, path
+        assert refused.json()["error"]["code"] == "permission_denied"
+        assert outsider.get(path, HTTP_AUTHORIZATION="Bearer s3cret-for-tests").status_code == 200
+        assert outsider.get(path, HTTP_AUTHORIZATION="Bearer wrong").status_code == 403
+    settings.METRICS_ALLOWED_NETWORKS = ["203.0.113.0/24"]
+    assert outsider.get("/metrics/system").status_code == 200
+
+
+def test_system_and_performance_are_json():
+    for _ in range(3):
+        Client().get("/healthz")
+    system = Client().get("/metrics/system").json()
+    assert {"cpu_percent", "memory", "disk", "process"} <= system.keys()
+    assert system["process"]["uptime_s"] >= 0
+    performance = Client().get("/metrics/performance").json()
+    assert performance["http"]["requests"] >= 3
+    assert performance["http"]["latency_ms"]["p50"] is not None
+    assert performance["queue"]["tasks_finished_total"] == 0
+
+
+def test_auth_failures_are_counted():
+    before = counters.AUTH_FAILURES.labels("agent_token")._value.get()
+    Client().get("/api/v1/agent/me/", HTTP_AUTHORIZATION="Bearer aeg_not-a-token")
+    assert counters.AUTH_FAILURES.labels("agent_token")._value.get() == before + 1
+
+
+@pytest.fixture
+def json_log() -> Any:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+
+
+def test_every_line_of_a_request_carries_its_id_and_slow_requests_are_logged(settings, json_log):
+    settings.SLOW_REQUEST_MS = 0.0001
+    secret = "aeg_" + "x" * 43  # the shape of a real token: the log may show its first 8 characters only
+    answer = Client().get("/api/v1/agent/me/", HTTP_AUTHORIZATION=f"Bearer {secret}", HTTP_X_REQUEST_ID="req-12345678")
+    assert answer["X-Request-ID"] == "req-12345678"
+    lines = json_log()
+    auth = next(line for line in lines if line["event"] == "auth_failed")
+    assert auth["request_id"] == "req-12345678"
+    assert auth["client"] == "127.0.0.1"
+    assert secret not in json.dumps(lines)  # never the secret
+    assert auth["token_prefix"] == secret[:8]
+    slow = next(line for line in lines if line["event"] == "slow_request")
+    assert (slow["path"], slow["method"], slow["status"]) == ("/api/v1/agent/me/", "GET", 401)
+    assert slow["request_id"] == "req-12345678"
+    generated = Client().get("/healthz")["X-Request-ID"]
+    assert len(generated) == 32
