@@ -21,6 +21,7 @@ from django.conf import settings
 from broker import outbox, publisher
 from broker.client import BrokerAddress, new_client
 from broker.models import OutboxMessage
+from ops.metrics import counters
 from tasks.engine import clock
 
 log = logging.getLogger("aegis.dispatcher")
@@ -67,6 +68,8 @@ class DirectPublisher:
         ]
         with self._lock:
             self._in_flight.extend(sent)
+        for message in messages:
+            counters.MQTT_MESSAGES.labels("out", message.message_type).inc()
 
     def flush(self, timeout: float = 5.0) -> int:
         """Wait for the PUBACKs of what was published and mark those rows sent; returns how many."""

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Q
 
 from broker.models import OutboxMessage
+from ops.metrics import counters
 from tasks.engine import clock
 
 log = logging.getLogger("aegis.bridge")
@@ -50,6 +51,8 @@ def publish_pending(publish: Publish, limit: int = 500, puback_timeout: float = 
         if not pending:
             return 0
         deliveries = [(message.pk, publish(message.topic, encode(message.payload))) for message in pending]
+        for message in pending:
+            counters.MQTT_MESSAGES.labels("out", message.message_type).inc()
         sent = acknowledged(deliveries, puback_timeout)
         mark_sent(sent, clock.now())
     if len(sent) < len(pending):

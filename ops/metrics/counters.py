@@ -16,9 +16,10 @@ RATE_LIMITED = Counter("aegis_rate_limited", "API requests refused by a throttle
 MQTT_MESSAGES = Counter("aegis_mqtt_messages", "MQTT messages handled by the bridge.", ["direction", "type"])
 MQTT_DROPPED = Counter("aegis_mqtt_dropped", "Malformed or unusable MQTT messages dropped.", ["reason"])
 LEASE_EXPIRIES = Counter("aegis_lease_expiries", "Task leases that expired (delivery or execution timeout).")
+TASK_RETRIES = Counter("aegis_task_retries", "Failed or rejected attempts put back in the queue (with backoff).")
 TIME_TO_ASSIGNMENT = Histogram(
     "aegis_time_to_assignment_seconds",
-    "From a task becoming claimable to its assignment.",
+    "From a task becoming claimable (not_before) to its assignment, on PostgreSQL's claim path.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
 TASK_DURATION = Histogram(
@@ -26,11 +27,6 @@ TASK_DURATION = Histogram(
     "From a task's start (accepted) to its end, for tasks that ended on an agent's report.",
     ["outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600),
-)
-BRIDGE_INGEST_LAG = Histogram(
-    "aegis_bridge_ingest_lag_seconds",
-    "From an agent's message timestamp to its commit in the database.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DB_QUERY_DURATION = Histogram(
     "aegis_db_query_duration_seconds",

@@ -101,3 +101,43 @@ def test_every_line_of_a_request_carries_its_id_and_slow_requests_are_logged(set
     assert slow["request_id"] == "req-12345678"
     generated = Client().get("/healthz")["X-Request-ID"]
     assert len(generated) == 32
+
+
+def test_transitions_are_logged_and_measured(make_agent, spec, operator, caplog):
+    from tasks.engine.reports import Report
+
+    make_agent("t-1")
+    actions.submit_job(spec(target_agent_ids=["t-1"], max_attempts=2), operator)
+    retries = counters.TASK_RETRIES._value.get()
+    durations = counters.TASK_DURATION.labels("succeeded")._sum.get()
+    (first,) = actions.claim_tasks("t-1", 1)
+    actions.apply_reports("t-1", [Report("accepted", first.task_id, 1)])
+    actions.apply_reports("t-1", [Report("failed", first.task_id, 1, error={"code": "x", "message": "y"})])
+    assert counters.TASK_RETRIES._value.get() == retries + 1
+    caplog.set_level(logging.INFO, logger="aegis.transitions")
+    from tasks.models import Task
+
+    Task.objects.filter(pk=first.task_id).update(not_before=first_seen_now())
+    (second,) = actions.claim_tasks("t-1", 1)
+    actions.apply_reports("t-1", [Report("accepted", second.task_id, 2), Report("succeeded", second.task_id, 2)])
+    assert counters.TASK_DURATION.labels("succeeded")._sum.get() >= durations
+    record = next(r for r in caplog.records if r.name == "aegis.transitions" and r.to_state == "succeeded")
+    assert (record.task_id, record.agent_id, record.attempt, record.from_state) == (second.task_id, "t-1", 2, "running")
+    assert record.job_id == Task.objects.get(pk=second.task_id).job_id
+
+
+def first_seen_now() -> Any:
+    from tasks.engine import clock
+
+    return clock.now()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_time_to_assignment_is_measured_on_the_claim_path(make_agent, spec, operator):
+    make_agent("w-1")
+    actions.submit_job(spec(target_agent_ids=["w-1"]), operator)
+    before = counters.TIME_TO_ASSIGNMENT._sum.get(), sum(b.get() for b in counters.TIME_TO_ASSIGNMENT._buckets)
+    assert len(actions.claim_for_agents(["w-1"], 5)["w-1"]) == 1
+    after = sum(b.get() for b in counters.TIME_TO_ASSIGNMENT._buckets)
+    assert after == before[1] + 1

@@ -32,6 +32,7 @@ from django.db import connection
 from broker import outbox
 from broker.models import OutboxMessage
 from broker.protocol import PROTOCOL_VERSION, inbox_topic
+from ops.metrics import counters
 from tasks.engine.assignment import Assignment
 
 _LOCK_SQL = """
@@ -74,7 +75,7 @@ WITH agent AS (
         cancel_requested_at = NULL, progress = NULL, result = NULL, error = NULL, updated_at = %(now)s
     FROM picked, jobs j WHERE t.id = picked.id AND j.id = t.job_id
     RETURNING t.id, t.job_id, t.kind, t.attempt, t.priority, j.payload, j.execution_timeout_s, j.delivery_timeout_s,
-        j.state AS job_state
+        j.state AS job_state, EXTRACT(EPOCH FROM %(now)s - t.not_before)::float8 AS waited_s
 ), history AS (
     INSERT INTO task_events (task_id, kind, attempt, from_state, to_state, agent_id, message_id, data, created_at)
     SELECT id, 'assigned', attempt, 'queued', 'assigned', %(agent)s, NULL, NULL, %(now)s FROM assigned
@@ -85,7 +86,7 @@ WITH agent AS (
 """
 
 _RETURN_ASSIGNED = """
-SELECT id, job_id, kind, attempt, payload, execution_timeout_s, delivery_timeout_s, NULL, NULL FROM assigned
+SELECT id, job_id, kind, attempt, payload, execution_timeout_s, delivery_timeout_s, NULL, NULL, waited_s FROM assigned
 ORDER BY priority DESC, id
 """
 
@@ -103,7 +104,8 @@ _PUSH_ASSIGNED = """
     FROM assigned ORDER BY priority DESC, id
     RETURNING id, payload
 )
-SELECT a.id, a.job_id, a.kind, a.attempt, a.payload, a.execution_timeout_s, a.delivery_timeout_s, m.id, m.payload
+SELECT a.id, a.job_id, a.kind, a.attempt, a.payload, a.execution_timeout_s, a.delivery_timeout_s, m.id, m.payload,
+    a.waited_s
 FROM assigned a JOIN messages m ON (m.payload -> 'task' ->> 'id')::bigint = a.id
 ORDER BY a.priority DESC, a.id
 """
@@ -175,6 +177,8 @@ def _assignments(
     agent_id: str, rows: list[tuple[Any, ...]], now: datetime, push: bool, direct: bool
 ) -> list[Assignment]:
     assignments = [Assignment(row[0], row[3], row[1], row[2], _json(row[4]), row[5], row[6]) for row in rows]
+    for row in rows:
+        counters.TIME_TO_ASSIGNMENT.observe(max(row[9], 0.0))
     if push and rows:
         topic = inbox_topic(agent_id)
         outbox.after_write(

@@ -8,16 +8,20 @@ stored once: a redelivered message is recognised and skipped.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from ops.metrics import counters
 from tasks.engine import history
 from tasks.engine.jobs import count_terminal, record_terminal
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.models import HELD_STATES, TERMINAL_STATES, Task, TaskEvent, TaskEventKind, TaskState
 
 REPORT_KINDS = ("accepted", "progress", "succeeded", "failed", "rejected")
+
+transitions = logging.getLogger("aegis.transitions")
 
 
 # What a report may change, and what it reads besides; the job's policy comes along in the same query.
@@ -220,6 +224,7 @@ def _apply(batch: _Batch, task: _LockedTask, agent_id: str, report: Report) -> O
     task.updated_at = now
     if task.state == TaskState.QUEUED and data is not None:
         data["retry_at"] = task.not_before.isoformat()
+    _observe(task, previous, agent_id, report)
     batch.changed[task.pk] = task
     batch.events.append(
         history.event(
@@ -227,3 +232,25 @@ def _apply(batch: _Batch, task: _LockedTask, agent_id: str, report: Report) -> O
         )
     )
     return Outcome(task.pk, "applied", task.state)
+
+
+def _observe(task: _LockedTask, previous: str, agent_id: str, report: Report) -> None:
+    """The transition, for the logs (``aegis.transitions`` at INFO) and the metrics."""
+    if task.state == previous:
+        return
+    transitions.info(
+        "task %s",
+        task.state,
+        extra={
+            "task_id": task.pk,
+            "job_id": task.job_id,
+            "agent_id": agent_id,
+            "attempt": report.attempt,
+            "from_state": previous,
+            "to_state": task.state,
+        },
+    )
+    if task.state == TaskState.QUEUED:
+        counters.TASK_RETRIES.inc()
+    elif task.state in TERMINAL_STATES and task.started_at is not None and task.finished_at is not None:
+        counters.TASK_DURATION.labels(task.state).observe((task.finished_at - task.started_at).total_seconds())
