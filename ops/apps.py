@@ -11,3 +11,9 @@ class OpsConfig(AppConfig):
         from ops.metrics.counters import time_queries
 
         connection_created.connect(time_queries, dispatch_uid="aegis-query-timing")
+
+        from django.contrib.auth.signals import user_login_failed
+
+        from ops.logins import log_failed_login
+
+        user_login_failed.connect(log_failed_login, dispatch_uid="aegis-login-failed")

@@ -54,13 +54,15 @@ def test_comprehensive_is_healthy_when_everything_answers(healthy):
     assert len(answer.json()) == 8  # database, cache, broker, bridge, dispatcher, disk, memory, certificates
 
 
-def test_a_stale_dispatcher_makes_it_unhealthy_and_is_named(healthy):
+def test_a_stale_dispatcher_makes_it_unhealthy_is_named_and_recovers(healthy):
     beat("dispatcher", age_s=600)
     answer = Client().get("/healthz/comprehensive", **JSON)
     assert answer.status_code == 500
     (name,) = failing(answer)
     assert "dispatcher" in name
     assert "last reported" in failing(answer)[name]
+    beat("dispatcher")  # it reports again
+    assert Client().get("/healthz/comprehensive", **JSON).status_code == 200
 
 
 def test_a_role_that_never_reported_is_unhealthy(healthy):
@@ -70,11 +72,39 @@ def test_a_role_that_never_reported_is_unhealthy(healthy):
     assert any("has ever reported" in status for status in failing(answer).values())
 
 
-def test_an_unreachable_broker_is_unhealthy(healthy):
-    healthy.MQTT_URL = f"mqtt://127.0.0.1:{free_port()}"
+def test_an_unreachable_broker_is_unhealthy_and_recovers(healthy):
+    healthy.MQTT_URL = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: a stopped broker
     answer = Client().get("/healthz/comprehensive", **JSON)
     assert answer.status_code == 500
     assert list(failing(answer)) == ["MqttBroker()"], answer.json()
+    healthy.MQTT_URL = "mqtt://127.0.0.1:1883"
+    assert Client().get("/healthz/comprehensive", **JSON).status_code == 200
+
+
+def test_a_dead_database_makes_liveness_fail_and_it_recovers():
+    from django.db import connections
+
+    default = connections["default"]
+    live = default.settings_dict
+    saved = dict(live)
+    pooled = default.vendor == "postgresql" and "pool" in live.get("OPTIONS", {})
+    if default.vendor == "postgresql":
+        live["PORT"] = str(free_port())  # nothing listens there
+        if pooled:
+            live["OPTIONS"] = {**live["OPTIONS"], "pool": {**live["OPTIONS"]["pool"], "timeout": 1}}
+            default.close_pool()  # the next connection comes from a pool built with the dead address
+    else:
+        live["NAME"] = "/nonexistent-dir/dead.sqlite3"
+    try:
+        answer = Client().get("/healthz", **JSON)
+        assert answer.status_code == 500
+        assert any(name.startswith("Database") for name in failing(answer)), answer.json()
+    finally:
+        live.clear()
+        live.update(saved)
+        if pooled:
+            default.close_pool()
+    assert Client().get("/healthz", **JSON).status_code == 200
 
 
 def _cert_file(tmp_path: Path, days: int) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from aegis_site.logs import json_formatter
 from ops.metrics import counters
@@ -41,6 +42,13 @@ def test_metrics_expose_requests_and_the_domain(make_agent, spec, operator):
     assert sample(text, "aegis_disk_free_ratio") is not None
     assert "django_http_requests_total_by_method_total" in text
     assert "aegis_db_query_duration_seconds_bucket" in text
+    families = {family.name for family in text_string_to_metric_families(text)}  # the exposition format parses
+    assert {"aegis_agents", "aegis_tasks", "aegis_queue_depth"} <= families
+    # Domain metrics follow the tasks: one claimed moves from queued to assigned.
+    actions.claim_tasks("m-1", 1)
+    moved = Client().get("/metrics").content.decode()
+    assert sample(moved, "aegis_tasks", state="queued", kind="echo") == 2
+    assert sample(moved, "aegis_tasks", state="assigned", kind="echo") == 1
 
 
 def test_metrics_need_the_token_or_an_allowed_address(settings):
@@ -141,3 +149,18 @@ def test_time_to_assignment_is_measured_on_the_claim_path(make_agent, spec, oper
     assert len(actions.claim_for_agents(["w-1"], 5)["w-1"]) == 1
     after = sum(b.get() for b in counters.TIME_TO_ASSIGNMENT._buckets)
     assert after == before[1] + 1
+
+
+def test_a_failed_login_is_an_auth_failed_event(json_log):
+    from django.contrib.auth.models import User
+
+    User.objects.create_user("ops", password="right-password-for-tests", is_staff=True)
+    answer = Client().post(
+        "/api/v1/auth/token/", {"username": "ops", "password": "wrong"}, content_type="application/json"
+    )
+    assert answer.status_code == 401
+    Client().post("/admin/login/", {"username": "ops", "password": "wrong"})
+    failures = [line for line in json_log() if line["event"] == "auth_failed"]
+    assert [line["scheme"] for line in failures] == ["password", "password"]
+    assert all(line["username"] == "ops" and line["client"] == "127.0.0.1" for line in failures)
+    assert "wrong" not in json.dumps(failures)
