@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 from broker import protocol
 from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client
 from broker.ingest import Incoming
-from broker.presence import HeartbeatBuffer
+from broker.presence import HeartbeatBuffer, RevokedAgents
 from broker.publisher import publish_pending
 from ops.roles import RoleBeacon
 from tasks.engine.wakeup import OUTBOX_CHANNEL, Listener
@@ -56,6 +56,7 @@ class Bridge:
         self.connected = threading.Event()
         self.inbound: queue.Queue[Incoming] = queue.Queue()
         self.heartbeats = HeartbeatBuffer()
+        self.revoked = RevokedAgents()
         self.unsubscribed = threading.Event()
         self._unacknowledged = 0  # received, not yet acknowledged: what a clean stop waits for
         self._count_lock = threading.Lock()
@@ -191,7 +192,7 @@ class Bridge:
                 self.ack(message["acks"])
                 await done.put(None)
 
-        scope = {"type": "mqtt", "heartbeats": self.heartbeats, "stop": self.stop}
+        scope = {"type": "mqtt", "heartbeats": self.heartbeats, "stop": self.stop, "revoked": self.revoked}
         instance = asyncio.ensure_future(application(scope, mailbox.get, send))
         loop = asyncio.get_running_loop()
         try:
@@ -237,6 +238,7 @@ class Bridge:
             self._flush_heartbeats()
             if self.connected.is_set():  # a bridge cut off from the broker is not healthy
                 beacon.maybe_beat(client_id=self.client_id)
+            self.revoked.maybe_refresh()
         self._flush_heartbeats()
 
     def _flush_heartbeats(self) -> None:

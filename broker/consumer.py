@@ -31,7 +31,7 @@ class MqttConsumer(SyncConsumer):
         delay = 0.05
         while True:
             try:
-                ingest(batch, heartbeats)
+                ingest(batch, heartbeats, self.scope.get("revoked", frozenset()))
                 break
             except DatabaseError:
                 log.warning("database error while ingesting %d messages; retrying in %.2fs", len(batch), delay)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from django.db import DatabaseError, transaction
@@ -39,7 +39,7 @@ class Incoming:
     qos: int = 1
 
 
-def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
+def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Container[str] = frozenset()) -> int:
     """Apply a batch in arrival order; returns how many messages needed the database.
 
     Heartbeats only move a time in ``heartbeats`` (flushed later as one UPDATE);
@@ -55,6 +55,9 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer) -> int:
                 dropped["empty"] += 1
             else:
                 drop(error.code, item.topic, error.message)
+            continue
+        if message.agent_id in revoked:
+            drop("revoked_certificate", item.topic, f"agent {message.agent_id} has no live certificate")
             continue
         if isinstance(message, Heartbeat):  # the most frequent message touches memory only
             received["Heartbeat"] += 1

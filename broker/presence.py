@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime
@@ -12,6 +13,8 @@ from broker import outbox
 from registry import actions as registry_actions
 from registry.models import Agent
 from tasks.engine import clock
+
+log = logging.getLogger("aegis.bridge")
 
 # An unknown agent is asked for its hello at most this often.
 HELLO_REQUEST_INTERVAL_S = 60.0
@@ -71,3 +74,26 @@ class HeartbeatBuffer:
         at = clock.now()
         with transaction.atomic():
             outbox.write([outbox.to_inbox(agent_id, "ping", at, hello=True) for agent_id in unknown])
+
+
+class RevokedAgents:
+    """Agents whose every certificate is revoked: their messages are dropped until Mosquitto, restarted
+    with the new CRL, refuses them at the handshake. Refreshed from the registry every ``REVOKED_REFRESH_S``."""
+
+    REVOKED_REFRESH_S = 10.0
+
+    def __init__(self) -> None:
+        self.agents: frozenset[str] = frozenset()
+        self._refreshed = 0.0
+
+    def __contains__(self, agent_id: object) -> bool:
+        return agent_id in self.agents
+
+    def maybe_refresh(self) -> None:
+        if time.monotonic() - self._refreshed < self.REVOKED_REFRESH_S:
+            return
+        try:
+            self.agents = registry_actions.revoked_certificate_agents()
+            self._refreshed = time.monotonic()
+        except Exception:  # keep the last known set; the next window tries again
+            log.warning("could not refresh the revoked agents", exc_info=True)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 
 from broker import outbox
 from ops.audit import Actor, record
@@ -356,3 +356,35 @@ def rotate_token(agent_id: str, actor: Actor) -> tuple[AgentCredential, str]:
         for previous in old:
             revoke_credential(previous.pk, actor)
     return credential, token
+
+
+def add_certificate(
+    agent_id: str, fingerprint: str, serial: str, expires_at: datetime, actor: Actor
+) -> AgentCredential:
+    """Record a client certificate issued for the agent (created if new): what revocation and the bridge check."""
+    with transaction.atomic():
+        if not Agent.objects.filter(pk=agent_id).exists():
+            register_agent(agent_id, actor)
+        credential = AgentCredential.objects.create(
+            agent_id=agent_id,
+            kind=CredentialKind.CERTIFICATE,
+            cert_fingerprint=fingerprint,
+            cert_serial=serial,
+            expires_at=expires_at,
+        )
+        record(
+            actor, "credential.issue", "agent", agent_id, credential=credential.pk, kind="certificate", serial=serial
+        )
+    return credential
+
+
+def revoked_certificate_agents() -> frozenset[str]:
+    """Agents that hold certificates and none of them is live: the bridge drops what they send."""
+    rows = (
+        AgentCredential.objects.filter(kind=CredentialKind.CERTIFICATE)
+        .values("agent_id")
+        .annotate(live=Count("id", filter=Q(revoked_at__isnull=True)))
+        .filter(live=0)
+        .values_list("agent_id", flat=True)
+    )
+    return frozenset(rows)

@@ -3,8 +3,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from broker.certs import normalize_serial
 from broker.mosquitto import write_agent_bundle
 from broker.pki import InvalidAgentId
+from ops.audit import Actor
+from registry.actions import add_certificate
 
 
 class Command(BaseCommand):
@@ -23,5 +26,12 @@ class Command(BaseCommand):
         except FileNotFoundError as error:
             raise CommandError(f"no CA in {options['dir']}: run setup_broker first ({error})") from error
         issued = bundle.issued
+        add_certificate(
+            options["agent_id"],
+            issued.fingerprint,
+            normalize_serial(issued.serial),
+            issued.not_valid_after,
+            Actor.system("issue_agent_cert"),
+        )
         self.stdout.write(f"cert {bundle.cert}\nkey {bundle.key}\nca {bundle.ca_cert}")
         self.stdout.write(f"serial {issued.serial:x}\nsha256 {issued.fingerprint}\nexpires {issued.not_valid_after}")
