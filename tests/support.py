@@ -35,3 +35,24 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def staff_user(username: str, perms: tuple[str, ...] = (), is_staff: bool = True) -> Any:
+    """A user with exactly these ``app_label.codename`` permissions."""
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user(username, is_staff=is_staff)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
+def client_for(user: Any) -> Any:
+    """An API client logged in as ``user`` (``None``: anonymous)."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    if user is not None:
+        client.force_authenticate(user)
+    return client

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -14,6 +14,7 @@ from ops.audit import Actor, record
 from ops.models import ApiToken, AuditEvent
 from ops.tokens import hash_token
 from tasks.models import Job
+from tests.support import client_for, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -24,20 +25,6 @@ TOKENS = "/api/v1/me/tokens/"
 @pytest.fixture(autouse=True)
 def _fresh_throttles() -> None:
     cache.clear()  # the rate limits count in the cache, which outlives each test's database
-
-
-def staff_user(username: str, perms: tuple[str, ...] = (), is_staff: bool = True) -> User:
-    user = User.objects.create_user(username, is_staff=is_staff)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
-def client_for(user: User) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 def bearer(token: str) -> APIClient:

@@ -14,6 +14,7 @@ from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, EnrolmentToken
 from tasks.engine import clock
+from tests.support import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -32,12 +33,6 @@ def staff(*codenames: str, username: str = "op") -> User:
     user = User.objects.create_user(username, password="pw-for-tests-only", is_staff=True)
     user.user_permissions.set(Permission.objects.filter(content_type__app_label="registry", codename__in=codenames))
     return user
-
-
-def client_for(user: User) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture

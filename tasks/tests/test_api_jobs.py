@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -19,6 +19,8 @@ from tasks.api.serializers import MAX_PAYLOAD_BYTES
 from tasks.engine import preview
 from tasks.engine.reports import Report
 from tasks.models import Job, JobMode, JobState, Task, TaskEvent, TaskState
+from tests import support
+from tests.support import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -29,21 +31,6 @@ ALL_JOB_PERMS = ("tasks.view_job", "tasks.add_job", "tasks.change_job")
 @pytest.fixture(autouse=True)
 def _fresh_throttles() -> None:
     cache.clear()  # the rate limits count in the cache, which outlives each test's database
-
-
-def staff_user(username: str = "alice", perms: tuple[str, ...] = ALL_JOB_PERMS, is_staff: bool = True) -> User:
-    user = User.objects.create_user(username, is_staff=is_staff)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
-def client_for(user: User | None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture
@@ -658,3 +645,7 @@ def test_schema_describes_request_and_response_bodies_of_job_operations():
     assert detail["properties"]["counts"]["allOf"] == [{"$ref": "#/components/schemas/TaskStateCounts"}]
     assert detail["properties"]["payload"]["type"] == "object"
     assert "state" in detail["required"]
+
+
+def staff_user(username: str = "alice", perms: tuple[str, ...] = ALL_JOB_PERMS, is_staff: bool = True) -> User:
+    return support.staff_user(username, perms, is_staff)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -17,6 +17,8 @@ from ops.models import AuditEvent
 from tasks import actions
 from tasks.engine.reports import Report
 from tasks.models import Job, JobMode, Task, TaskEvent, TaskEventKind, TaskState
+from tests import support
+from tests.support import client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -27,20 +29,6 @@ TASK_PERMS = ("tasks.view_task", "tasks.change_task")
 @pytest.fixture(autouse=True)
 def _fresh_throttles() -> None:
     cache.clear()  # the rate limits count in the cache, which outlives each test's database
-
-
-def staff_user(username: str = "alice", perms: tuple[str, ...] = TASK_PERMS, is_staff: bool = True) -> User:
-    user = User.objects.create_user(username, is_staff=is_staff)
-    for perm in perms:
-        app_label, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-    return user
-
-
-def client_for(user: User) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 @pytest.fixture
@@ -384,3 +372,7 @@ def test_staff_without_task_permissions_and_non_staff_are_403(fleet):
         assert client.get(f"{TASKS}{fleet['a3'].pk}/explain/").status_code == 403
         assert client.post(f"{TASKS}{fleet['a3'].pk}/cancel/").status_code == 403
     assert not AuditEvent.objects.filter(action="task.cancel").exists()
+
+
+def staff_user(username: str = "alice", perms: tuple[str, ...] = TASK_PERMS, is_staff: bool = True) -> User:
+    return support.staff_user(username, perms, is_staff)

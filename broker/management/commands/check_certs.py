@@ -2,11 +2,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
 from broker import certs
-from broker.mosquitto import BrokerLayout
+from broker.management.broker_dir import broker_layout
 
 
 class Command(BaseCommand):
@@ -18,12 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="machine-readable output")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        directory = options["dir"] or getattr(settings, "BROKER_DIR", None)
-        if directory is None:
-            raise CommandError("pass --dir (or set BROKER_DIR)")
-        layout = BrokerLayout(Path(directory).resolve())
-        if not layout.ca_cert.exists():
-            raise CommandError(f"no CA in {layout.directory}: run setup_broker first")
+        layout = broker_layout(options["dir"], need_key=False)
         reports = certs.expiry_report(layout)
         failing = certs.expiring(reports, options["days"])
         state = certs.load_state(layout)

@@ -1,11 +1,10 @@
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker import certs
-from broker.mosquitto import BrokerLayout
+from broker.management.broker_dir import broker_layout
 from ops.audit import Actor
 
 
@@ -18,12 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--serial", help="revoke only this certificate (hex serial); default: all of the agent's")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        directory = options["dir"] or getattr(settings, "BROKER_DIR", None)
-        if directory is None:
-            raise CommandError("pass --dir (or set BROKER_DIR)")
-        layout = BrokerLayout(Path(directory).resolve())
-        if not layout.ca_key.exists():
-            raise CommandError(f"no CA in {layout.directory}: run setup_broker first")
+        layout = broker_layout(options["dir"])
         try:
             result = certs.revoke_agent_certificates(
                 layout, options["agent_id"], Actor.system("revoke_agent_cert"), serial=options["serial"]

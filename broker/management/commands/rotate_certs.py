@@ -1,10 +1,10 @@
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker import certs
+from broker.management.broker_dir import broker_layout
 from broker.mosquitto import BrokerLayout
 
 SIGHUP_NOTE = (
@@ -27,12 +27,7 @@ class Command(BaseCommand):
         steps.add_argument("--drop-old-ca", action="store_true", help="stop trusting the old CA")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        directory = options["dir"] or getattr(settings, "BROKER_DIR", None)
-        if directory is None:
-            raise CommandError("pass --dir (or set BROKER_DIR)")
-        layout = BrokerLayout(Path(directory).resolve())
-        if not layout.ca_key.exists():
-            raise CommandError(f"no CA in {layout.directory}: run setup_broker first")
+        layout = broker_layout(options["dir"])
         try:
             if options["ca"]:
                 self._report(certs.start_ca_rotation(layout), layout)
