@@ -330,6 +330,10 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 if LOG_FORMAT not in {"json", "plain"}:
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, got {LOG_FORMAT!r}")
 SLOW_REQUEST_MS = _positive_float("SLOW_REQUEST_MS", 500.0)
+# One INFO line per task transition (logger aegis.transitions); WARNING silences them on a busy bridge.
+TRANSITION_LOG_LEVEL = env.str("TRANSITION_LOG_LEVEL", default="INFO").upper()
+if TRANSITION_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"TRANSITION_LOG_LEVEL must be one of DEBUG..CRITICAL, got {TRANSITION_LOG_LEVEL!r}")
 
 LOGGING = {
     "version": 1,
@@ -342,6 +346,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        "aegis.transitions": {"level": TRANSITION_LOG_LEVEL},
         # The embedded broker of the all-in-one mode narrates every state change at INFO.
         "transitions": {"level": "WARNING"},
         "amqtt": {"level": "WARNING"},
