@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 from django.db.models import Q
 
 from ops.models import ApiToken
+from registry.actions import hash_token  # one hash for every bearer secret of the project
 from tasks.engine import clock
 
 TOKEN_PREFIX = "aeo_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
-
-
-def hash_token(token: str) -> str:
-    """256 random bits: a fast hash is enough (no password stretching needed)."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def authenticate(token: str) -> ApiToken | None:
