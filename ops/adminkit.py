@@ -1,17 +1,55 @@
-"""Admin building blocks shared by the apps: views of rows that only actions may change."""
+"""Admin building blocks shared by the apps.
+
+- ``ReadOnlyAdmin``: list and inspect; rows change only through an app's ``actions``.
+- ``has_operate_permission``: who may run an operator action (the model's ``change`` permission),
+  used as ``allowed_permissions=("operate",)`` on admin actions and checked by custom views.
+- ``run_for_each``: call one action per selected object, report successes and refusals.
+- ``CappedPaginator``: never counts a big table; counts at most ``cap + 1`` rows.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from functools import cached_property
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import ObjectDoesNotExist
+from django.core.paginator import Paginator
 from django.http import HttpRequest
+
+from ops.audit import Actor
+from tasks.engine.errors import EngineError
+
+
+def actor_of(request: HttpRequest) -> Actor:
+    return Actor.of_user(request.user)
+
+
+class CappedPaginator(Paginator):
+    """A paginator whose count stops at ``cap + 1``: ``SELECT COUNT(*) FROM (... LIMIT cap+1)``.
+
+    Changelists over millions of rows then cost one bounded query; the page links go as far as
+    the cap and filters narrow the rest. ``capped`` tells the template to print "10,000+".
+    """
+
+    cap = 10_000
+
+    @cached_property
+    def count(self) -> int:
+        return int(self.object_list[: self.cap + 1].count())  # type: ignore[attr-defined]
+
+    @property
+    def capped(self) -> bool:
+        return self.count > self.cap
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
     """List and inspect; every change goes through an app's ``actions``. No full-table COUNT on lists."""
 
     show_full_result_count = False
+    paginator = CappedPaginator
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -21,6 +59,11 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_operate_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Operator actions (drain, cancel, retry...) need the model's ``change`` permission."""
+        codename = get_permission_codename("change", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -32,3 +75,30 @@ class ReadOnlyInline(admin.TabularInline):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+REFUSALS: tuple[type[Exception], ...] = (EngineError, ObjectDoesNotExist, ValueError)
+
+
+def run_for_each(
+    model_admin: admin.ModelAdmin,
+    request: HttpRequest,
+    ids: Iterable[Any],
+    action: Callable[[Any], object],
+    done: str,
+) -> int:
+    """Run ``action(id)`` for each id; one message for the successes (``done`` takes ``{count}``), one per refusal.
+
+    Each call is its own transaction (the actions open theirs), so one refusal does not undo the others.
+    """
+    count = 0
+    for object_id in ids:
+        try:
+            action(object_id)
+        except REFUSALS as exc:
+            model_admin.message_user(request, f"{object_id}: {exc}", messages.WARNING)
+        else:
+            count += 1
+    if count:
+        model_admin.message_user(request, done.format(count=count), messages.SUCCESS)
+    return count

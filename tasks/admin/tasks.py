@@ -1,18 +1,11 @@
-"""Read-only admin for jobs, tasks and their history: every change goes through ``tasks.actions``."""
+"""Tasks and their history in the admin: every change goes through ``tasks.actions``."""
 
 from __future__ import annotations
 
 from django.contrib import admin
 
 from ops.adminkit import ReadOnlyAdmin, ReadOnlyInline
-from tasks.models import Job, Task, TaskEvent
-
-
-@admin.register(Job)
-class JobAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "mode", "state", "tasks_total", "tasks_succeeded", "tasks_failed", "created_at")
-    list_filter = ("state", "mode")
-    search_fields = ("kind", "idempotency_key")
+from tasks.models import Task, TaskEvent
 
 
 class TaskEventInline(ReadOnlyInline):
