@@ -388,3 +388,17 @@ def revoked_certificate_agents() -> frozenset[str]:
         .values_list("agent_id", flat=True)
     )
     return frozenset(rows)
+
+
+def ping_agent(agent_id: str, actor: Actor) -> Agent:
+    """Ask the agent for a heartbeat now (protocol ``ping``): an operator's liveness probe, audited.
+
+    The message goes through the outbox like every inbox message, so it is published after the
+    commit. An agent that is offline gets it only if its broker session kept it.
+    """
+    now = clock.now()
+    with transaction.atomic():
+        agent = Agent.objects.get(pk=agent_id)
+        outbox.write([outbox.to_inbox(agent_id, "ping", now)])
+        record(actor, "agent.ping", "agent", agent_id, connectivity=agent.connectivity)
+    return agent
