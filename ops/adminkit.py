@@ -5,11 +5,12 @@
   used as ``allowed_permissions=("operate",)`` on admin actions and checked by custom views.
 - ``run_for_each``: call one action per selected object, report successes and refusals.
 - ``CappedPaginator``: never counts a big table; counts at most ``cap + 1`` rows.
+- ``InputFilter``: a list filter typed into a text box, for columns with too many values to list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any
 
@@ -17,6 +18,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from ops.audit import Actor
@@ -64,6 +66,44 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         """Operator actions (drain, cancel, retry...) need the model's ``change`` permission."""
         codename = get_permission_codename("change", self.opts)
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
+
+
+class InputFilter(admin.SimpleListFilter):
+    """A list filter whose value is typed, not picked: listing 100,000 agents or every kind would scan the table.
+
+    Subclasses set ``title``, ``parameter_name`` and ``lookup`` (the queryset lookup the value
+    goes to), and may override ``clean`` (raise ``ValueError`` for a value that can match nothing).
+    """
+
+    template = "admin/ops/input_filter.html"
+    lookup = ""
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return []
+
+    def has_output(self) -> bool:
+        return True
+
+    def clean(self, value: str) -> object:
+        return value
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        try:
+            return queryset.filter(**{self.lookup: self.clean(value)})
+        except ValueError:
+            return queryset.none()
+
+    def choices(self, changelist: Any) -> Iterator[dict[str, Any]]:  # type: ignore[override]  # its own template
+        """One entry for the template: the typed value, the other parameters to keep, the link that clears it."""
+        yield {
+            "value": self.value() or "",
+            "parameter_name": self.parameter_name,
+            "keep": [(name, value) for name, value in changelist.params.items() if name != self.parameter_name],
+            "clear": changelist.get_query_string(remove=[self.parameter_name]),
+        }
 
 
 class ReadOnlyInline(admin.TabularInline):

@@ -14,7 +14,7 @@ from django.db import IntegrityError, transaction
 from ops.audit import Actor, record
 from registry.models import Agent
 from tasks.engine import claim as claim_engine
-from tasks.engine import clock, control, expiry, reconcile, reports, submit, wakeup
+from tasks.engine import clock, control, expiry, reconcile, reports, stuck, submit, wakeup
 from tasks.engine.claim import Assignment
 from tasks.engine.db import atomic_with_retry
 from tasks.engine.errors import InvalidTransition, NotFound
@@ -25,7 +25,7 @@ from tasks.engine.reconcile import Reconciliation
 from tasks.engine.reports import Outcome, Report
 from tasks.engine.submit import JobSpec
 from tasks.engine.targeting import matching_agents
-from tasks.models import HELD_STATES, Job, JobMode, JobState, Task
+from tasks.models import HELD_STATES, Job, JobMode, JobState, Task, TaskState
 
 log = logging.getLogger("aegis.tasks")
 
@@ -147,6 +147,20 @@ def retry_task(task_id: int, actor: Actor) -> Task:
     task = control.retry_task(task_id, actor.label, clock.now())
     record(actor, "task.retry", "task", task_id)
     wakeup.notify_on_commit()
+    return task
+
+
+@atomic_with_retry
+def end_held_attempt(task_id: int, attempt: int, actor: Actor) -> Task:
+    """Reconciliation fix: end a held attempt whose agent is offline or whose lease ran out, as expiry would.
+
+    The task goes back to the queue while attempts are left; ``attempt`` is the one the
+    operator saw, so a task that moved on meanwhile is refused.
+    """
+    task, reason = stuck.end_held_attempt(task_id, attempt, actor.label, clock.now())
+    record(actor, "task.end_attempt", "task", task_id, attempt=attempt, reason=reason, state=task.state)
+    if task.state == TaskState.QUEUED:
+        wakeup.notify_on_commit()
     return task
 
 
