@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PG_URL ?= postgres://postgres@127.0.0.1:5432/aegis
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-sqlite test-pg lint typecheck security install migrate bench clean
+.PHONY: run test test-sqlite test-pg test-browser lint typecheck security install migrate bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,13 +23,19 @@ run: migrate
 	$(BIN)/python manage.py run_all
 
 ## The whole test suite: lint, types, then every test on SQLite and on PostgreSQL.
+## The browser tests (tests/browser) run once, in the SQLite pass: they start their own
+## control plane (run_all on a fresh SQLite file), so the PostgreSQL pass would only repeat them.
 test: install lint typecheck security test-sqlite test-pg
 
 test-sqlite: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-pg: install
-	DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -p no:cacheprovider
+	DATABASE_URL=$(PG_URL) $(BIN)/pytest -q -p no:cacheprovider --ignore=tests/browser
+
+## Only the browser tests (headless Debian chromium); screenshots and role logs in test-artifacts/browser/.
+test-browser: install
+	$(BIN)/pytest -q -p no:cacheprovider tests/browser
 
 lint: install
 	$(BIN)/ruff check .
