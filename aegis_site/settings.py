@@ -92,6 +92,7 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "ops.metrics.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    *([] if DEBUG else ["whitenoise.middleware.WhiteNoiseMiddleware"]),  # static files in production, see below
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -235,6 +236,38 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))
+# With DEBUG off, whitenoise serves STATIC_ROOT from every web process (DEBUG on: asgi.py's static handler).
+# Hashed names (cache-busting, cached for a year) need `collectstatic` to have written the manifest, so they
+# are switched on where that is certain: the container image sets STATICFILES_MANIFEST=1 and collects at build.
+STATICFILES_MANIFEST = env.bool("STATICFILES_MANIFEST", default=False)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATICFILES_MANIFEST
+        else "whitenoise.storage.CompressedStaticFilesStorage"
+    },
+}
+
+
+# --- HTTPS and the reverse proxy ------------------------------------------------------
+
+# HTTPS_ONLY: the site is reached over HTTPS only (TLS at nginx or the Ingress): plain HTTP is redirected,
+# cookies are Secure and browsers are told (HSTS) to use HTTPS. On by default when DEBUG is off.
+HTTPS_ONLY = env.bool("HTTPS_ONLY", default=not DEBUG)
+SECURE_SSL_REDIRECT = HTTPS_ONLY
+# Probes and Prometheus talk plain HTTP to the pod/container itself: a redirect would hide the real answer.
+SECURE_REDIRECT_EXEMPT = [r"^healthz", r"^metrics"]
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_HSTS_SECONDS = _positive_int("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS_ONLY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+# Only behind a proxy that sets X-Forwarded-Proto itself (overwriting what the client sent). daphne's
+# --proxy-headers already takes the scheme and client address from the proxy; this is for other servers.
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
 
 
 # --- HTTP API ----------------------------------------------------------------------
