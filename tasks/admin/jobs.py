@@ -1,15 +1,217 @@
-"""Jobs in the admin: every change goes through ``tasks.actions``."""
+"""Jobs in the admin: create with a dry run, follow the rollout, control it; changes go through ``tasks.actions``.
+
+Adding a job needs ``tasks.add_job`` and runs the API's own validation (``job_form``);
+editing or deleting a job row is never offered: pause, resume, cancel and retry
+(``tasks.change_job``, the kit's "operate" permission) are the only ways to change one.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
+import json
+from collections.abc import Iterator
+from typing import Any
 
-from ops.adminkit import ReadOnlyAdmin
-from tasks.models import Job
+from django.contrib import admin
+from django.contrib.admin.views.main import PAGE_VAR, ChangeList
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+
+from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each
+from tasks import actions
+from tasks.admin import job_detail, job_views
+from tasks.admin.job_display import progress_bar, state_badge
+from tasks.models import Job, JobMode
+
+
+class KindFilter(admin.SimpleListFilter):
+    """A text box rather than a list of links: kinds are open-ended. Exact match, on the ``kind`` index."""
+
+    title = "kind"
+    parameter_name = "kind"
+    template = "admin/tasks/job/input_filter.html"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return []
+
+    def has_output(self) -> bool:
+        return True
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
+        value = (self.value() or "").strip()
+        return queryset.filter(kind=value) if value else queryset
+
+    def choices(self, changelist: ChangeList) -> Iterator[Any]:
+        kept = [
+            (name, value)
+            for name, values in changelist.filter_params.items()
+            if name not in (self.parameter_name, PAGE_VAR)
+            for value in values
+        ]
+        yield {
+            "selected": self.value() is not None,
+            "value": self.value() or "",
+            "parameter_name": self.parameter_name,
+            "kept": kept,
+            "reset_query_string": changelist.get_query_string(remove=[self.parameter_name]),
+        }
+
+
+def _pretty_json(value: Any) -> SafeString:
+    return format_html('<pre class="job-json">{}</pre>', json.dumps(value, indent=2, ensure_ascii=False))
 
 
 @admin.register(Job)
 class JobAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "mode", "state", "tasks_total", "tasks_succeeded", "tasks_failed", "created_at")
-    list_filter = ("state", "mode")
-    search_fields = ("kind", "idempotency_key")
+    list_display = ("id", "kind", "state_badge", "progress", "tasks_total", "created_by", "created_at")
+    list_display_links = ("id", "kind")
+    list_select_related = ("created_by",)
+    list_filter = ("state", "mode", KindFilter)
+    search_fields = ("=id", "^kind", "=idempotency_key")
+    search_help_text = "Job id, kind (start of it) or idempotency key."
+    actions = ("pause_jobs", "resume_jobs", "cancel_jobs", "retry_failed_jobs")
+    readonly_fields = (
+        "target_summary",
+        "payload_pretty",
+        "state_badge",
+        "progress",
+        "backoff",
+        "timeouts",
+        "in_flight_summary",
+        "abort_rule",
+    )
+    fieldsets = (
+        (None, {"fields": ("kind", "state_badge", "progress", "created_by", "created_at", "finished_at")}),
+        ("Target", {"fields": ("mode", "target_summary", "task_count", "continuous")}),
+        ("Policy", {"fields": ("priority", "max_attempts", "backoff", "timeouts", "not_before", "idempotency_key")}),
+        ("Rollout", {"fields": ("in_flight_summary", "rate_per_minute", "abort_rule")}),
+        ("Payload", {"fields": ("payload_pretty",)}),
+    )
+
+    # --- who may do what ---------------------------------------------------------------
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Unlike the other read-only pages, a job can be created here (through ``submit_job``)."""
+        return admin.ModelAdmin.has_add_permission(self, request)
+
+    # --- list --------------------------------------------------------------------------
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        # Payloads are up to 256 KiB each; only the detail page reads one (one query, one row).
+        return super().get_queryset(request).defer("payload")
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, job: Job) -> SafeString:
+        return state_badge(job.state)
+
+    @admin.display(description="progress")
+    def progress(self, job: Job) -> SafeString:
+        return progress_bar(job)
+
+    # --- detail ------------------------------------------------------------------------
+
+    @admin.display(description="target")
+    def target_summary(self, job: Job) -> str:
+        parts = []
+        if job.target_agent_ids:
+            shown = ", ".join(job.target_agent_ids[:20])
+            more = f" and {len(job.target_agent_ids) - 20} more" if len(job.target_agent_ids) > 20 else ""
+            parts.append(f"agents {shown}{more}")
+        for key, wanted in (job.target_labels or {}).items():
+            parts.append(
+                f"{key} in [{', '.join(map(str, wanted))}]" if isinstance(wanted, list) else f"{key} = {wanted}"
+            )
+        if job.target_capabilities:
+            parts.append(f"capabilities {', '.join(job.target_capabilities)}")
+        return "; ".join(parts) or "every agent"
+
+    @admin.display(description="payload")
+    def payload_pretty(self, job: Job) -> SafeString:
+        return _pretty_json(job.payload)
+
+    @admin.display(description="backoff")
+    def backoff(self, job: Job) -> str:
+        return f"{job.backoff_base_s:g} s doubling, at most {job.backoff_cap_s:g} s"
+
+    @admin.display(description="timeouts")
+    def timeouts(self, job: Job) -> str:
+        return f"delivery {job.delivery_timeout_s} s, execution {job.execution_timeout_s} s"
+
+    @admin.display(description="max in flight")
+    def in_flight_summary(self, job: Job) -> str:
+        limits = []
+        if job.max_in_flight:
+            limits.append(f"{job.max_in_flight} tasks")
+        if job.max_in_flight_percent:
+            limits.append(f"{job.max_in_flight_percent}% of tasks")
+        return " and ".join(limits) or "no limit"
+
+    @admin.display(description="abort rule")
+    def abort_rule(self, job: Job) -> str:
+        if job.abort_failure_ratio is None:
+            return "none"
+        return f"abort when more than {job.abort_failure_ratio:.0%} fail, after {job.abort_min_finished} finished"
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Job | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context.update(job_detail.detail_context(obj))
+            context["has_operate_permission"] = self.has_operate_permission(request)
+            context["can_clone"] = self.has_add_permission(request)
+            context["mode_any"] = obj.mode == JobMode.ANY
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    # --- create and control ------------------------------------------------------------
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> HttpResponse:
+        return job_views.create_view(self, request)
+
+    def get_urls(self) -> list[URLPattern]:
+        controls = [
+            path(
+                f"<int:object_id>/{name}/",
+                self.admin_site.admin_view(job_views.control_view(self, name)),
+                name=f"tasks_job_{name.replace('-', '_')}",
+            )
+            for name in job_views.CONTROLS
+        ]
+        return controls + super().get_urls()
+
+    @admin.action(description="Pause the selected jobs", permissions=["operate"])
+    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        actor = actor_of(request)
+        ids = queryset.values_list("pk", flat=True)
+        run_for_each(self, request, ids, lambda pk: actions.pause_job(pk, actor), "Paused {count} jobs.")
+
+    @admin.action(description="Resume the selected jobs", permissions=["operate"])
+    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        actor = actor_of(request)
+        ids = queryset.values_list("pk", flat=True)
+        run_for_each(self, request, ids, lambda pk: actions.resume_job(pk, actor), "Resumed {count} jobs.")
+
+    @admin.action(description="Cancel the selected jobs", permissions=["operate"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        actor = actor_of(request)
+        ids = queryset.values_list("pk", flat=True)
+        run_for_each(self, request, ids, lambda pk: actions.cancel_job(pk, actor), "Canceled {count} jobs.")
+
+    @admin.action(description="Retry the failed tasks of the selected jobs", permissions=["operate"])
+    def retry_failed_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        actor = actor_of(request)
+        ids = queryset.values_list("pk", flat=True)
+        run_for_each(
+            self,
+            request,
+            ids,
+            lambda pk: actions.retry_failed(pk, actor),
+            "Queued the failed tasks of {count} jobs again.",
+        )

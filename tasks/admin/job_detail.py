@@ -1,0 +1,126 @@
+"""What a job's page shows beyond its columns: tasks per state, rollout state, failures by error, first tasks.
+
+A fixed number of queries whatever the job's size, each narrowed by the ``(job, state)``
+index: one GROUP BY for the counts, one for the failures, one page of tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db.models import Count
+from django.db.models.fields.json import KT
+from django.urls import reverse
+
+from tasks.engine import clock
+from tasks.engine.claim import assigned_in_window
+from tasks.engine.jobs import exceeds_failure_threshold
+from tasks.models import HELD_STATES, Job, JobState, Task, TaskState
+
+TASKS_SHOWN = 50
+FAILURE_GROUPS_SHOWN = 20
+FAILED_STATES = (TaskState.FAILED, TaskState.TIMED_OUT)
+
+
+def task_list_url(**params: Any) -> str:
+    """The task changelist filtered to this job (``job__id__exact``) and whatever else is given."""
+    return f"{reverse('admin:tasks_task_changelist')}?{urlencode(params)}"
+
+
+def counts_by_state(job_id: int) -> dict[str, int]:
+    counts = dict.fromkeys(TaskState.values, 0)
+    rows = Task.objects.filter(job_id=job_id).order_by().values_list("state").annotate(n=Count("id"))
+    for state, number in rows:
+        counts[state] = number
+    return counts
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    state: str
+    code: str | None
+    message: str | None
+    count: int
+    url: str
+
+
+def failures_by_error(job_id: int) -> list[FailureGroup]:
+    """The job's failed and timed-out tasks grouped by error code and message, the largest groups first."""
+    rows = (
+        Task.objects.filter(job_id=job_id, state__in=FAILED_STATES)
+        .order_by()
+        .annotate(code=KT("error__code"), message=KT("error__message"))
+        .values_list("state", "code", "message")
+        .annotate(n=Count("id"))
+        .order_by("-n", "state", "code")[:FAILURE_GROUPS_SHOWN]
+    )
+    groups = []
+    for state, code, message, count in rows:
+        params: dict[str, Any] = {"job__id__exact": job_id, "state__exact": state}
+        if code:
+            params["error__code"] = code
+        groups.append(FailureGroup(state, code, message, count, task_list_url(**params)))
+    return groups
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How far the rollout's limits hold the job back right now."""
+
+    paused: bool
+    in_flight: int
+    in_flight_limit: int | None
+    rate_per_minute: int | None
+    assigned_this_minute: int
+    rate_window_start: datetime | None
+    abort_failure_ratio: float | None
+    abort_min_finished: int
+    failure_ratio: float | None  # failed / (succeeded + failed); None before any finished
+    abort_armed: bool  # enough tasks finished for the abort rule to apply
+    over_threshold: bool
+
+    @property
+    def in_flight_percent(self) -> int:
+        if not self.in_flight_limit:
+            return 0
+        return min(100, round(100 * self.in_flight / self.in_flight_limit))
+
+
+def rollout_of(job: Job, counts: dict[str, int], now: datetime) -> Rollout:
+    finished = job.tasks_succeeded + job.tasks_failed
+    return Rollout(
+        paused=job.state == JobState.PAUSED,
+        in_flight=sum(counts[state] for state in HELD_STATES),
+        in_flight_limit=job.in_flight_limit(),
+        rate_per_minute=job.rate_per_minute,
+        assigned_this_minute=assigned_in_window(job, now),
+        rate_window_start=job.rate_window_start,
+        abort_failure_ratio=job.abort_failure_ratio,
+        abort_min_finished=job.abort_min_finished,
+        failure_ratio=job.tasks_failed / finished if finished else None,
+        abort_armed=finished >= max(job.abort_min_finished, 1),
+        over_threshold=exceeds_failure_threshold(job),
+    )
+
+
+def first_tasks(job_id: int) -> list[Task]:
+    return list(
+        Task.objects.filter(job_id=job_id)
+        .only("id", "job", "agent", "state", "attempt", "max_attempts", "not_before", "updated_at")
+        .order_by("id")[:TASKS_SHOWN]
+    )
+
+
+def detail_context(job: Job) -> dict[str, Any]:
+    counts = counts_by_state(job.pk)
+    return {
+        "counts": [(state, label, counts[state]) for state, label in TaskState.choices],
+        "rollout": rollout_of(job, counts, clock.now()),
+        "failures": failures_by_error(job.pk),
+        "tasks": first_tasks(job.pk),
+        "tasks_shown": TASKS_SHOWN,
+        "all_tasks_url": task_list_url(job__id__exact=job.pk),
+    }
