@@ -38,7 +38,7 @@ def broker_layout() -> BrokerLayout:
     layout = BrokerLayout(Path(settings.BROKER_DIR).resolve())
     if not layout.ca_key.exists():
         raise BrokerDirMissing(
-            f"no CA in {layout.directory}: run `manage.py setup_broker --dir {layout.directory}` first."
+            f"No CA in {layout.directory}: run `manage.py setup_broker --dir {layout.directory}` first."
         )
     return layout
 
