@@ -18,7 +18,6 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.views.decorators.http import require_POST
 
 from ops.adminkit import actor_of, run_for_each
 from tasks import actions
@@ -99,7 +98,6 @@ def parse(pair: str) -> tuple[int, int]:
     return int(task_id), int(attempt)
 
 
-@require_POST
 def fix(model_admin: TaskAdmin, request: HttpRequest) -> HttpResponse:
     if not model_admin.has_operate_permission(request):
         raise PermissionDenied

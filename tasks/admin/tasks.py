@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
 from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each
@@ -126,6 +127,7 @@ class TaskAdmin(ReadOnlyAdmin):
 
     # --- the detail page's buttons ------------------------------------------------------
 
+    @method_decorator(require_POST)
     def operate_view(self, request: HttpRequest, task_id: int) -> HttpResponse:
         return _operate(self, request, task_id)
 
@@ -164,11 +166,11 @@ class TaskAdmin(ReadOnlyAdmin):
     def reconcile_view(self, request: HttpRequest) -> TemplateResponse:
         return reconcile.page(self, request)
 
+    @method_decorator(require_POST)
     def reconcile_fix_view(self, request: HttpRequest) -> HttpResponse:
         return reconcile.fix(self, request)
 
 
-@require_POST
 def _operate(model_admin: TaskAdmin, request: HttpRequest, task_id: int) -> HttpResponse:
     """Cancel, force cancel or retry one task; the button pressed names the action."""
     if not model_admin.has_operate_permission(request):
