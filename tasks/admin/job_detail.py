@@ -15,10 +15,11 @@ from django.db.models import Count
 from django.db.models.fields.json import KT
 from django.urls import reverse
 
+from tasks.admin.job_display import progress_bar
 from tasks.engine import clock
 from tasks.engine.claim import assigned_in_window
 from tasks.engine.jobs import exceeds_failure_threshold
-from tasks.models import HELD_STATES, Job, JobState, Task, TaskState
+from tasks.models import HELD_STATES, OPEN_JOB_STATES, Job, JobState, Task, TaskState
 
 TASKS_SHOWN = 50
 FAILURE_GROUPS_SHOWN = 20
@@ -83,10 +84,22 @@ class Rollout:
     over_threshold: bool
 
     @property
+    def abort_percent(self) -> str:
+        return _percent(self.abort_failure_ratio)
+
+    @property
+    def failure_percent(self) -> str:
+        return _percent(self.failure_ratio)
+
+    @property
     def in_flight_percent(self) -> int:
         if not self.in_flight_limit:
             return 0
         return min(100, round(100 * self.in_flight / self.in_flight_limit))
+
+
+def _percent(ratio: float | None) -> str:
+    return "" if ratio is None else f"{100 * ratio:.3g}%"
 
 
 def rollout_of(job: Job, counts: dict[str, int], now: datetime) -> Rollout:
@@ -117,6 +130,11 @@ def first_tasks(job_id: int) -> list[Task]:
 def detail_context(job: Job) -> dict[str, Any]:
     counts = counts_by_state(job.pk)
     return {
+        "progress_bar": progress_bar(job, wide=True),
+        "can_pause": job.state in (JobState.SCHEDULED, JobState.RUNNING),
+        "can_resume": job.state == JobState.PAUSED,
+        "can_cancel": job.state in OPEN_JOB_STATES,
+        "can_retry": bool(job.tasks_failed) and job.state != JobState.CANCELED,
         "counts": [(state, label, counts[state]) for state, label in TaskState.choices],
         "rollout": rollout_of(job, counts, clock.now()),
         "failures": failures_by_error(job.pk),

@@ -19,7 +19,7 @@ def _percent(part: int, total: int) -> float:
     return round(100 * part / total, 2) if total else 0.0
 
 
-def progress_bar(job: Job) -> SafeString:
+def progress_bar(job: Job, wide: bool = False) -> SafeString:
     """Succeeded, failed (with timed out), canceled and still open, as widths of one bar."""
     total = job.tasks_total
     open_tasks = max(total - job.tasks_finished, 0)
@@ -35,4 +35,10 @@ def progress_bar(job: Job) -> SafeString:
         '<span class="job-bar-{}" style="width: {}%"></span>',
         ((name, f"{_percent(count, total):.2f}") for name, count in parts if count),
     )
-    return format_html('<span class="job-bar" title="{}" role="img" aria-label="{}">{}</span>', title, title, segments)
+    return format_html(
+        '<span class="job-bar{}" title="{}" role="img" aria-label="{}">{}</span>',
+        " wide" if wide else "",
+        title,
+        title,
+        segments,
+    )

@@ -82,13 +82,18 @@ class JobAdmin(ReadOnlyAdmin):
         "in_flight_summary",
         "abort_rule",
     )
-    fieldsets = (
-        (None, {"fields": ("kind", "state_badge", "progress", "created_by", "created_at", "finished_at")}),
-        ("Target", {"fields": ("mode", "target_summary", "task_count", "continuous")}),
-        ("Policy", {"fields": ("priority", "max_attempts", "backoff", "timeouts", "not_before", "idempotency_key")}),
-        ("Rollout", {"fields": ("in_flight_summary", "rate_per_minute", "abort_rule")}),
-        ("Payload", {"fields": ("payload_pretty",)}),
-    )
+    show_facets = admin.ShowFacets.NEVER  # facet counts would COUNT the whole table once per filter choice
+
+    def get_fieldsets(self, request: HttpRequest, obj: Job | None = None) -> Any:
+        mode_fields = ("task_count",) if obj is not None and obj.mode == JobMode.ANY else ("continuous",)
+        policy = ("priority", "max_attempts", "backoff", "timeouts", "not_before", "idempotency_key")
+        return [
+            (None, {"fields": ("kind", "state_badge", "progress", "created_by", "created_at", "finished_at")}),
+            ("Target", {"fields": ("mode", "target_summary", *mode_fields)}),
+            ("Policy", {"fields": policy}),
+            ("Rollout policy", {"fields": ("in_flight_summary", "rate_per_minute", "abort_rule")}),
+            ("Payload", {"fields": ("payload_pretty",)}),
+        ]
 
     # --- who may do what ---------------------------------------------------------------
 
@@ -167,7 +172,6 @@ class JobAdmin(ReadOnlyAdmin):
             context.update(job_detail.detail_context(obj))
             context["has_operate_permission"] = self.has_operate_permission(request)
             context["can_clone"] = self.has_add_permission(request)
-            context["mode_any"] = obj.mode == JobMode.ANY
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     # --- create and control ------------------------------------------------------------
