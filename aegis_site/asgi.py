@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django, and ``mqtt`` for the bridge's in-process consumer."""
+"""ASGI entry point: HTTP through Django, websockets for the admin's live updates, ``mqtt`` for the bridge."""
 
 import os
 
@@ -8,11 +8,18 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aegis_site.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
+from channels.auth import AuthMiddlewareStack  # noqa: E402  (needs Django set up first)
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from broker.consumer import MqttConsumer  # noqa: E402
+from ops.live.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
 
-application = ProtocolTypeRouter({"http": http_app, "mqtt": MqttConsumer.as_asgi()})
+# The session cookie authenticates the socket, so only pages of this site (Origin in
+# ALLOWED_HOSTS) may open one: another site cannot ride on an operator's cookie.
+websocket_app = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+
+application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app, "mqtt": MqttConsumer.as_asgi()})

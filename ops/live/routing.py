@@ -1,0 +1,11 @@
+"""Websocket routes. Anything but the live-updates path is refused at the handshake."""
+
+from channels.security.websocket import WebsocketDenier
+from django.urls import path, re_path
+
+from ops.live.consumer import LiveConsumer
+
+websocket_urlpatterns = [
+    path("ws/admin/live/", LiveConsumer.as_asgi()),
+    re_path(r"", WebsocketDenier.as_asgi()),
+]
