@@ -14,8 +14,10 @@ from django.contrib.admin import ShowFacets
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from django.utils.timezone import localtime
 
 from ops.adminkit import InputFilter, ReadOnlyAdmin
 from ops.models import AuditEvent
@@ -73,8 +75,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
     """The audit log is append-only: nobody adds, edits or deletes it from the admin."""
 
     change_list_template = "admin/ops/auditevent/change_list.html"
-    list_display = ("id", "created_at", "actor_label", "action", "object_column", "short_data")
-    list_display_links = ("id", "created_at")
+    list_display = ("id", "time", "actor_label", "action", "object_column", "short_data")
+    list_display_links = ("id", "time")
     list_filter = (ActionFilter, ObjectTypeFilter, ActorFilter)
     list_select_related = False
     sortable_by = ("id",)
@@ -84,6 +86,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
     actions = None
     fields = ("created_at", "actor_label", "actor", "action", "object_column", "data_json")
     readonly_fields = fields
+
+    @admin.display(description="time", ordering="id")
+    def time(self, event: AuditEvent) -> str:
+        return date_format(localtime(event.created_at), "Y-m-d H:i:s")
 
     @admin.display(description="object")
     def object_column(self, event: AuditEvent) -> SafeString | str:

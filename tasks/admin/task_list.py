@@ -25,6 +25,8 @@ from tasks.models import HELD_STATES, Task, TaskState
 
 def relative(moment: datetime, now: datetime) -> str:
     """'3 minutes ago' or 'in 3 minutes', to the first unit: an operator reads ages, not timestamps."""
+    if abs(moment - now) < timedelta(minutes=1):
+        return "just now" if moment <= now else "in under a minute"
     if moment <= now:
         return f"{timesince(moment, now, depth=1)} ago"
     return f"in {timeuntil(moment, now, depth=1)}"
