@@ -43,7 +43,7 @@ def host_header() -> str:
 
 
 def check_web(port: int) -> str | None:
-    request = urllib.request.Request(  # noqa: S310  # nosec B310  # a fixed http:// URL on loopback
+    request = urllib.request.Request(  # nosec B310  # a fixed http:// URL on loopback
         f"http://127.0.0.1:{port}/healthz", headers={"Host": host_header(), "Accept": "text/plain"}
     )
     try:
