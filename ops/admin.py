@@ -74,7 +74,6 @@ class ObjectTypeFilter(admin.SimpleListFilter):
 class AuditEventAdmin(ReadOnlyAdmin):
     """The audit log is append-only: nobody adds, edits or deletes it from the admin."""
 
-    change_list_template = "admin/ops/auditevent/change_list.html"
     list_display = ("id", "time", "actor_label", "action", "object_column", "short_data")
     list_display_links = ("id", "time")
     list_filter = (ActionFilter, ObjectTypeFilter, ActorFilter)
