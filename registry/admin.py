@@ -35,7 +35,7 @@ def held_task_counts(agent_ids: list[str]) -> dict[str, int]:
         .order_by()
         .values("agent_id")
         .annotate(held=Count("id"))
-        .values_list("agent_id", "held")
+        .values_list("agent_id", "held")[: len(agent_ids)]  # one row per agent at most: the LIMIT states the bound
     )
     return dict(rows)
 

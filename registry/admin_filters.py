@@ -1,4 +1,4 @@
-"""Agent changelist filters that take typed input instead of listing values.
+"""Agent changelist filters that take typed input (``ops.adminkit.InputFilter``) instead of listing values.
 
 Django's default filter for a plain field lists every distinct value (a full scan and a
 dropdown of 100,000 entries at fleet scale). These filters render a text box and filter
@@ -18,22 +18,19 @@ laptop mode).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-from django.contrib import admin
-from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import ChangeList
+from django.contrib import messages
 from django.db import connection
 from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest
 
+from ops.adminkit import InputFilter
 from registry.api.serializers import LABEL_KEY
-from registry.models import Agent
 
 
-def with_capability(queryset: QuerySet[Agent], capability: str) -> QuerySet[Agent]:
+def with_capability(queryset: QuerySet[Any], capability: str) -> QuerySet[Any]:
     if connection.vendor == "postgresql":
         return queryset.filter(capabilities__contains=[capability])
     as_text = Cast("capabilities", TextField())
@@ -41,17 +38,17 @@ def with_capability(queryset: QuerySet[Agent], capability: str) -> QuerySet[Agen
 
 
 def parse_labels(text: str) -> dict[str, str]:
-    """``role=web,zone=eu`` → ``{"role": "web", "zone": "eu"}``; refuses anything else."""
+    """``role=web,zone=eu`` → ``{"role": "web", "zone": "eu"}``; ``ValueError`` for anything else."""
     pairs: dict[str, str] = {}
     for item in text.split(","):
         key, separator, value = item.strip().partition("=")
         if not separator or not LABEL_KEY.match(key):
-            raise IncorrectLookupParameters(f"label filter: use key=value, not {item!r}")
+            raise ValueError(f"Label filter: use key=value (or key=value,key=value), not {item.strip()!r}.")
         pairs[key] = value
     return pairs
 
 
-def with_labels(queryset: QuerySet[Agent], labels: dict[str, str]) -> QuerySet[Agent]:
+def with_labels(queryset: QuerySet[Any], labels: dict[str, str]) -> QuerySet[Any]:
     if connection.vendor == "postgresql":
         return queryset.filter(labels__contains=labels)
     for key, value in labels.items():  # LABEL_KEY holds no "__", so the key cannot reach another lookup
@@ -59,57 +56,33 @@ def with_labels(queryset: QuerySet[Agent], labels: dict[str, str]) -> QuerySet[A
     return queryset
 
 
-class InputFilter(admin.SimpleListFilter):
-    """A text box in the filter sidebar; submitting it keeps the other filters and the search."""
-
-    template = "admin/registry/agent/input_filter.html"
-    placeholder = ""
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return []
-
-    def has_output(self) -> bool:
-        return True
-
-    def choices(self, changelist: ChangeList) -> Iterator[Any]:  # one entry, read by our template
-        name = self.parameter_name
-        assert name is not None  # nosec B101  # SimpleListFilter refuses a missing name
-        others = changelist.get_query_string(remove=[name])
-        hidden = [(key, value) for key, values in changelist.filter_params.items() if key != name for value in values]
-        yield {
-            "parameter": name,
-            "value": self.value() or "",
-            "placeholder": self.placeholder,
-            "hidden": hidden,
-            "clear_url": others,
-        }
-
-
 class VersionFilter(InputFilter):
     title = "version"
     parameter_name = "version"
-    placeholder = "1.4.2"
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> QuerySet[Agent]:
-        value = (self.value() or "").strip()
-        return queryset.filter(version=value) if value else queryset
+    lookup = "version"
 
 
 class CapabilityFilter(InputFilter):
     title = "capability"
     parameter_name = "capability"
-    placeholder = "gpu"
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> QuerySet[Agent]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = (self.value() or "").strip()
         return with_capability(queryset, value) if value else queryset
 
 
 class LabelFilter(InputFilter):
+    """``key=value[,key=value]``; a malformed value matches nothing and says why."""
+
     title = "label"
     parameter_name = "label"
-    placeholder = "role=web,zone=eu"
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Agent]) -> QuerySet[Agent]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = (self.value() or "").strip()
-        return with_labels(queryset, parse_labels(value)) if value else queryset
+        if not value:
+            return queryset
+        try:
+            return with_labels(queryset, parse_labels(value))
+        except ValueError as refusal:
+            messages.warning(request, str(refusal))
+            return queryset.none()

@@ -135,7 +135,7 @@ def test_agent_list_shows_badges_last_seen_labels_and_running_over_capacity(oper
     assert '<span class="aegis-chip aegis-chip-cap">gpu</span>' in page
     assert '<span class="aegis-load aegis-load-plain">2/4</span>' in page  # one assigned + one running
     assert "1.2.0" in page
-    assert 'id="agent-list" data-live="agents"' in page
+    assert 'data-live="agents"' in page
 
 
 def list_queries(client: Client) -> list[str]:
@@ -164,7 +164,7 @@ def test_agent_list_costs_the_same_queries_for_3_or_30_agents(operator_client, m
     over_tasks = [sql for sql in many if f"FROM {tasks_table}" in sql]
     assert len(over_tasks) == 1  # running/capacity: one query for the page's agents
     assert "IN (" in over_tasks[0]
-    assert "LIMIT" not in over_tasks[0].upper()
+    assert "GROUP BY" in over_tasks[0].upper()
 
 
 @pytest.mark.parametrize(
@@ -190,11 +190,11 @@ def test_filters_and_search_narrow_the_list(operator_client, fleet, query, expec
     assert sorted(listed(operator_client.get(f"{CHANGELIST}?{query}"))) == expected
 
 
-def test_a_label_filter_without_a_value_is_refused(operator_client, fleet):
+def test_a_label_filter_without_a_value_matches_nothing_and_says_why(operator_client, fleet):
     response = operator_client.get(f"{CHANGELIST}?label=role")
 
-    assert response.status_code == 302
-    assert response["Location"].endswith("?e=1")
+    assert listed(response) == []
+    assert "use key=value" in response.content.decode()
 
 
 def test_typed_filters_keep_the_other_parameters(operator_client, fleet):
@@ -202,7 +202,7 @@ def test_typed_filters_keep_the_other_parameters(operator_client, fleet):
 
     assert '<input type="hidden" name="q" value="node">' in page
     assert '<input type="hidden" name="admin_state__exact" value="draining">' in page
-    assert 'placeholder="role=web,zone=eu"' in page
+    assert 'name="label" value=""' in page
 
 
 # --- the detail page ------------------------------------------------------------------------
