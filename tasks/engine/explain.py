@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db.models import Count
+
 from registry.models import AdminState, Agent, Connectivity
 from tasks.engine.claim import assigned_in_window, free_capacity
 from tasks.engine.targeting import Target, agent_matches
@@ -58,14 +60,16 @@ def _rollout_limit(job: Job, now: datetime) -> Explanation | None:
     return None
 
 
-def _agent_blocker(agent: Agent) -> Explanation | None:
+def _agent_blocker(agent: Agent, held: int | None = None) -> Explanation | None:
+    """Why this agent can't take a task now; ``held``: its assigned+running count, when already known."""
     if agent.admin_state == AdminState.DISABLED:
         return Explanation("agent_disabled", f"waiting: agent {agent.pk} is disabled")
     if agent.admin_state == AdminState.DRAINING:
         return Explanation("agent_draining", f"waiting: agent {agent.pk} is draining")
     if agent.connectivity != Connectivity.ONLINE:
         return Explanation("agent_offline", f"waiting: agent {agent.pk} is offline")
-    if free_capacity(agent) <= 0:
+    free = free_capacity(agent) if held is None else agent.max_concurrency - held
+    if free <= 0:
         return Explanation(
             "agent_at_capacity", f"waiting: agent {agent.pk} is at capacity ({agent.max_concurrency} running)"
         )
@@ -84,7 +88,8 @@ def _any(job: Job) -> Explanation:
     matching = [agent for agent in Agent.objects.order_by("pk")[:_SAMPLE] if agent_matches(target, agent)]
     if not matching:
         return Explanation("no_matching_agent", f"waiting: no agent matches the target{_describe(target)}")
-    blockers = [_agent_blocker(agent) for agent in matching]
+    held = _held_counts([agent.pk for agent in matching if agent.connectivity == Connectivity.ONLINE])
+    blockers = [_agent_blocker(agent, held.get(agent.pk, 0)) for agent in matching]
     if any(blocker is None for blocker in blockers):
         return Explanation("ready", "ready: the dispatcher assigns it on its next pass")
     codes = {blocker.code for blocker in blockers if blocker}
@@ -98,6 +103,19 @@ def _any(job: Job) -> Explanation:
         "no_available_agent",
         f"waiting: none of the {len(matching)} matching agents can take it ({', '.join(sorted(codes))})",
     )
+
+
+def _held_counts(agent_ids: list[str]) -> dict[str, int]:
+    """Assigned+running tasks per agent in one grouped query (index tasks(agent, state)), not one per agent."""
+    if not agent_ids:
+        return {}
+    rows = (
+        Task.objects.filter(agent_id__in=agent_ids, state__in=HELD_STATES)
+        .values("agent_id")
+        .annotate(n=Count("pk"))
+        .values_list("agent_id", "n")
+    )
+    return dict(rows)
 
 
 def _describe(target: Target) -> str:
