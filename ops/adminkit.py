@@ -51,6 +51,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
     """List and inspect; every change goes through an app's ``actions``. No full-table COUNT on lists."""
 
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facet counts would COUNT the whole table once per filter choice
     paginator = CappedPaginator
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
