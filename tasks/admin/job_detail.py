@@ -27,7 +27,7 @@ FAILED_STATES = (TaskState.FAILED, TaskState.TIMED_OUT)
 
 
 def task_list_url(**params: Any) -> str:
-    """The task changelist filtered to this job (``job__id__exact``) and whatever else is given."""
+    """The task changelist filtered by the task admin's own filters (``job``, ``state__exact``) and lookups."""
     return f"{reverse('admin:tasks_task_changelist')}?{urlencode(params)}"
 
 
@@ -60,7 +60,7 @@ def failures_by_error(job_id: int) -> list[FailureGroup]:
     )
     groups = []
     for state, code, message, count in rows:
-        params: dict[str, Any] = {"job__id__exact": job_id, "state__exact": state}
+        params: dict[str, Any] = {"job": job_id, "state__exact": state}
         if code:
             params["error__code"] = code
         groups.append(FailureGroup(state, code, message, count, task_list_url(**params)))
@@ -140,5 +140,5 @@ def detail_context(job: Job) -> dict[str, Any]:
         "failures": failures_by_error(job.pk),
         "tasks": first_tasks(job.pk),
         "tasks_shown": TASKS_SHOWN,
-        "all_tasks_url": task_list_url(job__id__exact=job.pk),
+        "all_tasks_url": task_list_url(job=job.pk),
     }

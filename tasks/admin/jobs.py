@@ -8,55 +8,28 @@ editing or deleting a job row is never offered: pause, resume, cancel and retry
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from django.contrib import admin
-from django.contrib.admin.views.main import PAGE_VAR, ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each
+from ops.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each
 from tasks import actions
 from tasks.admin import job_detail, job_views
 from tasks.admin.job_display import progress_bar, state_badge
 from tasks.models import Job, JobMode
 
 
-class KindFilter(admin.SimpleListFilter):
-    """A text box rather than a list of links: kinds are open-ended. Exact match, on the ``kind`` index."""
+class KindFilter(InputFilter):
+    """Typed, not listed: kinds are open-ended. Exact match, on the ``kind`` index."""
 
     title = "kind"
     parameter_name = "kind"
-    template = "admin/tasks/job/input_filter.html"
-
-    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
-        return []
-
-    def has_output(self) -> bool:
-        return True
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> QuerySet[Job]:
-        value = (self.value() or "").strip()
-        return queryset.filter(kind=value) if value else queryset
-
-    def choices(self, changelist: ChangeList) -> Iterator[Any]:
-        kept = [
-            (name, value)
-            for name, values in changelist.filter_params.items()
-            if name not in (self.parameter_name, PAGE_VAR)
-            for value in values
-        ]
-        yield {
-            "selected": self.value() is not None,
-            "value": self.value() or "",
-            "parameter_name": self.parameter_name,
-            "kept": kept,
-            "reset_query_string": changelist.get_query_string(remove=[self.parameter_name]),
-        }
+    lookup = "kind"
 
 
 def _pretty_json(value: Any) -> SafeString:
@@ -105,7 +78,7 @@ class JobAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         # Payloads are up to 256 KiB each; only the detail page reads one (one query, one row).
-        return super().get_queryset(request).defer("payload")
+        return super().get_queryset(request).select_related("created_by").defer("payload")
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, job: Job) -> SafeString:
