@@ -80,7 +80,10 @@ class AgentCredential(models.Model):
     class Meta:
         db_table = "agent_credentials"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["agent", "kind"], name="agent_credentials_agent_idx")]
+        indexes = [
+            models.Index(fields=["agent", "kind"], name="agent_credentials_agent_idx"),
+            models.Index(fields=["created_at", "id"], name="agent_credentials_created_idx"),  # the admin list's order
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=(

@@ -155,6 +155,14 @@ class Task(models.Model):
                 name="tasks_lease_idx",
                 condition=models.Q(state__in=["assigned", "running"]),
             ),
+            # The admin's filters and the dashboard (measured in bench/admin_scale.py, docs/benchmarks.md):
+            # a rare kind or a recent age would otherwise read the whole table, and the dashboard's
+            # "finished in the last hour" would scan it. finished_at is partial: only ended tasks pay.
+            models.Index(fields=["kind", "id"], name="tasks_kind_idx"),
+            models.Index(fields=["created_at"], name="tasks_created_idx"),
+            models.Index(
+                fields=["finished_at"], name="tasks_finished_idx", condition=models.Q(finished_at__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -195,7 +203,11 @@ class TaskEvent(models.Model):
     class Meta:
         db_table = "task_events"
         ordering = ["id"]
-        indexes = [models.Index(fields=["task", "id"], name="task_events_task_idx")]
+        indexes = [
+            models.Index(fields=["task", "id"], name="task_events_task_idx"),
+            # An agent's recent events (its admin page); rows written by the server itself have no agent.
+            models.Index(fields=["agent_id", "id"], name="task_events_agent_idx", condition=~models.Q(agent_id="")),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} of task {self.task_id} (attempt {self.attempt})"
