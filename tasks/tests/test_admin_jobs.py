@@ -331,6 +331,8 @@ def test_list_filters_by_kind_state_and_mode_and_searches(admin_client, make_age
     assert listed("q=key-9") == [deploy.pk]
     assert listed(f"q={echo.pk}") == [echo.pk]
     assert listed("q=dep") == [deploy.pk]
+    assert listed("q=key") == []  # the idempotency key matches whole
+    assert listed(f"q={2**70}") == []
     assert 'id="filter-kind"' in admin_client.get(LIST).content.decode()
 
 
