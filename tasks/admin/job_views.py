@@ -18,11 +18,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from ops.adminkit import actor_of
-from registry.models import Agent
+from registry.models import AdminState, Agent, Connectivity
 from tasks import actions
 from tasks.admin import job_form
 from tasks.engine.errors import EngineError
-from tasks.engine.preview import JobPreview
+from tasks.engine.preview import JobPreview, Wave
 from tasks.engine.submit import JobSpec
 from tasks.models import Job
 
@@ -52,7 +52,7 @@ class PreviewView:
         return self.listed == self.preview.agent_count
 
     @property
-    def waves(self) -> list[Any]:
+    def waves(self) -> list[Wave]:
         return self.preview.waves[:PREVIEW_WAVES_SHOWN]
 
 
@@ -63,8 +63,8 @@ def preview_view(preview: JobPreview) -> PreviewView:
     return PreviewView(
         preview=preview,
         agents=listed[:PREVIEW_AGENTS_SHOWN],
-        offline=sum(agent.connectivity != "online" for agent in listed),
-        draining=sum(agent.admin_state == "draining" for agent in listed),
+        offline=sum(agent.connectivity != Connectivity.ONLINE for agent in listed),
+        draining=sum(agent.admin_state == AdminState.DRAINING for agent in listed),
         listed=len(listed),
     )
 
