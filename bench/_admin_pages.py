@@ -14,13 +14,16 @@ import sys
 import types
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin
+from django.core.exceptions import FieldError
 from django.core.paginator import Paginator
 from django.db import models
 from django.test import Client
 from django.urls import URLPattern, clear_url_caches, path, reverse
 
+TYPED_SAMPLES = {"capability": "gpu", "label": "role=web"}  # typed filters that are not a plain field lookup
 STANDARD_VIEWS = {"changelist", "add", "history", "delete", "change", "autocomplete"}
 STOCK_PREFIX = "/stock-admin/"
 
@@ -76,12 +79,7 @@ def _model_pages(client: Client, model: type[models.Model], model_admin: admin.M
     response = client.get(base, secure=True)
     cl = getattr(response, "context_data", {}).get("cl") if response.status_code == 200 else None
     if cl is not None:
-        for spec in cl.filter_specs:
-            choice = next((c for c in spec.choices(cl) if not c.get("selected")), None)
-            if choice is not None:
-                title = getattr(spec, "title", "filter")
-                shown = choice.get("display", choice["query_string"])
-                pages.append(_changelist(f"{name} filter {title}={shown}", base + choice["query_string"]))
+        pages += [_changelist(f"{name} filter {label}", url) for label, url in filter_urls(cl, base, per_filter=1)]
         if cl.paginator.num_pages >= 50:
             pages.append(_changelist(f"{name} page 50", f"{base}?p=50"))
     term = _search_term(model, model_admin)
@@ -94,21 +92,49 @@ def _model_pages(client: Client, model: type[models.Model], model_admin: admin.M
     return pages
 
 
+def filter_urls(cl: Any, base: str, per_filter: int) -> list[tuple[str, str]]:
+    """(label, URL) for up to ``per_filter`` values of each list filter of a changelist.
+
+    Link filters give their own query strings; a typed filter (``ops.adminkit.InputFilter`` and the
+    like: a choice with a ``parameter_name``, no link) gets a value that exists in the table.
+    """
+    urls = []
+    for spec in cl.filter_specs:
+        title = getattr(spec, "title", "filter")
+        choices = [c for c in spec.choices(cl) if not c.get("selected")]
+        for choice in choices[:per_filter]:
+            if "query_string" in choice:
+                urls.append((f"{title}={choice.get('display', '')}", base + choice["query_string"]))
+            elif "parameter_name" in choice:
+                value = typed_value(cl.model, spec, choice["parameter_name"])
+                if value is not None:
+                    urls.append((f"{title}={value}", f"{base}?{urlencode({choice['parameter_name']: value})}"))
+    return urls
+
+
+def typed_value(model: type[models.Model], spec: Any, parameter: str) -> str | None:
+    """A value for a typed filter: one the filter's lookup (or the parameter as a field) has, else a known sample."""
+    field = getattr(spec, "lookup", "") or parameter
+    try:
+        return _existing_value(model, field)
+    except FieldError:
+        return TYPED_SAMPLES.get(parameter)
+
+
+def _existing_value(model: type[models.Model], field: str) -> str | None:
+    rows = model._default_manager.exclude(**{f"{field}__isnull": True}).order_by("-pk").values_list(field, flat=True)
+    value = rows[1000:1001].first()
+    if value is None:
+        value = rows.first()
+    return str(value) if value not in (None, "") else None
+
+
 def _search_term(model: type[models.Model], model_admin: admin.ModelAdmin) -> str | None:
     """A value of the first search field that some row has, so the search finds something."""
     fields = list(model_admin.search_fields or ())
     if not fields:
         return None
-    lookup = fields[0].lstrip("=^@")
-    value = (
-        model._default_manager.exclude(**{f"{lookup}__isnull": True})
-        .order_by("-pk")
-        .values_list(lookup, flat=True)[1000:1001]
-        .first()
-    )
-    if value is None:
-        value = model._default_manager.order_by().values_list(lookup, flat=True).first()
-    return str(value) if value not in (None, "") else None
+    return _existing_value(model, fields[0].lstrip("=^@"))
 
 
 def _sample_objects(model: type[models.Model], model_admin: admin.ModelAdmin) -> list[tuple[str, Any]]:

@@ -20,6 +20,7 @@ passes 500 ms. Changelists are also timed on a stock twin (Django's ``Paginator`
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import secrets
 import sys
@@ -98,7 +99,7 @@ def _setup_django(url: str) -> None:
         DEBUG="false",  # production settings: no query log, cached templates
         SECRET_KEY=secrets.token_urlsafe(50),
         ALLOWED_HOSTS="testserver",
-        LOG_LEVEL="WARNING",
+        LOG_LEVEL="ERROR",  # slow_request and 405 warnings would drown the table
         STATIC_ROOT=str(ROOT / "var" / "static"),
     )
     warnings.filterwarnings("ignore", message="No directory at")  # WhiteNoise: nothing collected, nothing served
@@ -141,6 +142,7 @@ def _run_pages(args: argparse.Namespace) -> None:
     from bench._admin_pages import discover, install_stock_site
 
     install_stock_site()
+    logging.getLogger("django.request").setLevel(logging.ERROR)  # a 405 to a GET is expected, not news
     client = Client(raise_request_exception=False)  # a broken page is a 500 row, not the end of the run
     client.force_login(get_user_model()._default_manager.get(username="bench"))
     pages = [page for page in discover(client) if args.only in page.label]
@@ -149,12 +151,15 @@ def _run_pages(args: argparse.Namespace) -> None:
     print(header + "\n" + "-" * len(header), flush=True)
     results = []
     for page in pages:
+        if client.get(page.url, secure=True).status_code == 405:
+            print(f"{page.label[:61]:<62}{405:>7}  (takes only POST: nothing to render)", flush=True)
+            continue
         measured = _measure(client, page.url, args.runs)
         stock = _measure(client, page.stock_url, args.runs) if page.stock_url and not args.no_stock else None
         results.append((page, measured, stock))
         print(_row(page.label, measured, stock), flush=True)
         if args.explain and measured["median"] > LIMIT_MS / 5:
-            _explain(measured["slowest_sql"])
+            _explain(measured)
     _summary(results)
 
 
@@ -170,7 +175,8 @@ def _measure(client: Any, url: str, runs: int) -> dict[str, Any]:
         timings.append((time.perf_counter() - started) * 1000)
     with CaptureQueriesContext(connection) as captured:
         client.get(url, secure=True)
-    slowest = max(captured.captured_queries, key=lambda q: float(q["time"]), default={"time": "0", "sql": ""})
+    queries = sorted(captured.captured_queries, key=lambda q: float(q["time"]), reverse=True)
+    slowest = queries[0] if queries else {"time": "0", "sql": ""}
     return {
         "status": response.status_code,
         "median": median(timings),
@@ -178,6 +184,8 @@ def _measure(client: Any, url: str, runs: int) -> dict[str, Any]:
         "queries": len(captured.captured_queries),
         "slowest_ms": float(slowest["time"]) * 1000,
         "slowest_sql": slowest["sql"],
+        "sql_ms": sum(float(q["time"]) for q in queries) * 1000,
+        "top": [(float(q["time"]) * 1000, q["sql"]) for q in queries[:3]],
     }
 
 
@@ -191,15 +199,19 @@ def _row(label: str, measured: dict[str, Any], stock: dict[str, Any] | None) -> 
     )
 
 
-def _explain(sql: str) -> None:
+def _explain(measured: dict[str, Any]) -> None:
+    """Where a slow page's time goes: SQL total, its three slowest queries, the plan of the slowest."""
     from django.db import connection
 
-    if not sql.lstrip().upper().startswith("SELECT"):
+    print(f"    SQL {measured['sql_ms']:.0f} ms of {measured['median']:.0f} ms (the rest is Python and templates)")
+    for ms, sql in measured["top"]:
+        print(f"    {ms:7.1f} ms  {sql[:300]}")
+    sql = measured["slowest_sql"]
+    if measured["slowest_ms"] < 20 or not sql.lstrip().upper().startswith("SELECT"):
         return
     with connection.cursor() as cursor:
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)
         plan = [row[0] for row in cursor.fetchall()]
-    print(f"    slowest: {sql[:400]}")
     for line in plan[:14]:
         print(f"      {line}")
 
