@@ -244,3 +244,30 @@ def test_changelists_never_count_a_big_table_without_a_limit(
     assert not offenders, "unbounded COUNT on a big table:\n" + "\n".join(
         f"{url}: {sql}" for url, sqls in offenders.items() for sql in sqls
     )
+
+
+def test_capped_list_says_cap_plus_and_its_page_links_work(
+    admin_client: Client, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """templates/admin/pagination.html: past the cap the total reads "5+", and the links up to it still open."""
+    from ops.adminkit import CappedPaginator
+    from tasks.models import Task
+
+    world.grow(SMALL)
+    assert Task.objects.count() > 6
+    monkeypatch.setattr(CappedPaginator, "cap", 5)
+    monkeypatch.setattr(admin.site._registry[Task], "list_per_page", 2)
+    page = admin_client.get(changelist_url(Task)).content.decode()
+    assert ">5+</span> tasks" in page
+    assert 'href="?p=3"' in page  # 6 counted rows, 2 a page
+    assert 'href="?p=4"' not in page
+    assert admin_client.get(changelist_url(Task) + "?p=3").status_code == 200
+
+
+def test_uncapped_list_gives_the_exact_total(admin_client: Client, world: World) -> None:
+    from tasks.models import Task
+
+    world.grow(SMALL)
+    page = admin_client.get(changelist_url(Task)).content.decode()
+    assert "capped-count" not in page
+    assert f"{Task.objects.count()} tasks" in page
