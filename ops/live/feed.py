@@ -70,7 +70,7 @@ def read_watermarks() -> Watermarks:
     """One round trip; each part is a MAX that PostgreSQL and SQLite answer from the end of an index."""
     q = connection.ops.quote_name
     sql = (
-        f"SELECT (SELECT MAX(id) FROM {q(TaskEvent._meta.db_table)}),"  # noqa: S608  # nosec B608  # table names from the models
+        f"SELECT (SELECT MAX(id) FROM {q(TaskEvent._meta.db_table)}),"  # noqa: S608  (table names from the models)
         f" (SELECT MAX(id) FROM {q(AuditEvent._meta.db_table)}),"
         f" (SELECT MAX(updated_at) FROM {q(Agent._meta.db_table)}),"
         f" (SELECT MAX(last_seen_at) FROM {q(Agent._meta.db_table)})"
