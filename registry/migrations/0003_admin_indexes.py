@@ -2,15 +2,18 @@
 
 from django.db import migrations, models
 
+from ops.online_index import AddIndexOnline
+
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY on PostgreSQL: writes go on while the indexes are built
 
     dependencies = [
         ('registry', '0002_api_credentials'),
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='agentcredential',
             index=models.Index(fields=['created_at', 'id'], name='agent_credentials_created_idx'),
         ),

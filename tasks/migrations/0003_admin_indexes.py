@@ -2,8 +2,11 @@
 
 from django.db import migrations, models
 
+from ops.online_index import AddIndexOnline
+
 
 class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY on PostgreSQL: writes go on while the indexes are built
 
     dependencies = [
         ('registry', '0003_admin_indexes'),
@@ -11,19 +14,19 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='task',
             index=models.Index(fields=['kind', 'id'], name='tasks_kind_idx'),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='task',
             index=models.Index(fields=['created_at'], name='tasks_created_idx'),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='task',
             index=models.Index(condition=models.Q(('finished_at__isnull', False)), fields=['finished_at'], name='tasks_finished_idx'),
         ),
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='taskevent',
             index=models.Index(condition=models.Q(('agent_id', ''), _negated=True), fields=['agent_id', 'id'], name='task_events_agent_idx'),
         ),
