@@ -66,15 +66,19 @@ class Watermarks:
     agent_seen_at: Any
 
 
+WATERMARK_COLUMNS = (  # in the order of Watermarks' fields
+    (TaskEvent._meta.db_table, "id"),
+    (AuditEvent._meta.db_table, "id"),
+    (Agent._meta.db_table, "updated_at"),
+    (Agent._meta.db_table, "last_seen_at"),
+)
+
+
 def read_watermarks() -> Watermarks:
     """One round trip; each part is a MAX that PostgreSQL and SQLite answer from the end of an index."""
     q = connection.ops.quote_name
-    sql = (
-        f"SELECT (SELECT MAX(id) FROM {q(TaskEvent._meta.db_table)}),"  # noqa: S608  (table names from the models)
-        f" (SELECT MAX(id) FROM {q(AuditEvent._meta.db_table)}),"
-        f" (SELECT MAX(updated_at) FROM {q(Agent._meta.db_table)}),"
-        f" (SELECT MAX(last_seen_at) FROM {q(Agent._meta.db_table)})"
-    )
+    parts = [f"(SELECT MAX({column}) FROM {q(table)})" for table, column in WATERMARK_COLUMNS]  # noqa: S608
+    sql = "SELECT " + ", ".join(parts)
     with connection.cursor() as cursor:
         cursor.execute(sql)
         row = cursor.fetchone()
