@@ -24,7 +24,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -118,13 +117,15 @@ def alive(stack: Stack) -> bool:
 
 
 def stop(stack: Stack, grace: float = 15.0) -> None:
-    """SIGTERM every process group (run_all passes it on to its roles), SIGKILL what is left after ``grace``."""
+    """Stop run_all (it passes SIGTERM on to its roles), then the broker; SIGKILL a group still there after ``grace``.
+
+    One after the other: with the broker gone first, the bridge spends its whole
+    stop timeout reconnecting before run_all kills it.
+    """
     for proc in reversed(stack.procs):  # run_all first, the broker last
         signal_group(proc, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in reversed(stack.procs):
         with suppress(subprocess.TimeoutExpired):
-            proc.wait(max(deadline - time.monotonic(), 0.1))
+            proc.wait(grace)
         signal_group(proc, signal.SIGKILL)  # also reaps roles that outlived their supervisor
         proc.wait()
     for log in stack.log_files:
