@@ -83,7 +83,7 @@ def _verb(state: AdminState) -> str:
 def mark_online(agent_id: str, at: datetime | None = None) -> int:
     now = at or clock.now()
     return Agent.objects.filter(pk=agent_id).update(
-        connectivity=Connectivity.ONLINE, last_seen_at=now, disconnect_reason=""
+        connectivity=Connectivity.ONLINE, last_seen_at=now, disconnect_reason="", updated_at=now
     )
 
 
@@ -101,7 +101,10 @@ _TOUCH_SET = (
     "connectivity = CASE WHEN connectivity = 'offline' AND disconnect_reason = 'heartbeat timeout' "
     "THEN 'online' ELSE connectivity END, "
     "disconnect_reason = CASE WHEN connectivity = 'offline' AND disconnect_reason = 'heartbeat timeout' "
-    "THEN '' ELSE disconnect_reason END"
+    "THEN '' ELSE disconnect_reason END, "
+    # A revival is a change the admin's live feed watches for (agents.updated_at); a plain heartbeat is not.
+    "updated_at = CASE WHEN connectivity = 'offline' AND disconnect_reason = 'heartbeat timeout' "
+    "THEN {ts} ELSE updated_at END"
 )
 
 
@@ -122,7 +125,7 @@ def touch_agents(last_seen: Mapping[str, datetime]) -> int:
             return cursor.rowcount
         cursor.executemany(
             f"UPDATE agents SET {_TOUCH_SET.format(ts='%s')} WHERE id = %s",  # noqa: S608  (constant SQL)  # nosec B608
-            list(zip(stamps, ids, strict=True)),
+            list(zip(stamps, stamps, ids, strict=True)),
         )
         return cursor.rowcount
 

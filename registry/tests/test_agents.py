@@ -447,3 +447,27 @@ def test_a_heartbeat_brings_back_an_agent_the_silence_sweep_took_offline(make_ag
     state = {a.id: (a.connectivity, a.disconnect_reason, a.last_seen_at) for a in Agent.objects.all()}
     assert state["sleepy"] == (Connectivity.ONLINE, "", now)
     assert state["willed"] == (Connectivity.OFFLINE, "connection lost", now)
+
+
+def test_a_revival_moves_updated_at_and_a_plain_heartbeat_does_not(make_agent, frozen_clock):
+    """The admin's live feed watches agents.updated_at: a revival is news, a heartbeat is not."""
+    make_agent("sleepy")
+    make_agent("awake")
+    Agent.objects.filter(pk="sleepy").update(connectivity=Connectivity.OFFLINE, disconnect_reason="heartbeat timeout")
+    before = dict(Agent.objects.values_list("id", "updated_at"))
+    now = frozen_clock.advance(30)
+
+    actions.touch_agents({"sleepy": now, "awake": now})
+
+    after = dict(Agent.objects.values_list("id", "updated_at"))
+    assert after["sleepy"] == now
+    assert after["awake"] == before["awake"]
+
+
+def test_mark_online_moves_updated_at(make_agent, frozen_clock):
+    make_agent("returning", online=False)
+    now = frozen_clock.advance(30)
+
+    actions.mark_online("returning")
+
+    assert Agent.objects.get(pk="returning").updated_at == now
