@@ -23,7 +23,6 @@
   let fetching = false;
   let lastFetchAt = 0;
   let failures = 0;
-  let everConnected = false;
   let socket = null;
 
   function indicator() {
@@ -145,10 +144,9 @@
     socket = new WebSocket(scheme + window.location.host + path);
     socket.addEventListener("open", () => {
       setState("connected", "connected");
-      if (everConnected) {
-        schedule(ALL_TOPICS); // events may have been missed while away
-      }
-      everConnected = true;
+      // What changed between rendering the page and this socket joining the feed (or while away)
+      // was never announced to it: refresh every region once.
+      schedule(ALL_TOPICS);
       failures = 0;
     });
     socket.addEventListener("message", (event) => {
