@@ -166,7 +166,8 @@ class Task(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"task {self.pk} ({self.kind}, {self.state})"
+        # No state: this names the task in page titles, which live updates don't refresh.
+        return f"task {self.pk} ({self.kind})"
 
 
 class TaskEventKind(models.TextChoices):

@@ -62,7 +62,8 @@ class JobAdmin(ReadOnlyAdmin):
         mode_fields = ("task_count",) if obj is not None and obj.mode == JobMode.ANY else ("continuous",)
         policy = ("priority", "max_attempts", "backoff", "timeouts", "not_before", "idempotency_key")
         return [
-            (None, {"fields": ("kind", "state_badge", "progress", "created_by", "created_at", "finished_at")}),
+            # State, progress and finish time live in the "Progress" section, which live updates refresh.
+            (None, {"fields": ("kind", "created_by", "created_at")}),
             ("Target", {"fields": ("mode", "target_summary", *mode_fields)}),
             ("Policy", {"fields": policy}),
             ("Rollout policy", {"fields": ("in_flight_summary", "rate_per_minute", "abort_rule")}),
