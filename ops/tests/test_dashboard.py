@@ -20,6 +20,7 @@ from registry.models import AdminState
 from tasks import actions as task_actions
 from tasks.engine.reports import Report
 from tasks.models import Task, TaskState
+from tests.support import staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -229,8 +230,18 @@ def test_anonymous_user_is_sent_to_the_login_page_and_gets_no_live_script(client
     assert 'id="live-status"' not in login
 
 
-def test_staff_without_model_permissions_sees_the_dashboard(client, django_user_model, seeded):
+def test_staff_without_view_permissions_gets_no_fleet_numbers(client, django_user_model, seeded):
     client.force_login(django_user_model.objects.create_user("watcher", password="pw-watcher-1", is_staff=True))
+
+    page = client.get(reverse("admin:index")).content.decode()
+
+    assert 'id="dash-forbidden"' in page
+    assert 'id="dash-agents"' not in page
+    assert 'id="dash-audit"' not in page
+
+
+def test_staff_who_may_view_agents_and_tasks_sees_the_dashboard(client, seeded):
+    client.force_login(staff_user("viewer", ("registry.view_agent", "tasks.view_task")))
 
     page = client.get(reverse("admin:index")).content.decode()
 
