@@ -13,6 +13,7 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.safestring import SafeString
@@ -170,3 +171,11 @@ class AgentCredentialAdmin(ReadOnlyAdmin):
         # Credentials go with their agent when it is removed; the admin's delete
         # confirmation checks this permission for every cascaded model.
         return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        # ... but a credential alone is never deleted here: it is revoked (an audited action),
+        # so that its history stays and the bridge keeps refusing it.
+        return {}
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        raise PermissionDenied("credentials are revoked from their agent's page, not deleted")

@@ -543,3 +543,16 @@ def test_staff_without_view_permission_cannot_open_the_agent_pages(db, fleet):
 
     assert client.get(CHANGELIST).status_code == 403
     assert client.get(change_url("node-1")).status_code == 403
+
+
+def test_a_credential_alone_cannot_be_deleted_in_the_admin_only_revoked(admin_client, make_agent, operator):
+    make_agent("lonely")
+    credential, _ = registry_actions.issue_token("lonely", operator)
+    changelist = reverse("admin:registry_agentcredential_changelist")
+
+    delete_url = reverse("admin:registry_agentcredential_delete", args=[credential.pk])
+    delete_page = admin_client.post(delete_url, {"post": "yes"})
+    admin_client.post(changelist, {"action": "delete_selected", "_selected_action": [credential.pk], "post": "yes"})
+
+    assert delete_page.status_code == 403
+    assert AgentCredential.objects.filter(pk=credential.pk).exists()
