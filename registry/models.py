@@ -48,6 +48,8 @@ class Agent(models.Model):
             models.Index(fields=["admin_state"], name="agents_admin_state_idx"),
             models.Index(fields=["last_seen_at"], name="agents_last_seen_idx"),
             models.Index(fields=["version"], name="agents_version_idx"),
+            # The admin's live feed reads MAX(updated_at) every second (ops/live/feed.py): without it, a scan.
+            models.Index(fields=["updated_at"], name="agents_updated_idx"),
         ]
 
     def __str__(self) -> str:
