@@ -344,6 +344,13 @@ ROLE_STALE_AFTER = _positive_float("ROLE_STALE_AFTER", 60.0)  # a role silent th
 CERT_WARN_DAYS = _positive_int("CERT_WARN_DAYS", 30)
 
 
+# --- Admin live updates (ops/live) ----------------------------------------------------
+
+LIVE_POLL_INTERVAL = _positive_float("LIVE_POLL_INTERVAL", 1.0)  # change feed reads, per web process with sockets
+LIVE_SEEN_INTERVAL = _positive_float("LIVE_SEEN_INTERVAL", 5.0)  # heartbeat-only moves announced at most this often
+LIVE_HEALTH_INTERVAL = _positive_float("LIVE_HEALTH_INTERVAL", 10.0)  # "health" announced on this timer
+
+
 # Where setup_broker wrote the CA, certificates, mosquitto.conf and ACL: the default of rotate_certs,
 # check_certs and revoke_agent_cert (--dir overrides it).
 BROKER_DIR = env.str("BROKER_DIR", default="") or None

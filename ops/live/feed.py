@@ -38,17 +38,17 @@ GROUP_PREFIX = "aegis-live"
 
 def poll_interval() -> float:
     """Seconds between two reads, and so the shortest time between two events."""
-    return float(getattr(settings, "LIVE_POLL_INTERVAL", 1.0))
+    return float(settings.LIVE_POLL_INTERVAL)
 
 
 def seen_interval() -> float:
     """Heartbeats move ``last_seen_at`` all the time: they announce "agents" at most this often."""
-    return float(getattr(settings, "LIVE_SEEN_INTERVAL", 5.0))
+    return float(settings.LIVE_SEEN_INTERVAL)
 
 
 def health_interval() -> float:
     """A dead role writes nothing, so "health" is announced on a timer for the pages to notice."""
-    return float(getattr(settings, "LIVE_HEALTH_INTERVAL", 10.0))
+    return float(settings.LIVE_HEALTH_INTERVAL)
 
 
 def channel_layer() -> BaseChannelLayer:
