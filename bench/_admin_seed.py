@@ -163,9 +163,11 @@ def tasks_sql(p: Literals) -> str:
                    CASE WHEN job_id > {p.jobs} - {p.open_jobs} THEN
                             CASE WHEN r < 400 THEN 'succeeded' WHEN r < 450 THEN 'failed' WHEN r < 700 THEN 'queued'
                                  WHEN r < 800 THEN 'assigned' ELSE 'running' END
-                        ELSE
-                            CASE WHEN r < 930 THEN 'succeeded' WHEN r < 970 THEN 'failed'
+                        WHEN job_id % 4 = 0 THEN  -- a job in four had failures
+                            CASE WHEN r < 850 THEN 'succeeded' WHEN r < 950 THEN 'failed'
                                  WHEN r < 980 THEN 'timed_out' ELSE 'canceled' END
+                        ELSE
+                            CASE WHEN r < 990 THEN 'succeeded' ELSE 'canceled' END
                    END AS state
             FROM (
                 SELECT i, (i - 1) / {p.per_job} + 1 AS job_id, {r} AS r, {a} AS a,

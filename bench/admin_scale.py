@@ -160,6 +160,7 @@ def _run_pages(args: argparse.Namespace) -> None:
         print(_row(page.label, measured, stock), flush=True)
         if args.explain and measured["median"] > LIMIT_MS / 5:
             _explain(measured)
+    _live_feed(args.runs)
     _summary(results)
 
 
@@ -214,6 +215,23 @@ def _explain(measured: dict[str, Any]) -> None:
         plan = [row[0] for row in cursor.fetchall()]
     for line in plan[:14]:
         print(f"      {line}")
+
+
+def _live_feed(runs: int) -> None:
+    """The live updates' once-a-second poll (``ops.live.feed.read_watermarks``), when the project has one."""
+    try:
+        from ops.live.feed import read_watermarks
+    except ImportError:
+        return
+    timings = []
+    for _ in range(runs * 4):
+        started = time.perf_counter()
+        read_watermarks()
+        timings.append((time.perf_counter() - started) * 1000)
+    print(
+        f"{'live feed watermarks (every second, per web process)':<62}{'':>7}{median(timings):9.1f}"
+        f"{percentile(timings, 95):9.1f}{1:>8}"
+    )
 
 
 def _summary(results: list[tuple[Any, dict[str, Any], dict[str, Any] | None]]) -> None:
