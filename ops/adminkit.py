@@ -19,7 +19,7 @@ from django.contrib.auth import get_permission_codename
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from ops.audit import Actor
 from tasks.engine.errors import EngineError
@@ -62,6 +62,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def response_action(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponse | None:
+        """Refuse "select all N" across pages: on a capped list N is not known, and an action over
+        millions of rows is not a click. Operators select the rows of a page or narrow with filters."""
+        if request.POST.get("select_across") == "1":
+            self.message_user(
+                request,
+                "Acting on every row of the list is not offered: select rows on the page, or narrow the list "
+                "with filters first.",
+                messages.WARNING,
+            )
+            return HttpResponseRedirect(request.get_full_path())
+        return super().response_action(request, queryset)
 
     def has_operate_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Operator actions (drain, cancel, retry...) need the model's ``change`` permission."""

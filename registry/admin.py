@@ -165,7 +165,15 @@ def agent_detail(agent: Agent) -> dict[str, Any]:
 class AgentCredentialAdmin(ReadOnlyAdmin):
     list_display = ("agent", "kind", "token_prefix", "created_at", "expires_at", "revoked_at")
     list_filter = ("kind",)
-    search_fields = ("agent__id", "token_prefix", "cert_fingerprint")
+    search_fields = ("agent__id",)  # the lookup is get_search_results': exact, index-backed
+    search_help_text = "An agent id, a token prefix or a certificate fingerprint (exact)."
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[AgentCredential], search_term: str) -> Any:
+        """Exact matches (agent index, unique fingerprint) instead of ``icontains`` over every credential."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(agent_id=term) | Q(token_prefix=term) | Q(cert_fingerprint=term)), False
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         # Credentials go with their agent when it is removed; the admin's delete

@@ -14,7 +14,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin import ShowFacets
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -196,5 +196,20 @@ class TaskEventAdmin(ReadOnlyAdmin):
     list_display = ("id", "task_id", "kind", "attempt", "from_state", "to_state", "agent_id", "created_at")
     list_filter = ("kind",)
     show_facets = ShowFacets.NEVER
-    search_fields = ("=task__id", "agent_id", "message_id")
+    search_fields = ("agent_id",)  # the lookup is get_search_results': exact, index-backed
+    search_help_text = "A task id, an agent id or a message id (exact)."
     raw_id_fields = ("task",)
+    ordering = ("-id",)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[TaskEvent], search_term: str) -> Any:
+        """Exact matches only: task id (task_events_task_idx), agent id (task_events_agent_idx), message id (unique).
+
+        Django's default would compare ``UPPER(...) LIKE '%term%'`` and read every event (seconds at 6M rows).
+        """
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        match = Q(agent_id=term) | Q(message_id=term)
+        if term.isdigit():
+            match |= Q(task_id=int(term))
+        return queryset.filter(match), False
