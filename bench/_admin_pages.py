@@ -123,10 +123,11 @@ def typed_value(model: type[models.Model], spec: Any, parameter: str) -> str | N
 
 def _existing_value(model: type[models.Model], field: str) -> str | None:
     rows = model._default_manager.exclude(**{f"{field}__isnull": True}).order_by("-pk").values_list(field, flat=True)
-    value = rows[1000:1001].first()
-    if value is None:
-        value = rows.first()
-    return str(value) if value not in (None, "") else None
+    # Around the 1,000th newest row, skipping empty values (an event's agent id is empty before assignment).
+    for value in [*rows[1000:1100], *rows[:100]]:
+        if value not in (None, ""):
+            return str(value)
+    return None
 
 
 def _search_term(model: type[models.Model], model_admin: admin.ModelAdmin) -> str | None:
