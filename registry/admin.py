@@ -135,6 +135,8 @@ class AgentAdmin(AgentOperationsAdmin):
         if agent is not None:  # else Django answers (redirect with "does not exist")
             context.update(agent_detail(agent))
         context["can_operate"] = self.has_operate_permission(request)
+        context["can_issue_credentials"] = self.has_issue_credentials_permission(request)
+        context["can_revoke_credentials"] = self.has_revoke_credentials_permission(request)
         context["operations"] = self.detail_buttons()
         return super().change_view(request, object_id, form_url, context)
 

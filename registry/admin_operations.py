@@ -1,7 +1,9 @@
 """Operator actions on agents in the admin: bulk actions on the changelist and buttons on the detail page.
 
 Both call ``registry.actions`` (which audit every change) and need the operate permission
-(``registry.change_agent``). The detail buttons are POST views under the agent's admin URL,
+(``registry.change_agent``); credentials need what the API asks for them: issuing one (rotate
+token, certificate bundle) also ``registry.add_agentcredential``, revoking one
+``registry.change_agentcredential``. The detail buttons are POST views under the agent's admin URL,
 behind ``admin_site.admin_view`` (staff login, CSRF, no caching). A new token is shown on the
 response page only: never in a message (messages live in the session or a cookie).
 """
@@ -50,6 +52,12 @@ OPERATIONS: dict[str, tuple[str, Step, str]] = {
 
 
 class AgentOperationsAdmin(ReadOnlyAdmin):
+    def has_issue_credentials_permission(self, request: HttpRequest) -> bool:
+        return self.has_operate_permission(request) and request.user.has_perm("registry.add_agentcredential")
+
+    def has_revoke_credentials_permission(self, request: HttpRequest) -> bool:
+        return self.has_operate_permission(request) and request.user.has_perm("registry.change_agentcredential")
+
     actions = ["drain", "disable", "enable", "ping", "rotate_tokens", "download_certificates", "revoke_credentials"]
 
     # --- changelist bulk actions -----------------------------------------------------
@@ -76,7 +84,7 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
     def ping(self, request: HttpRequest, queryset: QuerySet[Agent]) -> None:
         self._each(request, queryset, "ping", "Pinged {count} agent(s).")
 
-    @admin.action(description="Rotate the token of selected agents", permissions=("operate",))
+    @admin.action(description="Rotate the token of selected agents", permissions=("issue_credentials",))
     def rotate_tokens(self, request: HttpRequest, queryset: QuerySet[Agent]) -> HttpResponse | None:
         actor = actor_of(request)
         issued: list[tuple[str, str]] = []
@@ -88,7 +96,7 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
         run_for_each(self, request, list(queryset.values_list("pk", flat=True)), rotate, "Rotated {count} token(s).")
         return self._token_page(request, issued) if issued else None
 
-    @admin.action(description="Issue and download certificate bundles", permissions=("operate",))
+    @admin.action(description="Issue and download certificate bundles", permissions=("issue_credentials",))
     def download_certificates(self, request: HttpRequest, queryset: QuerySet[Agent]) -> HttpResponse | None:
         try:
             layout = broker_layout()
@@ -111,7 +119,7 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
         name = f"{bundles[0].agent_id}-certificate.zip" if len(bundles) == 1 else "agent-certificates.zip"
         return _zip_response(zip_bundles(bundles), name)
 
-    @admin.action(description="Revoke every credential of selected agents", permissions=("operate",))
+    @admin.action(description="Revoke every credential of selected agents", permissions=("revoke_credentials",))
     def revoke_credentials(self, request: HttpRequest, queryset: QuerySet[Agent]) -> HttpResponse | None:
         ids = list(queryset.values_list("pk", flat=True))
         live = AgentCredential.objects.filter(agent_id__in=ids, revoked_at__isnull=True)
@@ -159,9 +167,11 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
             *super().get_urls(),
         ]
 
-    def _operable(self, request: HttpRequest, object_id: str) -> Agent:
+    def _operable(
+        self, request: HttpRequest, object_id: str, allowed: Callable[[HttpRequest], bool] | None = None
+    ) -> Agent:
         """The agent an operator may act on through a POST, or 405 / 403 / 404."""
-        if not self.has_operate_permission(request):
+        if not (allowed or self.has_operate_permission)(request):
             raise PermissionDenied
         agent = self.get_object(request, unquote(object_id))
         if agent is None:
@@ -189,14 +199,14 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
     def rotate_token_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        agent = self._operable(request, object_id)
+        agent = self._operable(request, object_id, self.has_issue_credentials_permission)
         _, token = actions.rotate_token(agent.pk, actor_of(request))
         return self._token_page(request, [(agent.pk, token)])
 
     def certificate_bundle_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        agent = self._operable(request, object_id)
+        agent = self._operable(request, object_id, self.has_issue_credentials_permission)
         try:
             bundle = issue_bundle(broker_layout(), agent.pk, actor_of(request))
         except BrokerDirMissing as missing:
@@ -210,7 +220,7 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
     def revoke_credential_view(self, request: HttpRequest, object_id: str, credential_id: int) -> HttpResponseBase:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        agent = self._operable(request, object_id)
+        agent = self._operable(request, object_id, self.has_revoke_credentials_permission)
         credential = get_object_or_404(AgentCredential, pk=credential_id, agent_id=agent.pk)
         try:
             note = revoke(credential, actor_of(request))

@@ -68,8 +68,16 @@ def login(user: User) -> Client:
 
 @pytest.fixture
 def operator_user(db: Any) -> User:
-    """Staff with exactly the agent's view and change permissions (not a superuser)."""
-    return staff_user("ops-anna", ("registry.view_agent", "registry.change_agent"))
+    """Staff with exactly the permissions the API asks for these actions (not a superuser)."""
+    return staff_user(
+        "ops-anna",
+        (
+            "registry.view_agent",
+            "registry.change_agent",
+            "registry.add_agentcredential",
+            "registry.change_agentcredential",
+        ),
+    )
 
 
 @pytest.fixture
@@ -536,6 +544,29 @@ def test_staff_without_change_permission_is_refused_every_action(viewer_client, 
     assert snapshot() == before
     assert registry_actions.authenticate_token(token) is not None
     assert not AgentCredential.objects.filter(kind=CredentialKind.CERTIFICATE).exists()
+
+
+def test_credentials_need_the_credential_permissions_the_api_asks_for(db, fleet, token_of_node_1, broker_dir):
+    """``registry.change_agent`` drains and pings; issuing or revoking a credential needs more, as in the API."""
+    client = login(staff_user("ops-otto", ("registry.view_agent", "registry.change_agent")))
+    credential, token = token_of_node_1
+
+    changelist = client.get(CHANGELIST)
+    offered = set(changelist.context["cl"].model_admin.get_actions(changelist.wsgi_request))
+    detail = client.get(change_url("node-1")).content.decode()
+    refused = [client.post(url).status_code for url in (rotate_url("node-1"), bundle_url("node-1"))]
+    refused.append(client.post(revoke_url("node-1", credential.pk)).status_code)
+    drained = client.post(operate_url("node-1", "drain"))
+
+    assert offered >= {"drain", "ping"}
+    assert offered.isdisjoint({"rotate_tokens", "download_certificates", "revoke_credentials"})
+    assert rotate_url("node-1") not in detail
+    assert revoke_url("node-1", credential.pk) not in detail
+    assert refused == [403, 403, 403]
+    assert registry_actions.authenticate_token(token) is not None
+    assert not AgentCredential.objects.filter(kind=CredentialKind.CERTIFICATE).exists()
+    assert drained.status_code == 302
+    assert Agent.objects.get(pk="node-1").admin_state == AdminState.DRAINING
 
 
 def test_staff_without_view_permission_cannot_open_the_agent_pages(db, fleet):
