@@ -26,6 +26,7 @@ from ops.adminkit import REFUSALS, ReadOnlyAdmin, actor_of, run_for_each
 from ops.audit import Actor
 from registry import actions
 from registry.admin_certs import BrokerDirMissing, broker_layout, issue_bundle, revoke, zip_bundles
+from registry.api.serializers import AgentUpdateSerializer
 from registry.models import AdminState, Agent, AgentCredential
 
 Step = Callable[[str, Actor], object]
@@ -154,6 +155,7 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
         return [
             path("<path:object_id>/operate/<slug:operation>/", wrap(self.operate_view), name=f"{name}_operate"),
             path("<path:object_id>/rotate-token/", wrap(self.rotate_token_view), name=f"{name}_rotate_token"),
+            path("<path:object_id>/edit/", wrap(self.edit_view), name=f"{name}_edit"),
             path(
                 "<path:object_id>/certificate-bundle/",
                 wrap(self.certificate_bundle_view),
@@ -194,6 +196,20 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
             self.message_user(request, f"{agent.pk}: {refusal}", messages.WARNING)
         else:
             self.message_user(request, f"{agent.pk} {outcome}.", messages.SUCCESS)
+        return self._back(agent.pk)
+
+    def edit_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """Name and labels, what an operator may change (as ``PATCH /api/v1/agents/{id}/``), through register_agent."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        agent = self._operable(request, object_id)
+        try:
+            name, labels = parse_edit(request.POST.get("name", ""), request.POST.get("labels", ""))
+        except ValueError as error:
+            self.message_user(request, f"nothing changed: {error}", messages.ERROR)
+            return self._back(agent.pk)
+        actions.register_agent(agent.pk, actor_of(request), name=name, labels=labels)
+        self.message_user(request, f"{agent.pk}: name and labels saved.", messages.SUCCESS)
         return self._back(agent.pk)
 
     def rotate_token_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
@@ -244,6 +260,23 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
 
     def detail_buttons(self) -> list[tuple[str, str]]:
         return [(operation, label) for operation, (label, _, _) in OPERATIONS.items()]
+
+
+def parse_edit(name: str, labels_text: str) -> tuple[str, dict[str, str]]:
+    """The edit form's fields, checked by the API's own serializer: ``key=value`` lines become labels."""
+    labels: dict[str, str] = {}
+    for number, line in enumerate(labels_text.splitlines(), 1):
+        if not line.strip():
+            continue
+        key, separator, value = line.partition("=")
+        if not separator or not key.strip():
+            raise ValueError(f"label line {number} is not key=value: {line.strip()[:80]!r}")
+        labels[key.strip()] = value.strip()
+    body = AgentUpdateSerializer(data={"name": name.strip(), "labels": labels})
+    if not body.is_valid():
+        problems = "; ".join(f"{field}: {' '.join(map(str, errors))}" for field, errors in body.errors.items())
+        raise ValueError(problems)
+    return body.validated_data["name"], body.validated_data["labels"]
 
 
 def _zip_response(data: bytes, filename: str) -> HttpResponse:

@@ -587,3 +587,48 @@ def test_a_credential_alone_cannot_be_deleted_in_the_admin_only_revoked(admin_cl
 
     assert delete_page.status_code == 403
     assert AgentCredential.objects.filter(pk=credential.pk).exists()
+
+
+# --- editing name and labels -----------------------------------------------------------
+
+
+def edit_url(agent_id: str) -> str:
+    return reverse("admin:registry_agent_edit", args=[agent_id])
+
+
+def test_name_and_labels_are_edited_through_register_agent_and_audited(operator_client, operator_user, fleet):
+    detail = operator_client.get(change_url("node-1")).content.decode()
+
+    response = operator_client.post(edit_url("node-1"), {"name": "Web 1", "labels": "role=api\n\nzone = eu-west\n"})
+
+    assert edit_url("node-1") in detail
+    assert "role=web" in detail  # the form shows the current labels
+    assert response.status_code == 302
+    agent = Agent.objects.get(pk="node-1")
+    assert (agent.name, agent.labels) == ("Web 1", {"role": "api", "zone": "eu-west"})
+    (row,) = audit_rows("agent.update", "node-1")
+    assert (row.actor_label, row.data["labels"]) == (operator_user.username, {"role": "api", "zone": "eu-west"})
+
+
+@pytest.mark.parametrize(
+    "labels",
+    ["no separator here", "=value", "bad key!=x", "\n".join(f"k{n}=v" for n in range(51))],
+    ids=["not-key-value", "empty-key", "invalid-key", "too-many"],
+)
+def test_bad_labels_change_nothing_and_say_why(operator_client, fleet, labels):
+    before = snapshot()
+
+    response = operator_client.post(edit_url("node-1"), {"name": "Renamed", "labels": labels}, follow=True)
+
+    assert "nothing changed" in response.content.decode().lower()
+    assert snapshot() == before
+    assert Agent.objects.get(pk="node-1").name == "Web one"
+
+
+def test_editing_needs_the_change_permission(viewer_client, fleet):
+    before = snapshot()
+
+    assert edit_url("node-1") not in viewer_client.get(change_url("node-1")).content.decode()
+    assert viewer_client.post(edit_url("node-1"), {"name": "x", "labels": "a=b"}).status_code == 403
+    assert viewer_client.get(edit_url("node-1")).status_code in (403, 405)
+    assert snapshot() == before
