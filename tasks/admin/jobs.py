@@ -8,6 +8,7 @@ editing or deleting a job row is never offered: pause, resume, cancel and retry
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
@@ -18,6 +19,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from ops.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each
+from ops.audit import Actor
 from tasks import actions
 from tasks.admin import job_detail, job_views
 from tasks.admin.job_display import progress_bar, state_badge
@@ -180,32 +182,25 @@ class JobAdmin(ReadOnlyAdmin):
         ]
         return controls + super().get_urls()
 
-    @admin.action(description="Pause the selected jobs", permissions=["operate"])
-    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet[Job], control: Callable[[int, Actor], object], done: str
+    ) -> None:
         actor = actor_of(request)
         ids = queryset.values_list("pk", flat=True)
-        run_for_each(self, request, ids, lambda pk: actions.pause_job(pk, actor), "Paused {count} jobs.")
+        run_for_each(self, request, ids, lambda pk: control(pk, actor), done)
+
+    @admin.action(description="Pause the selected jobs", permissions=["operate"])
+    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        self._each(request, queryset, actions.pause_job, "Paused {count} jobs.")
 
     @admin.action(description="Resume the selected jobs", permissions=["operate"])
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        actor = actor_of(request)
-        ids = queryset.values_list("pk", flat=True)
-        run_for_each(self, request, ids, lambda pk: actions.resume_job(pk, actor), "Resumed {count} jobs.")
+        self._each(request, queryset, actions.resume_job, "Resumed {count} jobs.")
 
     @admin.action(description="Cancel the selected jobs", permissions=["operate"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        actor = actor_of(request)
-        ids = queryset.values_list("pk", flat=True)
-        run_for_each(self, request, ids, lambda pk: actions.cancel_job(pk, actor), "Canceled {count} jobs.")
+        self._each(request, queryset, actions.cancel_job, "Canceled {count} jobs.")
 
     @admin.action(description="Retry the failed tasks of the selected jobs", permissions=["operate"])
     def retry_failed_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        actor = actor_of(request)
-        ids = queryset.values_list("pk", flat=True)
-        run_for_each(
-            self,
-            request,
-            ids,
-            lambda pk: actions.retry_failed(pk, actor),
-            "Queued the failed tasks of {count} jobs again.",
-        )
+        self._each(request, queryset, actions.retry_failed, "Queued the failed tasks of {count} jobs again.")
