@@ -36,8 +36,15 @@ DB_QUERY_DURATION = Histogram(
 
 
 def time_queries(sender: Any, connection: Any, **kwargs: Any) -> None:
-    """``connection_created``: time every query of the new connection into ``DB_QUERY_DURATION``."""
-    connection.execute_wrappers.append(_timed)
+    """``connection_created``: time every query of the connection into ``DB_QUERY_DURATION``.
+
+    With the connection pool the signal fires on every checkout of the same
+    ``DatabaseWrapper``, whose ``execute_wrappers`` outlives the checkout: the
+    wrapper goes in once, or after ~1,000 checkouts every query nests a thousand
+    timers deep and raises ``RecursionError``.
+    """
+    if _timed not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_timed)
 
 
 def _timed(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
