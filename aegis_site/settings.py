@@ -342,6 +342,9 @@ SPECTACULAR_SETTINGS = {
 ROLE_HEARTBEAT_INTERVAL = _positive_float("ROLE_HEARTBEAT_INTERVAL", 10.0)  # how often bridge/dispatcher report
 ROLE_STALE_AFTER = _positive_float("ROLE_STALE_AFTER", 60.0)  # a role silent this long is unhealthy
 CERT_WARN_DAYS = _positive_int("CERT_WARN_DAYS", 30)
+# A bridge or dispatcher whose steps failed this many times in a row (with backoff, about 75 s) exits non-zero
+# so that its supervisor restarts it; a role alive but failing every step would look healthy.
+ROLE_MAX_FAILED_STEPS = _positive_int("ROLE_MAX_FAILED_STEPS", 20)
 
 
 # --- Admin live updates (ops/live) ----------------------------------------------------

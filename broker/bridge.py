@@ -31,7 +31,7 @@ from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client
 from broker.ingest import Incoming
 from broker.presence import HeartbeatBuffer, RevokedAgents
 from broker.publisher import publish_pending
-from ops.roles import RoleBeacon
+from ops.roles import FailedSteps, RoleBeacon
 from tasks.engine.wakeup import OUTBOX_CHANNEL, Listener
 
 log = logging.getLogger("aegis.bridge")
@@ -60,6 +60,10 @@ class Bridge:
         self.unsubscribed = threading.Event()
         self._unacknowledged = 0  # received, not yet acknowledged: what a clean stop waits for
         self._count_lock = threading.Lock()
+        self.exit_code = 0  # 1 once a thread gave up (``fail``): the process exits for its supervisor to restart it
+        self.batches = FailedSteps("bridge batch", "aegis.bridge")
+        self.publishing = FailedSteps("outbox publishing", "aegis.bridge")
+        self.flushing = FailedSteps("heartbeat flush", "aegis.bridge")
         self.client = self._client()
         self._threads: list[threading.Thread] = []
 
@@ -160,10 +164,34 @@ class Bridge:
         self.client.loop_stop()
         log.info("bridge stopped")
 
-    def run(self) -> None:
+    def fail(self, reason: str) -> None:
+        """A thread gave up after ``ROLE_MAX_FAILED_STEPS`` failures in a row: stop, and exit non-zero."""
+        log.critical("bridge giving up: %s", reason)
+        self.exit_code = 1
+        self.stop.set()
+
+    def healthy(self) -> bool:
+        """Connected, and no thread in a run of failures: only then does the bridge write its role heartbeat."""
+        return self.connected.is_set() and not (self.batches.count or self.publishing.count or self.flushing.count)
+
+    def abandon(self) -> None:
+        """Leave like a crash: keep the session, so what was not acknowledged waits for the restarted bridge."""
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(5.0)
+        self.client.disconnect()
+        self.client.loop_stop()
+        log.info("bridge stopped without acknowledging what it could not apply")
+
+    def run(self) -> int:
+        """Until SIGTERM (a clean stop, 0) or until a thread gave up (1)."""
         self.start()
         self.stop.wait()
-        self.shutdown()
+        if self.exit_code:
+            self.abandon()
+        else:
+            self.shutdown()
+        return self.exit_code
 
     def _next_batch(self) -> list[Incoming]:
         try:
@@ -178,7 +206,11 @@ class Bridge:
         return batch
 
     def _run_consumer(self) -> None:
-        asyncio.run(self._pump())
+        try:
+            asyncio.run(self._pump())
+        except Exception:
+            log.exception("the bridge's consumer died")
+            self.fail("the consumer died")
 
     async def _pump(self) -> None:
         from channels.routing import get_default_application
@@ -192,7 +224,14 @@ class Bridge:
                 self.ack(message["acks"])
                 await done.put(None)
 
-        scope = {"type": "mqtt", "heartbeats": self.heartbeats, "stop": self.stop, "revoked": self.revoked}
+        scope = {
+            "type": "mqtt",
+            "heartbeats": self.heartbeats,
+            "stop": self.stop,
+            "revoked": self.revoked,
+            "failures": self.batches,
+            "on_failed": self.fail,
+        }
         instance = asyncio.ensure_future(application(scope, mailbox.get, send))
         loop = asyncio.get_running_loop()
         try:
@@ -222,10 +261,15 @@ class Bridge:
                 if self.connected.is_set():
                     try:
                         published = publish_pending(self.publish)
+                        self.publishing.succeeded()
                     except Exception:
-                        log.exception("outbox publishing failed; retrying")
+                        delay = self.publishing.failed()
                         close_old_connections()
-                        self.stop.wait(1.0)
+                        if self.publishing.exhausted:
+                            self.fail("outbox publishing keeps failing")
+                            return
+                        self.stop.wait(delay)
+                        continue
                 if not published:
                     listener.wait(settings.BRIDGE_OUTBOX_POLL_INTERVAL, self.stop)
         finally:
@@ -234,17 +278,24 @@ class Bridge:
 
     def _run_heartbeat_flush(self) -> None:
         beacon = RoleBeacon("bridge")
-        while not self.stop.wait(settings.BRIDGE_HEARTBEAT_FLUSH_INTERVAL):
-            self._flush_heartbeats()
-            if self.connected.is_set():  # a bridge cut off from the broker is not healthy
+        wait = settings.BRIDGE_HEARTBEAT_FLUSH_INTERVAL
+        while not self.stop.wait(wait):
+            wait = max(self._flush_heartbeats(), settings.BRIDGE_HEARTBEAT_FLUSH_INTERVAL)
+            if self.flushing.exhausted:
+                self.fail("the heartbeat flush keeps failing")
+                return
+            if self.healthy():  # cut off from the broker, or failing: no heartbeat, health says so
                 beacon.maybe_beat(client_id=self.client_id)
             self.revoked.maybe_refresh()
         self._flush_heartbeats()
 
-    def _flush_heartbeats(self) -> None:
+    def _flush_heartbeats(self) -> float:
+        """Write the buffered heartbeat times; returns the backoff after a failure (0 after a success)."""
         try:
             close_old_connections()
             self.heartbeats.flush()
+            self.flushing.succeeded()
+            return 0.0
         except Exception:
-            log.exception("heartbeat flush failed; kept for the next window")
             close_old_connections()
+            return self.flushing.failed()  # the times are kept for the next window

@@ -7,10 +7,11 @@ import threading
 from typing import Any
 
 from channels.consumer import SyncConsumer
-from django.db import DatabaseError, close_old_connections
+from django.db import close_old_connections
 
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
+from ops.roles import FailedSteps
 
 log = logging.getLogger("aegis.bridge")
 
@@ -20,23 +21,28 @@ class MqttConsumer(SyncConsumer):
 
     ``mqtt.message`` holds a batch; after its transaction committed the consumer
     sends ``mqtt.ack`` with the packet ids, and only then does the bridge send the
-    PUBACKs. While the database is away it retries the batch with backoff and
-    acknowledges nothing, so the broker keeps every message.
+    PUBACKs. While the database is away, or on any other error, it retries the batch with backoff and
+    acknowledges nothing, so the broker keeps every message; after ``ROLE_MAX_FAILED_STEPS``
+    failures in a row it calls the scope's ``on_failed`` (the bridge exits non-zero).
     """
 
     def mqtt_message(self, event: dict[str, Any]) -> None:
         batch: list[Incoming] = event["messages"]
         heartbeats: HeartbeatBuffer = self.scope["heartbeats"]
         stop: threading.Event = self.scope["stop"]
-        delay = 0.05
+        failures: FailedSteps = self.scope.get("failures") or FailedSteps("bridge batch", "aegis.bridge")
         while True:
             try:
                 ingest(batch, heartbeats, self.scope.get("revoked", frozenset()))
+                failures.succeeded()
                 break
-            except DatabaseError:
-                log.warning("database error while ingesting %d messages; retrying in %.2fs", len(batch), delay)
+            except Exception:
+                # Nothing is acknowledged that was not applied: the broker keeps the batch.
+                delay = failures.failed()
                 close_old_connections()
+                if failures.exhausted:
+                    self.scope.get("on_failed", stop.set)(f"{len(batch)} messages could not be applied")
+                    return
                 if stop.wait(delay):
                     return  # shutting down: leave them unacknowledged, the broker redelivers
-                delay = min(delay * 2, 5.0)
         self.send({"type": "mqtt.ack", "acks": [(item.mid, item.qos) for item in batch]})

@@ -1,8 +1,8 @@
 """Turning a batch of MQTT messages from agents into state changes. Runs in the bridge's Channels consumer.
 
 Malformed messages are logged, counted and dropped (acknowledged, never retried).
-A database error propagates: the caller keeps the batch unacknowledged and tries
-again, so nothing is lost while the database is away.
+Any other error propagates: the caller keeps the batch unacknowledged and tries
+again, so nothing is lost while the database is away or a step fails.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
-from django.db import DatabaseError, transaction
+from django.db import transaction
 
 from broker.presence import HeartbeatBuffer
 from broker.protocol import Heartbeat, Hello, ProtocolError, Status, TaskEvent, parse_agent_message, report_fields
@@ -67,24 +67,11 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
             parsed.append(message)
     if not parsed:
         return 0
-    try:
-        with transaction.atomic():
-            _apply_all(parsed)
-    except DatabaseError:
-        raise
-    except Exception:
-        # One message the code cannot handle must not hold the others back forever:
-        # apply them one by one and drop only what fails on its own.
-        log.exception("batch failed; applying its %d messages one by one", len(parsed))
-        for message in parsed:
-            try:
-                with transaction.atomic():
-                    _apply_all([message])
-            except DatabaseError:
-                raise
-            except Exception:
-                log.exception("dropping a message the bridge could not apply")
-                drop("internal_error", f"aegis/agents/{message.agent_id}", type(message).__name__)
+    # Any error propagates, not only a DatabaseError: the batch stays unacknowledged and the broker keeps it.
+    # Only a message proven malformed (above) is acknowledged without being applied; a valid result that
+    # met a bug or an outage is never dropped (the bridge backs off and, if it keeps failing, exits).
+    with transaction.atomic():
+        _apply_all(parsed)
     return len(parsed)
 
 

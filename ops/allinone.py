@@ -8,6 +8,7 @@ import secrets
 import signal
 import subprocess  # nosec B404  # starts this project's own role processes
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,31 +34,60 @@ def ensure_admin(username: str = "admin") -> tuple[str, str | None]:
     return username, password
 
 
+# Roles that exit non-zero when they cannot do their job (ROLE_MAX_FAILED_STEPS): restarted, like a supervisor would.
+RESTARTED_ROLES = frozenset({"dispatcher", "bridge"})
+RESTART_BACKOFF_CAP = 30.0
+
+
 @dataclass
 class Supervisor:
-    """Starts the roles, stops them all on SIGTERM/SIGINT or when one of them dies."""
+    """Starts the roles; restarts a bridge or dispatcher that exited non-zero (with backoff); stops them all on
+    SIGTERM/SIGINT or when another role dies."""
 
     commands: dict[str, list[str]]
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stopping: bool = False
+    restarts: dict[str, int] = field(default_factory=dict)
+    restart_at: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> None:
-        base = Path(settings.BASE_DIR)
-        for name, command in self.commands.items():
-            self.procs[name] = subprocess.Popen(command, cwd=base, env={**os.environ, **self.env})  # noqa: S603  # nosec B603  # argv from role_commands(), no shell
-            log.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(command))
+        for name in self.commands:
+            self.start_role(name)
+
+    def start_role(self, name: str) -> None:
+        command = self.commands[name]
+        self.procs[name] = subprocess.Popen(command, cwd=Path(settings.BASE_DIR), env={**os.environ, **self.env})  # noqa: S603  # nosec B603  # argv from role_commands(), no shell
+        log.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(command))
+
+    def check(self, name: str, proc: subprocess.Popen[bytes]) -> int | None:
+        """None while the role runs or waits for its restart; an exit code when everything must stop."""
+        if name in self.restart_at:
+            if time.monotonic() >= self.restart_at.pop(name):
+                self.start_role(name)
+            return None
+        if proc.poll() is None:
+            return None
+        if name in RESTARTED_ROLES and proc.returncode not in (0, None):
+            self.restarts[name] = self.restarts.get(name, 0) + 1
+            delay = min(2.0 ** (self.restarts[name] - 1), RESTART_BACKOFF_CAP)
+            log.error("%s exited with %s; restarting it in %.0fs", name, proc.returncode, delay)
+            self.restart_at[name] = time.monotonic() + delay
+            return None
+        log.error("%s exited with %s; stopping everything", name, proc.returncode)
+        return proc.returncode or 1
 
     def run(self) -> int:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: setattr(self, "stopping", True))
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: setattr(self, "stopping", True))
         self.start()
         exit_code = 0
         while not self.stopping:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    log.error("%s exited with %s; stopping everything", name, proc.returncode)
-                    exit_code = proc.returncode or 1
+            for name, proc in list(self.procs.items()):
+                code = self.check(name, proc)
+                if code is not None:
+                    exit_code = code
                     self.stopping = True
                     break
             time.sleep(0.2)

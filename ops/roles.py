@@ -38,3 +38,46 @@ class RoleBeacon:
             close_old_connections()
             return False
         return True
+
+
+class RoleFailed(Exception):
+    """A role's steps kept failing: it must exit non-zero so that its supervisor restarts it."""
+
+
+class FailedSteps:
+    """Consecutive failed steps of one loop of a role, with the backoff before the next try.
+
+    ``failed()`` returns how long to wait; once ``ROLE_MAX_FAILED_STEPS`` steps in
+    a row failed, ``exhausted`` is true and the role exits (``RoleFailed``). One
+    success starts the count again.
+    """
+
+    def __init__(
+        self, what: str, logger: str = "aegis.ops", limit: int | None = None, base: float = 0.1, cap: float = 5.0
+    ) -> None:
+        self.what = what
+        self.log = logging.getLogger(logger)
+        self.limit = limit or settings.ROLE_MAX_FAILED_STEPS
+        self.base = base
+        self.cap = cap
+        self.count = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count >= self.limit
+
+    def failed(self) -> float:
+        self.count += 1
+        self.log.error(
+            "%s failed", self.what, extra={"consecutive_failures": self.count, "limit": self.limit}, exc_info=True
+        )
+        return min(self.base * 2 ** (self.count - 1), self.cap)
+
+    def succeeded(self) -> None:
+        if self.count:
+            self.log.info("%s recovered", self.what, extra={"after_failures": self.count})
+        self.count = 0
+
+    def check(self) -> None:
+        if self.exhausted:
+            raise RoleFailed(f"{self.what} failed {self.count} times in a row")

@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection
 from broker import direct
 from broker.direct import DirectPublisher
 from ops.metrics import counters
-from ops.roles import RoleBeacon
+from ops.roles import FailedSteps, RoleBeacon
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.engine import clock
@@ -65,6 +65,7 @@ class Dispatcher:
         self.stop = threading.Event()
         self.direct: DirectPublisher | None = None
         self.hints: set[str] = set()  # agents named by NOTIFY payloads, claimed for first
+        self.failed: list[str] = []  # the steps that raised in the last ``step()``
 
     def expire_leases(self) -> bool:
         expired = actions.expire_leases(self.batch_size)
@@ -122,13 +123,16 @@ class Dispatcher:
         return candidates
 
     def step(self) -> bool:
+        """Run every step once; ``self.failed`` names the ones that raised (logged, never re-raised here)."""
         did_work = False
+        self.failed = []
         # Assignment first: a NOTIFY for new work should reach an agent before the housekeeping runs.
         for name in ("assign", "expire_leases", "mark_silent_agents_offline"):
             try:
                 did_work |= getattr(self, name)()
             except Exception:
                 log.exception("dispatcher step %s failed", name)
+                self.failed.append(name)
                 close_old_connections()
         return did_work
 
@@ -139,11 +143,21 @@ class Dispatcher:
         if direct.enabled():
             self.direct = DirectPublisher()
             self.direct.start()
+        failures = FailedSteps("dispatcher step", "aegis.dispatcher")
         try:
             while not self.stop.is_set():
                 close_old_connections()
+                did_work = self.step()
+                if self.failed:
+                    # No heartbeat while failing: /healthz/comprehensive and the alerts see a stale role,
+                    # and past ROLE_MAX_FAILED_STEPS the process exits for its supervisor to restart it.
+                    delay = failures.failed()
+                    failures.check()
+                    self.stop.wait(delay)
+                    continue
+                failures.succeeded()
                 beacon.maybe_beat(publishes=self.direct is not None)
-                if not self.step():
+                if not did_work:
                     self.hints |= listener.wait(self.poll_interval, self.stop) or set()
         finally:
             if self.direct is not None:

@@ -1,7 +1,7 @@
 import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.bridge import Bridge
 from ops.metrics import serve_role_metrics
@@ -19,4 +19,6 @@ class Command(BaseCommand):
         bridge = Bridge(options["url"], options["client_id"])
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: bridge.stop.set())
-        bridge.run()
+        if bridge.run():
+            # Exit non-zero: compose, Kubernetes or run_all restarts a bridge that cannot do its job.
+            raise CommandError("bridge exiting: a step kept failing (see the log above)", returncode=1)

@@ -1,9 +1,10 @@
 import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ops.metrics import serve_role_metrics
+from ops.roles import RoleFailed
 from tasks.dispatcher import Dispatcher
 
 
@@ -23,4 +24,8 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: dispatcher.stop.set())
         serve_role_metrics()
-        dispatcher.run()
+        try:
+            dispatcher.run()
+        except RoleFailed as error:
+            # Exit non-zero: compose, Kubernetes or run_all restarts a dispatcher that cannot do its job.
+            raise CommandError(f"dispatcher exiting: {error}", returncode=1) from error
