@@ -109,17 +109,22 @@ _TOUCH_SET = (
 
 
 def touch_agents(last_seen: Mapping[str, datetime]) -> int:
-    """Record many heartbeats in one statement (the bridge coalesces them per flush window)."""
+    """Record many heartbeats in one statement (the bridge coalesces them per flush window).
+
+    The rows are locked in id order, as the claims lock them: in any other order
+    a flush and a claim waiting for each other's rows deadlock.
+    """
     if not last_seen:
         return 0
     field = Agent._meta.get_field("last_seen_at")
-    ids = list(last_seen)
+    ids = sorted(last_seen)
     stamps = [field.get_db_prep_value(last_seen[agent_id], connection) for agent_id in ids]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 f"UPDATE agents SET {_TOUCH_SET.format(ts='v.ts')} "  # noqa: S608  (constant SQL)  # nosec B608
-                "FROM unnest(%s::varchar[], %s::timestamptz[]) AS v(id, ts) WHERE agents.id = v.id",
+                "FROM (SELECT a.id, u.ts FROM agents a JOIN unnest(%s::varchar[], %s::timestamptz[]) AS u(id, ts) "
+                "ON a.id = u.id ORDER BY a.id FOR UPDATE OF a) AS v WHERE agents.id = v.id",
                 [ids, stamps],
             )
             return cursor.rowcount
@@ -131,12 +136,23 @@ def touch_agents(last_seen: Mapping[str, datetime]) -> int:
 
 
 def mark_silent_agents_offline(heartbeat_interval_s: float, missed: int, at: datetime | None = None) -> int:
-    """Online agents not heard from for ``missed`` heartbeat intervals go offline."""
+    """Online agents not heard from for ``missed`` heartbeat intervals go offline.
+
+    The rows are locked first, in id order (as the claims and the heartbeat flush
+    lock them), then updated: an UPDATE alone locks in scan order and can deadlock.
+    """
     now = at or clock.now()
     cutoff = now - timedelta(seconds=heartbeat_interval_s * missed)
-    return Agent.objects.filter(
+    silent = Agent.objects.filter(
         Q(last_seen_at__lt=cutoff) | Q(last_seen_at__isnull=True), connectivity=Connectivity.ONLINE
-    ).update(connectivity=Connectivity.OFFLINE, disconnect_reason="heartbeat timeout", updated_at=now)
+    )
+    with transaction.atomic():
+        ids = list(silent.select_for_update().order_by("pk").values_list("pk", flat=True))
+        if not ids:
+            return 0
+        return silent.filter(pk__in=ids).update(
+            connectivity=Connectivity.OFFLINE, disconnect_reason="heartbeat timeout", updated_at=now
+        )
 
 
 def issue_token(agent_id: str, actor: Actor, ttl: timedelta | None = None) -> tuple[AgentCredential, str]:
