@@ -146,13 +146,17 @@ def _database() -> dict[str, Any]:
         # when the bridge's and the dispatcher's threads write at once, where WAL just waits.
         config["TEST"] = {"NAME": env.str("SQLITE_TEST_NAME", default=str(DATA_DIR / "test_aegis.sqlite3"))}
         return config
-    config["ENGINE"] = "django.db.backends.postgresql"
+    config["ENGINE"] = "aegis_site.postgresql"  # Django's, with a pool that recovers at once (see the module)
     # Django's cursors bind on the client and are never prepared; this lets the claim's hot path
     # (tasks/engine/claim_pg.py) prepare its statements. Off for a pooler in transaction mode.
     config["OPTIONS"] = {"prepare_threshold": 5 if env.bool("DB_PREPARED_STATEMENTS", default=True) else None}
     pool_size = _positive_int("DB_POOL_SIZE", 4, minimum=0)
     if pool_size:
         config["CONN_MAX_AGE"] = 0  # the pool owns connection lifetime
+        # Every checkout checks the connection (one round trip): one whose backend was terminated (failover,
+        # restart, pg_terminate_backend) is replaced instead of failing the request that got it, and the
+        # backend sweeps the pool's other idle connections at once (aegis_site/postgresql).
+        config["CONN_HEALTH_CHECKS"] = True
         config["OPTIONS"]["pool"] = {
             "min_size": pool_size,
             "max_size": pool_size + _positive_int("DB_MAX_OVERFLOW", 4, minimum=0),
