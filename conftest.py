@@ -29,6 +29,15 @@ class FakeClock:
         return self.current
 
 
+@pytest.fixture(autouse=True)
+def _claim_wakeups_closed() -> Iterator[None]:
+    """A test whose long-poll claim started the LISTEN thread closes it: no connection outlives the test database."""
+    yield
+    from tasks.engine.longpoll import WAITS
+
+    WAITS.stop()
+
+
 @pytest.fixture
 def frozen_clock() -> Iterator[FakeClock]:
     fake = FakeClock(datetime(2026, 1, 1, 12, 0, tzinfo=UTC))

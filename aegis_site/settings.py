@@ -287,6 +287,7 @@ API_PAGE_SIZE = _positive_int("API_PAGE_SIZE", 50)
 API_MAX_PAGE_SIZE = _positive_int("API_MAX_PAGE_SIZE", 500)
 API_MAX_BODY_BYTES = _positive_int("API_MAX_BODY_BYTES", 1_048_576)
 API_CLAIM_MAX_WAIT = _positive_float("API_CLAIM_MAX_WAIT", 30.0)  # longest long-poll of an agent's claim
+API_CLAIM_MAX_WAITS_PER_AGENT = _positive_int("API_CLAIM_MAX_WAITS_PER_AGENT", 2)  # more at once: 429
 API_THROTTLE_RATES = {
     "anon": env.str("API_THROTTLE_ANON", default="60/min"),
     "agent": env.str("API_THROTTLE_AGENT", default="1200/min"),

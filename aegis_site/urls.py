@@ -2,13 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 
 from aegis_site.api import errors
-from ops.health.views import ComprehensiveView, LivenessView
+from ops.health.views import ComprehensiveView, LivenessView, ReadinessView
 from ops.metrics import views as metrics_views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("aegis_site.api.urls")),
     path("healthz", LivenessView.as_view(), name="healthz"),
+    path("healthz/ready", ReadinessView.as_view(), name="healthz-ready"),
     path("healthz/comprehensive", ComprehensiveView.as_view(), name="healthz-comprehensive"),
     path("metrics", metrics_views.prometheus, name="metrics"),
     path("metrics/system", metrics_views.system, name="metrics-system"),

@@ -13,7 +13,7 @@ from django.db.models import Count, Q
 
 from broker import outbox
 from ops.audit import Actor, record
-from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken
+from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken, Transport
 from tasks.engine import clock
 
 TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
@@ -34,6 +34,7 @@ def register_agent(
     max_concurrency: int | None = None,
     version: str = "",
     metadata: Mapping[str, Any] | None = None,
+    transport: Transport | None = None,
 ) -> tuple[Agent, bool]:
     """Create an agent, or update the given fields of an existing one."""
     from tasks.actions import add_agent_to_continuous_jobs
@@ -51,6 +52,8 @@ def register_agent(
         fields["capabilities"] = list(capabilities)
     if metadata is not None:
         fields["metadata"] = dict(metadata)
+    if transport is not None:
+        fields["transport"] = str(transport)
     with transaction.atomic():
         agent, created = Agent.objects.update_or_create(pk=agent_id, defaults=fields)
         record(actor, "agent.register" if created else "agent.update", "agent", agent_id, **_jsonable(fields))
@@ -80,10 +83,24 @@ def _verb(state: AdminState) -> str:
     return {AdminState.ACTIVE: "enable", AdminState.DRAINING: "drain", AdminState.DISABLED: "disable"}[state]
 
 
-def mark_online(agent_id: str, at: datetime | None = None) -> int:
+def mark_online(agent_id: str, at: datetime | None = None, transport: Transport | None = None) -> int:
+    """The agent is alive; with ``transport``, also how it is reached from now on (one UPDATE either way)."""
     now = at or clock.now()
-    return Agent.objects.filter(pk=agent_id).update(
-        connectivity=Connectivity.ONLINE, last_seen_at=now, disconnect_reason="", updated_at=now
+    fields: dict[str, Any] = {"connectivity": Connectivity.ONLINE, "last_seen_at": now, "disconnect_reason": ""}
+    if transport is not None:
+        fields["transport"] = transport
+    return Agent.objects.filter(pk=agent_id).update(**fields, updated_at=now)
+
+
+def use_transport(agent_id: str, transport: Transport) -> int:
+    """The agent reached us over ``transport`` (an HTTP claim): the dispatcher pushes only to MQTT agents.
+
+    A conditional UPDATE: nothing is written when the agent is already recorded so.
+    """
+    return (
+        Agent.objects.filter(pk=agent_id)
+        .exclude(transport=transport)
+        .update(transport=transport, updated_at=clock.now())
     )
 
 
@@ -254,6 +271,7 @@ def record_hello(
         agent.connectivity = Connectivity.ONLINE
         agent.last_seen_at = now
         agent.disconnect_reason = ""
+        agent.transport = Transport.MQTT  # it holds an MQTT session now: the dispatcher pushes to it
         agent.save()
         if created or changed:
             record(Actor.agent(agent_id), "agent.register" if created else "agent.update", "agent", agent_id, **changed)
@@ -316,8 +334,12 @@ def enrol(
     capabilities: list[str] | None = None,
     max_concurrency: int | None = None,
     version: str = "",
+    transport: Transport | None = None,
 ) -> tuple[Agent, AgentCredential, str]:
     """Trade a bootstrap token for the agent's own token: create the agent, or claim it if the token is bound to it.
+
+    ``transport`` declares how the agent takes work (``None``: as recorded, ``mqtt`` for a new
+    agent); its first HTTP heartbeat or claim, or its MQTT hello, records it anyway.
 
     Claiming revokes the agent's earlier tokens (the enrolling process is its new
     holder). Refused (``EnrolmentRefused``) for an unknown, used-up, expired or
@@ -352,6 +374,7 @@ def enrol(
             capabilities=capabilities,
             max_concurrency=max_concurrency,
             version=version,
+            transport=transport,
         )
         if existing is not None:
             for credential in AgentCredential.objects.filter(

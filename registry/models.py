@@ -23,6 +23,13 @@ class AdminState(models.TextChoices):
     DISABLED = "disabled"
 
 
+class Transport(models.TextChoices):
+    """How an agent gets its work: pushed to its MQTT inbox by the dispatcher, or claimed over HTTP by itself."""
+
+    MQTT = "mqtt"
+    HTTP = "http"
+
+
 class Agent(models.Model):
     """A remote worker. Its id is the MQTT username, client id and certificate CN."""
 
@@ -36,6 +43,12 @@ class Agent(models.Model):
     last_seen_at = models.DateTimeField(null=True, blank=True)
     disconnect_reason = models.CharField(max_length=200, blank=True)
     admin_state = models.CharField(max_length=8, choices=AdminState.choices, default=AdminState.ACTIVE)
+    transport = models.CharField(
+        max_length=4,
+        choices=Transport.choices,
+        default=Transport.MQTT,
+        help_text="mqtt: the dispatcher pushes tasks to its inbox; http: it claims them itself (never pushed).",
+    )
     enrolled_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     metadata = models.JSONField(default=dict, blank=True)

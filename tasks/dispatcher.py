@@ -33,7 +33,7 @@ _AGENTS_PER_TRANSACTION = 50  # bounds how long one claim transaction holds its 
 _PINNED_SQL = """
 SELECT DISTINCT t.agent_id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN agents a ON a.id = t.agent_id
 WHERE t.state = 'queued' AND t.not_before <= %s AND j.state IN ('scheduled', 'running') AND t.pinned
-  AND a.connectivity = 'online' AND a.admin_state = 'active'
+  AND a.connectivity = 'online' AND a.admin_state = 'active' AND a.transport = 'mqtt'
 LIMIT %s
 """
 _ANY_READY_SQL = """
@@ -43,16 +43,18 @@ WHERE t.state = 'queued' AND t.not_before <= %s AND j.state IN ('scheduled', 'ru
 LIMIT 1
 """
 # Idle agents first (holding nothing), then every dispatchable agent; least recently seen first in each part.
+# Only MQTT agents: an HTTP agent claims its own work (docs/api.md), a push to its inbox would reach nobody.
 _IDLE_FIRST_SQL = """
 SELECT id FROM (
     SELECT id, 0 AS part, last_seen_at FROM (
         SELECT a.id, a.last_seen_at FROM agents a
-        WHERE a.connectivity = 'online' AND a.admin_state = 'active' AND NOT EXISTS (
+        WHERE a.connectivity = 'online' AND a.admin_state = 'active' AND a.transport = 'mqtt' AND NOT EXISTS (
             SELECT 1 FROM tasks h WHERE h.agent_id = a.id AND h.state IN ('assigned', 'running'))
         ORDER BY a.last_seen_at LIMIT %s) idle
     UNION ALL
     SELECT id, 1 AS part, last_seen_at FROM (
-        SELECT a.id, a.last_seen_at FROM agents a WHERE a.connectivity = 'online' AND a.admin_state = 'active'
+        SELECT a.id, a.last_seen_at FROM agents a
+        WHERE a.connectivity = 'online' AND a.admin_state = 'active' AND a.transport = 'mqtt'
         ORDER BY a.last_seen_at LIMIT %s) anyone
 ) candidates ORDER BY part, last_seen_at
 """

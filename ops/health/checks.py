@@ -1,4 +1,4 @@
-"""The project's own checks: the MQTT broker, the roles' freshness, certificate expiry.
+"""The project's own checks: the process serving, the MQTT broker, the roles' freshness, certificate expiry.
 
 Each raises ``ServiceUnavailable`` (unhealthy: the view answers 500) or
 ``ServiceWarning`` (reported, still healthy). Messages name what is wrong and
@@ -21,6 +21,14 @@ from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
 from ops.models import RoleHeartbeat
 from tasks.engine import clock
+
+
+@dataclasses.dataclass
+class Serving(HealthCheck):
+    """The process serves requests (it ran this check): liveness, with no database or broker involved."""
+
+    async def run(self) -> None:
+        return None
 
 
 @dataclasses.dataclass

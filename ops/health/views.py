@@ -1,4 +1,11 @@
-"""``/healthz`` (liveness: the process answers and the database pings) and ``/healthz/comprehensive``."""
+"""``/healthz`` (liveness), ``/healthz/ready`` (readiness) and ``/healthz/comprehensive``.
+
+Liveness asks only whether this process serves requests: it touches no database
+connection, so a pool busy with other requests (or a database outage, which a
+restart would not cure) never makes Kubernetes restart a healthy pod. Readiness
+pings the database through the pool: a pod that cannot get a connection stops
+receiving traffic until it can.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,8 @@ from django.conf import settings
 from health_check.exceptions import ServiceWarning
 from health_check.views import HealthCheckView
 
-LIVENESS = ("health_check.checks.Database",)
+LIVENESS = ("ops.health.checks.Serving",)
+READINESS = ("health_check.checks.Database",)
 
 
 def comprehensive_checks() -> tuple[Any, ...]:
@@ -37,6 +45,10 @@ class AegisHealthView(HealthCheckView):
 
 class LivenessView(AegisHealthView):
     checks = LIVENESS
+
+
+class ReadinessView(AegisHealthView):
+    checks = READINESS
 
 
 class ComprehensiveView(AegisHealthView):

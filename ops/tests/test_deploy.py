@@ -333,7 +333,7 @@ def test_kubernetes_roles_probes_and_jobs() -> None:
         assert f"aegis-{role}" in by_kind["PodDisruptionBudget"]
     web = by_kind["Deployment"]["aegis-web"]["spec"]["template"]["spec"]["containers"][0]
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert web["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert web["readinessProbe"]["httpGet"]["path"] == "/healthz/ready"
     probe_host = web["livenessProbe"]["httpGet"]["httpHeaders"][0]["value"]
     assert probe_host in by_kind["ConfigMap"]["aegis-config"]["data"]["ALLOWED_HOSTS"].split(",")
     assert by_kind["Job"]["aegis-migrate"]["spec"]["template"]["spec"]["containers"][0]["command"] == (

@@ -40,11 +40,12 @@ def failing(answer: Any) -> dict[str, str]:
     return {name: status for name, status in answer.json().items() if status != "OK"}
 
 
-def test_liveness_is_json_on_request_and_pings_the_database():
-    answer = Client().get("/healthz", **JSON)
-    assert answer.status_code == 200
-    assert list(answer.json().values()) == ["OK"]
-    assert Client().get("/healthz?format=json").json() == answer.json()
+def test_liveness_and_readiness_are_json_on_request():
+    for path in ("/healthz", "/healthz/ready"):
+        answer = Client().get(path, **JSON)
+        assert answer.status_code == 200
+        assert list(answer.json().values()) == ["OK"]
+        assert Client().get(f"{path}?format=json").json() == answer.json()
 
 
 def test_comprehensive_is_healthy_when_everything_answers(healthy):
@@ -81,7 +82,7 @@ def test_an_unreachable_broker_is_unhealthy_and_recovers(healthy):
     assert Client().get("/healthz/comprehensive", **JSON).status_code == 200
 
 
-def test_a_dead_database_makes_liveness_fail_and_it_recovers():
+def test_a_dead_database_makes_readiness_fail_not_liveness_and_it_recovers():
     from django.db import connections
 
     default = connections["default"]
@@ -96,15 +97,17 @@ def test_a_dead_database_makes_liveness_fail_and_it_recovers():
     else:
         live["NAME"] = "/nonexistent-dir/dead.sqlite3"
     try:
-        answer = Client().get("/healthz", **JSON)
+        answer = Client().get("/healthz/ready", **JSON)
         assert answer.status_code == 500
         assert any(name.startswith("Database") for name in failing(answer)), answer.json()
+        # The process still serves: restarting it (what a failed liveness probe does) would cure nothing.
+        assert Client().get("/healthz", **JSON).status_code == 200
     finally:
         live.clear()
         live.update(saved)
         if pooled:
             default.close_pool()
-    assert Client().get("/healthz", **JSON).status_code == 200
+    assert Client().get("/healthz/ready", **JSON).status_code == 200
 
 
 def _cert_file(tmp_path: Path, days: int) -> str:

@@ -10,9 +10,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponseBase
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotAuthenticated
+from rest_framework.exceptions import NotAuthenticated, Throttled
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -36,14 +40,14 @@ from registry.api.serializers import (
     IssuedTokenSerializer,
     JwtPairSerializer,
 )
-from registry.models import Agent
+from registry.models import Agent, Transport
 from tasks import actions as task_actions
 from tasks.engine import clock
+from tasks.engine.assignment import Assignment
 from tasks.engine.errors import NotFound
+from tasks.engine.longpoll import WAITS
 from tasks.engine.reports import Report
 from tasks.models import HELD_STATES, Task
-
-_CLAIM_POLL_S = 0.25
 
 
 def principal(request: Request) -> AgentPrincipal:
@@ -78,6 +82,7 @@ class EnrolView(APIView):
             capabilities=data["capabilities"],
             max_concurrency=data.get("max_concurrency"),
             version=data["version"],
+            transport=Transport(data["transport"]) if "transport" in data else None,
         )
         answer = {"agent_id": agent.pk, "credential_id": credential.pk, "token": token}
         return Response(IssuedTokenSerializer(answer).data, status=status.HTTP_201_CREATED)
@@ -113,26 +118,100 @@ class HeartbeatView(AgentView):
     def post(self, request: Request) -> Response:
         HeartbeatSerializer(data=request.data).is_valid(raise_exception=True)
         now = clock.now()
-        registry_actions.mark_online(principal(request).agent_id, now)
+        # An HTTP heartbeat makes it an HTTP agent: the dispatcher stops pushing to its (unread) MQTT inbox.
+        registry_actions.mark_online(principal(request).agent_id, now, transport=Transport.HTTP)
         agent = Agent.objects.only("admin_state").get(pk=principal(request).agent_id)
         return Response(HeartbeatAnswerSerializer({"admin_state": agent.admin_state, "server_time": now}).data)
 
 
+class PendingClaim(Response):
+    """The answer of a claim that found nothing and may wait: ``claim`` (below) waits, claims again, fills it in."""
+
+    def __init__(self, agent_id: str, max_tasks: int, deadline: float, mark: int) -> None:
+        super().__init__({"tasks": []})
+        self.agent_id = agent_id
+        self.max_tasks = max_tasks
+        self.deadline = deadline
+        self.mark = mark
+
+
 class ClaimView(AgentView):
-    """Claim up to ``max_tasks``; with ``wait_s`` keep asking until work comes or the wait is over (long poll)."""
+    """Claim up to ``max_tasks``; with ``wait_s`` wait for work until the wait is over (long poll).
+
+    Claiming over HTTP makes the caller an HTTP agent: the dispatcher no longer
+    pushes its tasks to an MQTT inbox it does not read. The wait itself happens in
+    ``claim`` with no database connection held.
+    """
 
     @extend_schema(request=ClaimSerializer, responses=ClaimAnswerSerializer)
     def post(self, request: Request) -> Response:
         body = ClaimSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        agent_id = principal(request).agent_id
-        deadline = time.monotonic() + body.validated_data["wait_s"]
-        while True:
-            assignments = task_actions.claim_tasks(agent_id, body.validated_data["max_tasks"])
-            if assignments or time.monotonic() >= deadline:
+        me = principal(request)
+        if me.agent.transport != Transport.HTTP:
+            registry_actions.use_transport(me.agent_id, Transport.HTTP)
+        max_tasks, wait_s = body.validated_data["max_tasks"], body.validated_data["wait_s"]
+        deadline = time.monotonic() + wait_s
+        mark = WAITS.mark()
+        assignments = task_actions.claim_tasks(me.agent_id, max_tasks)
+        if assignments or wait_s <= 0:
+            return Response(claim_answer(assignments))
+        if not WAITS.reserve(me.agent_id, settings.API_CLAIM_MAX_WAITS_PER_AGENT):
+            raise Throttled(wait=1, detail="Too many waiting claims of this agent; retry when one has answered.")
+        release_connection()
+        return PendingClaim(me.agent_id, max_tasks, deadline, mark)
+
+
+def claim_answer(assignments: list[Assignment]) -> dict[str, Any]:
+    return {"tasks": [assignment.as_message() for assignment in assignments]}
+
+
+def release_connection() -> None:
+    """Give this thread's database connection back (to the pool, when it is on) before a wait.
+
+    Inside a transaction (a test's) the connection stays: closing it would end that transaction.
+    """
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def claim_again(agent_id: str, max_tasks: int) -> list[Assignment]:
+    try:
+        return task_actions.claim_tasks(agent_id, max_tasks)
+    finally:
+        release_connection()
+
+
+_claim_view = ClaimView.as_view()
+
+
+async def claim(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+    """``POST agent/tasks/claim/``: ``ClaimView`` answers, or hands back a ``PendingClaim`` to wait for.
+
+    The wait is an ``await`` on the process's wakeups (``tasks.engine.longpoll``):
+    no connection is held and no thread blocks. If the client goes away, Django
+    cancels this coroutine and the ``finally`` frees the agent's wait slot.
+    """
+    response = await sync_to_async(_claim_view)(request, *args, **kwargs)
+    if not isinstance(response, PendingClaim):
+        return response
+    try:
+        mark = response.mark
+        while time.monotonic() < response.deadline:
+            mark = await WAITS.wait(response.agent_id, mark, response.deadline - time.monotonic())
+            assignments = await sync_to_async(claim_again)(response.agent_id, response.max_tasks)
+            if assignments:
+                response.data = claim_answer(assignments)
                 break
-            time.sleep(min(_CLAIM_POLL_S, max(deadline - time.monotonic(), 0)))
-        return Response({"tasks": [assignment.as_message() for assignment in assignments]})
+    finally:
+        WAITS.release(response.agent_id)
+    return response
+
+
+# What drf-spectacular and Django read off a view function.
+claim.cls = ClaimView  # type: ignore[attr-defined]
+claim.initkwargs = {}  # type: ignore[attr-defined]
+claim.csrf_exempt = True  # type: ignore[attr-defined]
 
 
 class AgentTaskSerializer(serializers.ModelSerializer[Task]):

@@ -48,6 +48,7 @@ class AgentSerializer(serializers.ModelSerializer[Agent]):
             "version",
             "max_concurrency",
             "connectivity",
+            "transport",
             "admin_state",
             "last_seen_at",
             "disconnect_reason",
@@ -134,6 +135,12 @@ class EnrolSerializer(serializers.Serializer[Any]):
     capabilities = CapabilitiesField(required=False, default=list)
     max_concurrency = serializers.IntegerField(min_value=1, max_value=10_000, required=False)
     version = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+    transport = serializers.ChoiceField(
+        choices=["mqtt", "http"],
+        required=False,
+        help_text="How it takes work: mqtt (pushed to its inbox) or http (claims it). "
+        "Its first HTTP heartbeat or claim, or its MQTT hello, sets it too.",
+    )
 
 
 class HeartbeatSerializer(serializers.Serializer[Any]):

@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 
 from broker import outbox
-from registry.models import AdminState, Agent, Connectivity
+from registry.models import AdminState, Agent, Connectivity, Transport
 from tasks.engine import claim_pg, history
 from tasks.engine.assignment import Assignment
 from tasks.engine.db import retry_on_conflict
@@ -111,7 +111,7 @@ def _claim_general_for(
 ) -> list[Assignment]:
     if agent.admin_state != AdminState.ACTIVE:
         return []
-    if push and agent.connectivity != Connectivity.ONLINE:
+    if push and (agent.connectivity != Connectivity.ONLINE or agent.transport != Transport.MQTT):
         return []
     any_jobs = [job.id for job in jobs if job.mode == JobMode.ANY and _selects(job, agent)]
     only_jobs = [job.id for job in jobs if job.limited] if only_limited else None

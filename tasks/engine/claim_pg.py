@@ -47,7 +47,8 @@ FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a
 _CLAIM_SQL = """
 WITH agent AS (
     SELECT a.id, a.labels, a.capabilities, a.max_concurrency FROM agents a
-    WHERE a.id = %(agent)s AND a.admin_state = 'active' AND (a.connectivity = 'online' OR NOT %(push)s)
+    WHERE a.id = %(agent)s AND a.admin_state = 'active'
+      AND ((a.connectivity = 'online' AND a.transport = 'mqtt') OR NOT %(push)s)  -- push: MQTT agents only
 ), any_jobs AS (
     SELECT j.id FROM jobs j CROSS JOIN agent a
     WHERE j.mode = 'any' AND j.state IN ('scheduled', 'running')

@@ -57,14 +57,7 @@ class Listener:
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
-            import psycopg
-
-            params = connection.get_connection_params()
-            params.pop("cursor_factory", None)
-            params.pop("context", None)
-            params.pop("prepare_threshold", None)
-            self._conn = psycopg.connect(**params, autocommit=True)
-            self._conn.execute(f"LISTEN {self.channel}")
+            self._conn = listen_connection(self.channel)
         return self._conn
 
     def close(self) -> None:
@@ -73,3 +66,16 @@ class Listener:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def listen_connection(channel: str) -> Any:
+    """A psycopg connection of its own (never one of the pool's), autocommit, listening on ``channel``."""
+    import psycopg
+
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("prepare_threshold", None)
+    conn = psycopg.connect(**params, autocommit=True)
+    conn.execute(f"LISTEN {channel}")
+    return conn

@@ -1,0 +1,161 @@
+"""Long-poll claims wait here, holding no database connection while they wait.
+
+One daemon thread per process holds one LISTEN connection (its own, never one of
+the pool's) on the queue's wakeup channel; each NOTIFY wakes the waiting claims
+it may concern (all of them, or the agents its payload names), and each then
+claims again with a pooled connection held for that one transaction. A waiter is
+an ``asyncio.Event`` on its request's event loop: no thread blocks on it.
+
+Work can also become claimable without a NOTIFY (a backoff's ``not_before``
+passing), and the LISTEN connection can be lost (or the database is SQLite,
+which has none): so a wait also ends after ``recheck_s``, and the caller claims
+again then.
+
+Waits are counted per agent: ``reserve`` refuses more than ``per_agent`` at once
+in this process, so one agent's clients cannot pile up waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+
+from django.db import connection
+
+from tasks.engine import wakeup
+
+log = logging.getLogger(__name__)
+
+RECHECK_S = 5.0  # listening: NOTIFY wakes waits at once; this catches work that became due without one
+POLL_S = 1.0  # not listening (SQLite, or the LISTEN connection is being re-established)
+_RECONNECT_S = 2.0
+_STOP_CHECK_S = 1.0  # how often the LISTEN thread looks whether it should stop
+
+
+@dataclass(eq=False)
+class _Waiter:
+    agent_id: str
+    loop: asyncio.AbstractEventLoop
+    event: asyncio.Event
+
+
+class Waits:
+    """The process's waiting claims, one LISTEN connection for all of them, and a cap per agent."""
+
+    def __init__(self, channel: str = wakeup.CHANNEL) -> None:
+        self.channel = channel
+        self._lock = threading.Lock()
+        self._waiters: set[_Waiter] = set()
+        self._per_agent: Counter[str] = Counter()
+        self._generation = 0  # bumped on every NOTIFY: a claim that raced one looks again at once
+        self._listening = False
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- the cap per agent ------------------------------------------------------------------------------------
+
+    def reserve(self, agent_id: str, per_agent: int) -> bool:
+        """Count one more wait of ``agent_id``; ``False`` (nothing counted) if it already has ``per_agent``."""
+        with self._lock:
+            if self._per_agent[agent_id] >= per_agent:
+                return False
+            self._per_agent[agent_id] += 1
+            return True
+
+    def release(self, agent_id: str) -> None:
+        with self._lock:
+            self._per_agent[agent_id] -= 1
+            if self._per_agent[agent_id] <= 0:
+                del self._per_agent[agent_id]
+
+    def waiting(self, agent_id: str) -> int:
+        with self._lock:
+            return self._per_agent[agent_id]
+
+    # --- waiting ----------------------------------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """Take before claiming; ``wait(mark)`` returns at once if a NOTIFY came in meanwhile."""
+        with self._lock:
+            return self._generation
+
+    async def wait(self, agent_id: str, mark: int, timeout: float) -> int:
+        """Until a NOTIFY that may concern ``agent_id``, or ``timeout`` (shortened to the recheck interval).
+
+        Returns the new mark, taken when the wait ended: the caller claims next.
+        """
+        self._ensure_listening()
+        waiter = _Waiter(agent_id, asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self._generation != mark:
+                return self._generation
+            self._waiters.add(waiter)
+            limit = min(timeout, RECHECK_S if self._listening else POLL_S)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.event.wait(), max(limit, 0.0))
+        finally:
+            with self._lock:
+                self._waiters.discard(waiter)
+        with self._lock:
+            return self._generation
+
+    def wake(self, payload: str = "") -> None:
+        """A NOTIFY arrived: wake the named agents' waits (an empty payload names nobody: wake all)."""
+        named = {agent_id for agent_id in payload.split(",") if agent_id}
+        with self._lock:
+            self._generation += 1
+            chosen = [waiter for waiter in self._waiters if not named or waiter.agent_id in named]
+        for waiter in chosen:
+            with contextlib.suppress(RuntimeError):  # that request's loop is closed: nobody waits there any more
+                waiter.loop.call_soon_threadsafe(waiter.event.set)
+
+    # --- the LISTEN thread ------------------------------------------------------------------------------------
+
+    def _ensure_listening(self) -> None:
+        """Start the LISTEN thread with the first wait (a process that never waits opens no connection)."""
+        if connection.vendor != "postgresql":
+            return
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._listen, name="claim-wakeups", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the LISTEN thread and close its connection (tests: before the test database is dropped)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn = wakeup.listen_connection(self.channel)
+            except Exception:
+                log.warning("claim wakeups: cannot LISTEN; long-poll claims poll", exc_info=True)
+                self._stop.wait(_RECONNECT_S)
+                continue
+            with self._lock:
+                self._listening = True
+            try:
+                while not self._stop.is_set():
+                    for notify in conn.notifies(timeout=_STOP_CHECK_S):
+                        self.wake(notify.payload)
+            except Exception:
+                log.warning("claim wakeups: LISTEN connection lost; long-poll claims poll", exc_info=True)
+            finally:
+                with self._lock:
+                    self._listening = False
+                conn.close()
+            self.wake()  # a NOTIFY may have been lost with the connection: every wait looks again
+            self._stop.wait(_RECONNECT_S)
+
+
+WAITS = Waits()
