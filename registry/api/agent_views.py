@@ -139,8 +139,8 @@ class ClaimView(AgentView):
     """Claim up to ``max_tasks``; with ``wait_s`` wait for work until the wait is over (long poll).
 
     Claiming over HTTP makes the caller an HTTP agent: the dispatcher no longer
-    pushes its tasks to an MQTT inbox it does not read. The wait itself happens in
-    ``claim`` with no database connection held.
+    pushes its tasks to an MQTT inbox it does not read. An agent may have
+    ``API_CLAIM_MAX_WAITS_PER_AGENT`` waiting claims at once; one more answers 429.
     """
 
     @extend_schema(request=ClaimSerializer, responses=ClaimAnswerSerializer)
