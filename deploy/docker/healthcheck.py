@@ -1,6 +1,6 @@
 """The image's HEALTHCHECK: one image runs every role, so the check looks at what the container runs.
 
-- web (daphne): ``GET /healthz`` on its own port answers 200 (the process serves and the database pings);
+- web (daphne): ``GET /healthz`` on its own port answers 200 (the process serves; liveness touches no database);
 - bridge, dispatcher: the process recorded a role heartbeat within ``ROLE_STALE_AFTER`` (a role blocked on
   the database or the broker stops beating, which a port probe would not see);
 - anything else (migrate, setup_broker, backup): healthy, there is nothing long-running to watch.
