@@ -78,18 +78,21 @@ def apply_reports(agent_id: str, batch: list[Report]) -> list[Outcome]:
 def apply_agents_reports(items: list[tuple[str, Report]]) -> list[Outcome]:
     """Apply ``(reporting agent, report)`` pairs from many agents in one transaction, in order.
 
-    A task that ended or went back to the queue frees room on its agent: the
-    dispatcher is woken with those agents named, so their next tasks go out at once.
+    A task that ended or went back to the queue frees room on its agent, and in
+    its job's rollout: the dispatcher is woken with those agents and the agents
+    that can take the rollout's next tasks named, so the work goes out at once.
     """
-    outcomes = reports.apply_agents_reports(items, clock.now())
-    freed = {
-        agent_id
-        for (agent_id, _), outcome in zip(items, outcomes, strict=True)
-        if outcome.status == "applied" and outcome.state not in HELD_STATES
-    }
+    now = clock.now()
+    outcomes = reports.apply_agents_reports(items, now)
+    ended = [(agent_id, o.task_id) for (agent_id, _), o in zip(items, outcomes, strict=True) if _frees(o)]
+    freed = {agent_id for agent_id, _ in ended} | reports.refill_hints([task_id for _, task_id in ended], now)
     if freed:
         wakeup.notify_on_commit(agents=freed)
     return outcomes
+
+
+def _frees(outcome: Outcome) -> bool:
+    return outcome.status == "applied" and outcome.state not in HELD_STATES
 
 
 def report(agent_id: str, item: Report) -> Outcome:

@@ -60,6 +60,10 @@ class Job(models.Model):
     tasks_canceled = models.PositiveIntegerField(default=0)
     rate_window_start = models.DateTimeField(null=True, blank=True)
     rate_window_assigned = models.PositiveIntegerField(default=0)
+    # The rate limit's token bucket (GCRA): when the bucket is full again; null or past: full.
+    rate_bucket_full_at = models.DateTimeField(null=True, blank=True)
+    # Rollout spread: the agent this job's last limited assignment went to; the next go to the agents after it.
+    rollout_last_agent_id = models.CharField(max_length=63, blank=True, default="", db_default="")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -39,6 +39,7 @@ from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.engine import clock
+from tasks.engine.claim import rate_burst
 from tasks.engine.errors import InvalidTransition
 from tasks.engine.reports import REPORT_KINDS, Report
 from tasks.engine.submit import JobSpec
@@ -170,6 +171,23 @@ def _assert_rate_limits_kept(jobs: dict[int, Job]) -> None:
         assert count + 1 <= limited[job_id], (
             f"job {job_id}: {count + 1} assignments in the rate window from {start}, rate_per_minute {limited[job_id]}"
         )
+    _assert_rate_paced(limited, list(assigned.values_list("task__job_id", "created_at")))
+
+
+def _assert_rate_paced(limited: dict[int, int], assigned: list[tuple[int, datetime]]) -> None:
+    """The token bucket: between any two assignments of a job, at most its burst plus what refilled in between."""
+    times: dict[int, list[datetime]] = defaultdict(list)
+    for job_id, at in assigned:
+        times[job_id].append(at)
+    for job_id, stamps in times.items():
+        rate = limited[job_id]
+        for first in range(len(stamps)):
+            for last in range(first, len(stamps)):
+                refilled = (stamps[last] - stamps[first]) * rate // RATE_WINDOW
+                assert last - first + 1 <= rate_burst(rate) + refilled, (
+                    f"job {job_id}: {last - first + 1} assignments from {stamps[first]} to {stamps[last]}, "
+                    f"rate_per_minute {rate}"
+                )
 
 
 def _assert_history_explains_state(task: Task, events: list[_Event]) -> None:

@@ -1,10 +1,12 @@
 """Claiming queued tasks for one agent: the queue's hot path.
 
 One transaction per batch. On PostgreSQL, jobs without rollout limits take the
-one-round-trip path of ``claim_pg``. Everything else locks candidate rows with
-``FOR UPDATE SKIP LOCKED`` (SQLite serialises writers with ``BEGIN IMMEDIATE``),
-trims them to the rollout limits of their jobs, then assigns them with one
-UPDATE per job.
+one-round-trip path of ``claim_pg`` for the tasks ranked above every rollout that
+has room. Everything else locks candidate rows with ``FOR UPDATE SKIP LOCKED``
+(SQLite serialises writers with ``BEGIN IMMEDIATE``), trims them to the rollout
+limits of their jobs, then assigns them with one UPDATE per job. While a rollout
+is open, a group of agents takes turns, one task each per turn, starting after
+the agent the rollout last gave a task to, so a rollout spreads over its fleet.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from math import ceil
 from typing import Any
 
 from django.db import connection, transaction
@@ -25,10 +28,11 @@ from tasks.engine.assignment import Assignment
 from tasks.engine.db import retry_on_conflict
 from tasks.engine.errors import NotFound
 from tasks.engine.jobs import mark_running
-from tasks.engine.targeting import Target, matches
+from tasks.engine.targeting import Target, agent_matches, matches
 from tasks.models import ACTIVE_JOB_STATES, HELD_STATES, Job, JobMode, JobState, Task, TaskEventKind, TaskState
 
 RATE_WINDOW = timedelta(minutes=1)
+_MICROSECONDS_PER_WINDOW = RATE_WINDOW // timedelta(microseconds=1)
 _MAX_ROUNDS = 3
 
 
@@ -58,15 +62,15 @@ def claim_many(agent_ids: Collection[str], limit: int, now: datetime, push: bool
     """
     if connection.vendor != "postgresql":
         agents = list(Agent.objects.select_for_update().filter(pk__in=list(agent_ids)).order_by("pk"))
-        jobs = _open_jobs() if agents else []
-        return {agent.pk: _claim_general_for(agent, jobs, limit, now, push) for agent in agents}
+        claimed: dict[str, list[Assignment]] = {agent.pk: [] for agent in agents}
+        if agents:
+            _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
+        return claimed
     claimed, limited = claim_pg.claim_agents(list(agent_ids), limit, now, push)
     if limited:  # rollouts: the agents are locked already; their rows are read again for the targets
-        jobs = _open_jobs()
         short = [agent_id for agent_id, assignments in claimed.items() if len(assignments) < limit]
-        for agent in Agent.objects.filter(pk__in=short).order_by("pk"):
-            more = _claim_general_for(agent, jobs, limit - len(claimed[agent.pk]), now, push, only_limited=True)
-            claimed[agent.pk] += more
+        agents = list(Agent.objects.filter(pk__in=short).order_by("pk"))
+        _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
     return claimed
 
 
@@ -98,26 +102,56 @@ def _claim_limited_atomic(
 ) -> dict[str, list[Assignment]]:
     with transaction.atomic():
         jobs = _open_jobs()
-        agents = Agent.objects.select_for_update().filter(pk__in=agent_ids).order_by("pk")
-        return {
-            agent.pk: _claim_general_for(agent, jobs, limit - len(claimed[agent.pk]), now, True, only_limited=True)
-            for agent in agents
-            if len(claimed[agent.pk]) < limit
-        }
+        short = [agent_id for agent_id in agent_ids if len(claimed[agent_id]) < limit]
+        agents = list(Agent.objects.select_for_update().filter(pk__in=short).order_by("pk"))
+        more: dict[str, list[Assignment]] = {agent.pk: list(claimed[agent.pk]) for agent in agents}
+        _claim_in_turns(agents, jobs, limit, now, True, more)
+        return {agent_id: assignments[len(claimed[agent_id]) :] for agent_id, assignments in more.items()}
 
 
-def _claim_general_for(
-    agent: Agent, jobs: list[OpenJob], limit: int, now: datetime, push: bool, only_limited: bool = False
-) -> list[Assignment]:
+def _claim_in_turns(
+    agents: list[Agent],
+    jobs: list[OpenJob],
+    limit: int,
+    now: datetime,
+    push: bool,
+    claimed: dict[str, list[Assignment]],
+) -> None:
+    """The general path for a group of locked agents, adding to ``claimed``.
+
+    Without open rollouts each agent takes what fits, in id order. With them, the
+    agents take turns, one task each per turn, starting after the agent the
+    highest-ranked rollout last gave a task to: a freed rollout slot goes to the
+    next agent in the fleet, not back to the first ones in id order.
+    """
+    rollouts = sorted((job for job in jobs if job.limited), key=lambda job: (-job.priority, job.id))
+    if not rollouts:
+        for agent in agents:
+            room = limit - len(claimed[agent.pk])
+            if room > 0:
+                claimed[agent.pk] += _claim_general_for(agent, jobs, room, now, push)
+        return
+    last = rollouts[0].last_agent_id
+    turn = [agent for agent in agents if agent.pk > last] + [agent for agent in agents if agent.pk <= last]
+    while turn:
+        took = []
+        for agent in turn:
+            if len(claimed[agent.pk]) >= limit:
+                continue
+            got = _claim_general_for(agent, jobs, 1, now, push)
+            if got:
+                claimed[agent.pk] += got
+                took.append(agent)
+        turn = took
+
+
+def _claim_general_for(agent: Agent, jobs: list[OpenJob], limit: int, now: datetime, push: bool) -> list[Assignment]:
     if agent.admin_state != AdminState.ACTIVE:
         return []
     if push and (agent.connectivity != Connectivity.ONLINE or agent.transport != Transport.MQTT):
         return []
     any_jobs = [job.id for job in jobs if job.mode == JobMode.ANY and _selects(job, agent)]
-    only_jobs = [job.id for job in jobs if job.limited] if only_limited else None
-    if only_jobs == []:
-        return []
-    return _written(agent, _claim_general(agent, limit, now, any_jobs, only_jobs=only_jobs), now, push)
+    return _written(agent, _claim_general(agent, limit, now, any_jobs), now, push)
 
 
 @dataclass(frozen=True)
@@ -130,6 +164,8 @@ class OpenJob:
     target_labels: dict[str, Any]
     target_capabilities: list[str]
     limited: bool
+    priority: int
+    last_agent_id: str
 
 
 def _open_jobs() -> list[OpenJob]:
@@ -143,10 +179,12 @@ def _open_jobs() -> list[OpenJob]:
         "max_in_flight",
         "max_in_flight_percent",
         "rate_per_minute",
+        "priority",
+        "rollout_last_agent_id",
     )
     return [
-        OpenJob(pk, mode, ids, labels, capabilities, any(limit is not None for limit in limits))
-        for pk, mode, ids, labels, capabilities, *limits in rows
+        OpenJob(pk, mode, ids, labels, capabilities, any(limit is not None for limit in limits), priority, last)
+        for pk, mode, ids, labels, capabilities, *limits, priority, last in rows
     ]
 
 
@@ -161,10 +199,12 @@ def _written(agent: Agent, assignments: list[Assignment], now: datetime, push: b
     return assignments
 
 
-def _claim_general(
-    agent: Agent, limit: int, now: datetime, any_jobs: list[int], only_jobs: list[int] | None = None
-) -> list[Assignment]:
-    """Any database, any job: lock candidates, trim them to their jobs' rollout budgets, assign."""
+def _claim_general(agent: Agent, limit: int, now: datetime, any_jobs: list[int]) -> list[Assignment]:
+    """Any database, any job: lock candidates, trim them to their jobs' rollout budgets, assign.
+
+    A task pinned to this agent is skipped while its job's target no longer selects
+    the agent (its labels or capabilities changed after the task was queued).
+    """
     wanted = min(limit, free_capacity(agent))
     if wanted <= 0:
         return []
@@ -174,18 +214,16 @@ def _claim_general(
     candidates = Task.objects.filter(
         eligible, state=TaskState.QUEUED, not_before__lte=now, job__state__in=ACTIVE_JOB_STATES
     )
-    if only_jobs is not None:
-        candidates = candidates.filter(job_id__in=only_jobs)
     chosen: list[Task] = []
     jobs: dict[int, Job] = {}
     budgets: dict[int, int] = {}  # limited jobs only, kept across rounds
-    exhausted: set[int] = set()
+    exhausted: set[int] = set()  # no budget left, or the job's target no longer selects this agent
     for _ in range(_MAX_ROUNDS):
         rows = list(
             candidates.exclude(job_id__in=exhausted)
             .exclude(pk__in=[task.pk for task in chosen])
             .select_for_update(skip_locked=True, of=("self",))
-            .only("pk", "job_id", "kind", "attempt")
+            .only("pk", "job_id", "kind", "attempt", "agent_id")
             .order_by("-priority", "pk")[: wanted - len(chosen)]
         )
         if not rows:
@@ -197,7 +235,12 @@ def _claim_general(
         trimmed = False
         for task in rows:
             budget = budgets.get(task.job_id)
-            if budget is None:
+            if task.job_id in exhausted:
+                trimmed = True
+            elif task.agent_id is not None and not agent_matches(Target.of_job(jobs[task.job_id]), agent):
+                exhausted.add(task.job_id)
+                trimmed = True
+            elif budget is None:
                 chosen.append(task)
             elif budget > 0:
                 budgets[task.job_id] = budget - 1
@@ -209,7 +252,7 @@ def _claim_general(
             break
     if not chosen:
         return []
-    _spend_rate_windows(jobs, chosen, now)
+    _spend_rollouts(jobs, chosen, agent.pk, now)
     return _assign(agent, chosen, jobs, now)
 
 
@@ -232,7 +275,7 @@ def _rollout_budgets(limited: list[Job], jobs: dict[int, Job], now: datetime) ->
             in_flight = Task.objects.filter(job_id=job.pk, state__in=HELD_STATES).count()
             budget = min(budget, in_flight_limit - in_flight)
         if job.rate_per_minute:
-            budget = min(budget, job.rate_per_minute - assigned_in_window(job, now))
+            budget = min(budget, rate_tokens(job, now))
         budgets[job.pk] = max(budget, 0)
     return budgets
 
@@ -243,19 +286,51 @@ def assigned_in_window(job: Job, now: datetime) -> int:
     return job.rate_window_assigned
 
 
-def _spend_rate_windows(jobs: dict[int, Job], chosen: list[Task], now: datetime) -> None:
-    """Count this claim's assignments into each rate-limited job's one-minute window."""
+def rate_burst(rate_per_minute: int) -> int:
+    """The token bucket's size: one second's worth of the rate, at least one task."""
+    return max(1, ceil(rate_per_minute / 60))
+
+
+def rate_tokens(job: Job, now: datetime) -> int:
+    """How many tasks the rate limit lets start now.
+
+    A token bucket (kept as GCRA's one timestamp, ``rate_bucket_full_at``): it
+    refills at ``rate_per_minute`` spread evenly over the minute and holds
+    ``rate_burst`` tokens, so "60 per minute" is one a second, never 60 at once.
+    The one-minute window (``rate_window_*``, which the admin shows) still caps
+    any window at ``rate_per_minute``.
+    """
+    rate = job.rate_per_minute or 0
+    if not rate:
+        return 1 << 30
+    tokens = rate_burst(rate)
+    full_at = job.rate_bucket_full_at
+    if full_at is not None and full_at > now:
+        tokens -= ceil((full_at - now) // timedelta(microseconds=1) * rate / _MICROSECONDS_PER_WINDOW)
+    return max(0, min(tokens, rate - assigned_in_window(job, now)))
+
+
+def _spend_rollouts(jobs: dict[int, Job], chosen: list[Task], agent_id: str, now: datetime) -> None:
+    """Take this claim's tokens from each rate-limited job's bucket and count them into its one-minute window;
+    remember the agent as the rollout's last, so its next tasks go to the agents after this one."""
     taken: dict[int, int] = defaultdict(int)
     for task in chosen:
-        if jobs[task.job_id].rate_per_minute:
+        if jobs[task.job_id].has_rollout_limit:
             taken[task.job_id] += 1
     for job_id, count in sorted(taken.items()):
         job = jobs[job_id]
-        if job.rate_window_start is None or now - job.rate_window_start >= RATE_WINDOW:
-            job.rate_window_start, job.rate_window_assigned = now, 0
-        job.rate_window_assigned += count
+        job.rollout_last_agent_id = agent_id
+        if job.rate_per_minute:
+            if job.rate_window_start is None or now - job.rate_window_start >= RATE_WINDOW:
+                job.rate_window_start, job.rate_window_assigned = now, 0
+            job.rate_window_assigned += count
+            spent = ceil(count * _MICROSECONDS_PER_WINDOW / job.rate_per_minute)
+            job.rate_bucket_full_at = max(job.rate_bucket_full_at or now, now) + timedelta(microseconds=spent)
         Job.objects.filter(pk=job_id).update(
-            rate_window_start=job.rate_window_start, rate_window_assigned=job.rate_window_assigned
+            rate_window_start=job.rate_window_start,
+            rate_window_assigned=job.rate_window_assigned,
+            rate_bucket_full_at=job.rate_bucket_full_at,
+            rollout_last_agent_id=agent_id,
         )
 
 

@@ -6,10 +6,12 @@ In psycopg's pipeline mode these go to the server in one flight and run in order
 2. lock the agent rows in id order (claims for one agent are serialised, so its
    capacity is never oversubscribed), and say whether any open job has rollout
    limits;
-3. per agent, one statement: check the agent may take work, find the ``any``
-   jobs whose target selects it (the SQL twin of ``targeting.matches``; a
-   property test holds them together), pick, assign, write history, start jobs
-   and, in push mode, write the ``task.assign`` outbox messages;
+3. per agent, one statement: check the agent may take work, find the jobs
+   whose target selects it (the SQL twin of ``targeting.matches``; a property
+   test holds them together; a pinned task counts only while its job still
+   selects its agent), pick the tasks ranked above every open rollout with room,
+   assign, write history, start jobs and, in push mode, write the
+   ``task.assign`` outbox messages;
 4. for the dispatcher, which claims outside any other transaction: COMMIT.
 
 Each statement takes its own snapshot in READ COMMITTED, so the capacity count
@@ -42,16 +44,20 @@ SELECT a.id, EXISTS (
 FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a
 """
 
-# targeting.matches in SQL: ids (empty = any), capabilities (a subset), labels (every key present and not null,
-# equal to the wanted value or, for a list, one of its values).
+# ``selecting``: the jobs without rollout limits whose target selects the agent, ``targeting.matches`` in SQL: ids
+# (empty = any), capabilities (a subset), labels (every key present and not null, equal to the wanted value or, for a
+# list, one of its values). A pinned task counts only while its job's target still selects its agent.
+# ``rollout_floor``: the highest priority among rollout-limited jobs that have claimable tasks and room (a conservative
+# test: the general path decides exactly). Only tasks above it are taken here; the rest, limited or not, go through
+# ``claim._claim_general`` in one priority order, so a limit that never binds never costs a job its place in line.
 _CLAIM_SQL = """
 WITH agent AS (
     SELECT a.id, a.labels, a.capabilities, a.max_concurrency FROM agents a
     WHERE a.id = %(agent)s AND a.admin_state = 'active'
       AND ((a.connectivity = 'online' AND a.transport = 'mqtt') OR NOT %(push)s)  -- push: MQTT agents only
-), any_jobs AS (
-    SELECT j.id FROM jobs j CROSS JOIN agent a
-    WHERE j.mode = 'any' AND j.state IN ('scheduled', 'running')
+), selecting AS (
+    SELECT j.id, j.mode FROM jobs j CROSS JOIN agent a
+    WHERE j.state IN ('scheduled', 'running')
       AND j.max_in_flight IS NULL AND j.max_in_flight_percent IS NULL AND j.rate_per_minute IS NULL
       AND (j.target_agent_ids = '[]'::jsonb OR j.target_agent_ids ? a.id)
       AND (j.target_capabilities = '[]'::jsonb OR a.capabilities @> j.target_capabilities)
@@ -60,12 +66,20 @@ WITH agent AS (
           WHERE (jsonb_typeof(a.labels -> wanted.key) <> 'null' AND CASE
               WHEN jsonb_typeof(wanted.value) = 'array' THEN wanted.value @> jsonb_build_array(a.labels -> wanted.key)
               ELSE a.labels -> wanted.key = wanted.value END) IS NOT TRUE)
+), rollout_floor AS (
+    SELECT max(j.priority) AS priority FROM jobs j
+    WHERE j.state IN ('scheduled', 'running')
+      AND (j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL)
+      AND (j.max_in_flight IS NULL OR j.max_in_flight > (
+          SELECT count(*) FROM tasks h WHERE h.job_id = j.id AND h.state IN ('assigned', 'running')))
+      AND EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = j.id AND q.state = 'queued' AND q.not_before <= %(now)s)
 ), picked AS (
     SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
     WHERE t.state = 'queued' AND t.not_before <= %(now)s
-      AND (t.agent_id = %(agent)s OR (t.agent_id IS NULL AND t.job_id IN (SELECT id FROM any_jobs)))
+      AND t.job_id IN (SELECT id FROM selecting)
+      AND (t.agent_id = %(agent)s OR (t.agent_id IS NULL AND j.mode = 'any'))
+      AND t.priority > COALESCE((SELECT priority FROM rollout_floor), -32769)
       AND j.state IN ('scheduled', 'running')
-      AND j.max_in_flight IS NULL AND j.max_in_flight_percent IS NULL AND j.rate_per_minute IS NULL
     ORDER BY t.priority DESC, t.id
     LIMIT GREATEST(0, LEAST(%(limit)s, COALESCE((SELECT max_concurrency FROM agent), 0) - (
         SELECT count(*) FROM tasks h WHERE h.agent_id = %(agent)s AND h.state IN ('assigned', 'running'))))

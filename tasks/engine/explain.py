@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db.models import Count
 
 from registry.models import AdminState, Agent, Connectivity
-from tasks.engine.claim import assigned_in_window, free_capacity
+from tasks.engine.claim import free_capacity, rate_tokens
 from tasks.engine.targeting import Target, agent_matches
 from tasks.models import HELD_STATES, Job, JobState, Task, TaskState
 
@@ -39,7 +39,7 @@ def explain(task: Task, now: datetime) -> Explanation:
     if limited:
         return limited
     if task.pinned:
-        return _pinned(task)
+        return _pinned(task, job)
     return _any(job)
 
 
@@ -55,7 +55,7 @@ def _rollout_limit(job: Job, now: datetime) -> Explanation | None:
         in_flight = Task.objects.filter(job_id=job.pk, state__in=HELD_STATES).count()
         if in_flight >= limit:
             return Explanation("rollout_in_flight", f"waiting: rollout limit, {in_flight} of {limit} tasks in flight")
-    if job.rate_per_minute and assigned_in_window(job, now) >= job.rate_per_minute:
+    if job.rate_per_minute and rate_tokens(job, now) <= 0:
         return Explanation("rollout_rate", f"waiting: rollout rate of {job.rate_per_minute} per minute reached")
     return None
 
@@ -76,10 +76,16 @@ def _agent_blocker(agent: Agent, held: int | None = None) -> Explanation | None:
     return None
 
 
-def _pinned(task: Task) -> Explanation:
+def _pinned(task: Task, job: Job) -> Explanation:
     agent = Agent.objects.filter(pk=task.agent_id).first() if task.agent_id else None
     if agent is None:
         return Explanation("agent_missing", "stuck: the agent this task is pinned to no longer exists; cancel it")
+    if not agent_matches(Target.of_job(job), agent):
+        return Explanation(
+            "agent_not_matching",
+            f"waiting: agent {agent.pk} no longer matches the job's target{_describe(Target.of_job(job))}; "
+            "it runs if the agent matches again, or cancel it",
+        )
     return _agent_blocker(agent) or Explanation("ready", "ready: the dispatcher assigns it on its next pass")
 
 

@@ -9,15 +9,31 @@ stored once: a redelivered message is recognised and skipped.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.db.models import Count, Q
+
 from ops.metrics import counters
+from registry.models import AdminState, Agent, Connectivity
 from tasks.engine import history
 from tasks.engine.jobs import count_terminal, record_terminal
 from tasks.engine.lifecycle import end_attempt, save_tasks
-from tasks.models import HELD_STATES, TERMINAL_STATES, Task, TaskEvent, TaskEventKind, TaskState
+from tasks.engine.targeting import Target, agent_matches
+from tasks.models import (
+    ACTIVE_JOB_STATES,
+    HELD_STATES,
+    TERMINAL_STATES,
+    Job,
+    JobMode,
+    Task,
+    TaskEvent,
+    TaskEventKind,
+    TaskState,
+)
 
 REPORT_KINDS = ("accepted", "progress", "succeeded", "failed", "rejected")
 
@@ -254,3 +270,53 @@ def _observe(task: _LockedTask, previous: str, agent_id: str, report: Report) ->
         counters.TASK_RETRIES.inc()
     elif task.state in TERMINAL_STATES and task.started_at is not None and task.finished_at is not None:
         counters.TASK_DURATION.labels(task.state).observe((task.finished_at - task.started_at).total_seconds())
+
+
+_REFILL_SCAN = 200  # agents examined per rollout for the next takers; the dispatcher's own pass finds the rest
+
+
+def refill_hints(ended_task_ids: Collection[int], now: datetime) -> set[str]:
+    """The agents that can take the next tasks of the rollouts these tasks (just ended or requeued) belonged to.
+
+    A finished task frees a slot in its job's ``max_in_flight``; naming the agents
+    of the job's next tasks in the dispatcher's wake-up fills that slot at once,
+    instead of at the dispatcher's next look at the whole queue. A pinned next
+    task names its agent; an ``any`` job names agents its target selects, online
+    and with room, starting after the agent the rollout last served.
+    """
+    if not ended_task_ids:
+        return set()
+    limited = Q(max_in_flight__isnull=False) | Q(max_in_flight_percent__isnull=False)
+    jobs = Job.objects.filter(limited, state__in=ACTIVE_JOB_STATES, tasks__pk__in=list(ended_task_ids)).distinct()
+    freed = Counter(Task.objects.filter(pk__in=list(ended_task_ids)).values_list("job_id", flat=True))
+    agents: set[str] = set()
+    for job in jobs:
+        queued = Task.objects.filter(job_id=job.pk, state=TaskState.QUEUED, not_before__lte=now)
+        wanted = freed[job.pk]
+        if job.mode == JobMode.EACH:
+            pinned = queued.order_by("-priority", "pk").values_list("agent_id", flat=True)[:wanted]
+            agents.update(agent_id for agent_id in pinned if agent_id)
+        elif queued.exists():
+            agents.update(_next_takers(job, wanted))
+    return agents
+
+
+def _next_takers(job: Job, wanted: int) -> list[str]:
+    """Up to ``wanted`` agents the job's target selects that could take a task now, after its last served agent."""
+    ready = Agent.objects.filter(connectivity=Connectivity.ONLINE, admin_state=AdminState.ACTIVE).only(
+        "id", "labels", "capabilities", "max_concurrency"
+    )
+    last = job.rollout_last_agent_id
+    scanned = [
+        *ready.filter(pk__gt=last).order_by("pk")[:_REFILL_SCAN],
+        *ready.filter(pk__lte=last).order_by("pk")[:_REFILL_SCAN],
+    ]
+    target = Target.of_job(job)
+    matching = [agent for agent in scanned if agent_matches(target, agent)]
+    held = dict(
+        Task.objects.filter(agent_id__in=[agent.pk for agent in matching], state__in=HELD_STATES)
+        .values("agent_id")
+        .annotate(n=Count("pk"))
+        .values_list("agent_id", "n")
+    )
+    return [agent.pk for agent in matching if held.get(agent.pk, 0) < agent.max_concurrency][:wanted]

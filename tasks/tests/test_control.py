@@ -660,30 +660,44 @@ def test_rate_per_minute_holds_when_another_job_is_trimmed_in_the_same_claim(big
     jobs = [a.job_id for a in actions.claim_tasks("a1", 4)]
 
     assert jobs.count(trimmed.pk) == 1
-    assert jobs.count(limited.pk) == 2
-    frozen_clock.advance(30)
+    assert jobs.count(limited.pk) == 1  # 2 a minute: one now, the next 30 s later
+    frozen_clock.advance(29)
     assert actions.claim_tasks("a1", 10) == []
+    frozen_clock.advance(1)
+    assert [a.job_id for a in actions.claim_tasks("a1", 10)] == [limited.pk]
 
 
-def test_rate_per_minute_limits_assignments_per_window(big_agent, spec, operator, frozen_clock):
+def test_rate_per_minute_spreads_assignments_over_the_minute(big_agent, spec, operator, frozen_clock):
     job = submit_any(spec, operator, 5, rate_per_minute=2)
 
     first = actions.claim_tasks("a1", 10)
-    assert len(first) == 2
-    for assignment in first:
-        send("a1", "succeeded", assignment.task_id, 1)
+    assert len(first) == 1  # not the minute's whole budget at once
+    send("a1", "succeeded", first[0].task_id, 1)
 
-    assert actions.claim_tasks("a1", 10) == []  # nothing in flight, but the minute's budget is spent
-    frozen_clock.advance(59)
+    assert actions.claim_tasks("a1", 10) == []  # nothing in flight, but the next token is 30 s away
+    frozen_clock.advance(29)
     assert actions.claim_tasks("a1", 10) == []
 
     frozen_clock.advance(1)
-    assert len(actions.claim_tasks("a1", 10)) == 2
+    assert len(actions.claim_tasks("a1", 10)) == 1
     assert actions.claim_tasks("a1", 10) == []
 
-    frozen_clock.advance(60)
+    frozen_clock.advance(120)  # a long pause does not save up a burst: the bucket holds one token
     assert len(actions.claim_tasks("a1", 10)) == 1
-    assert Task.objects.filter(job=job, state=TaskState.QUEUED).count() == 0
+    assert actions.claim_tasks("a1", 10) == []
+    frozen_clock.advance(30)
+    assert len(actions.claim_tasks("a1", 10)) == 1
+    assert Task.objects.filter(job=job, state=TaskState.QUEUED).count() == 1
+
+
+def test_rate_per_minute_above_one_a_second_starts_a_second_s_worth_at_once(big_agent, spec, operator, frozen_clock):
+    big_agent.max_concurrency = 1000
+    big_agent.save()
+    submit_any(spec, operator, 500, rate_per_minute=600)
+
+    assert len(actions.claim_tasks("a1", 1000)) == 10  # 600 a minute: 10 a second
+    frozen_clock.advance(0.5)
+    assert len(actions.claim_tasks("a1", 1000)) == 5
 
 
 def test_rate_per_minute_counts_claims_by_every_agent(make_agent, spec, operator, frozen_clock):
@@ -692,9 +706,11 @@ def test_rate_per_minute_counts_claims_by_every_agent(make_agent, spec, operator
     actions.submit_job(spec(rate_per_minute=2), operator)
 
     assert len(actions.claim_tasks("a1", 10)) == 1
+    assert actions.claim_tasks("a2", 10) == []
+    frozen_clock.advance(30)
     assert len(actions.claim_tasks("a2", 10)) == 1
     assert actions.claim_tasks("a3", 10) == []
-    frozen_clock.advance(60)
+    frozen_clock.advance(30)
     assert len(actions.claim_tasks("a3", 10)) == 1
 
 
