@@ -95,7 +95,6 @@ def _setup_django(url: str) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="aegis_site.settings",
         DATABASE_URL=url,
-        DB_POOL_SIZE="0",
         DEBUG="false",  # production settings: no query log, cached templates
         SECRET_KEY=secrets.token_urlsafe(50),
         ALLOWED_HOSTS="testserver",

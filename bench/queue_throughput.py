@@ -25,8 +25,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aegis_site.settings")
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/aegis")
-# Plain connections: worker processes are forked, and a connection pool's sockets and threads do not survive fork.
-os.environ["DB_POOL_SIZE"] = "0"
+os.environ.setdefault("LOG_LEVEL", "WARNING")  # one transition line per task would drown the table
+# The production default, the connection pool, is on: before forking workers the parent closes its pool
+# (its sockets and threads do not survive a fork) and each worker opens its own.
 
 
 def _use_scratch_database() -> None:
@@ -148,6 +149,8 @@ def _run_engine(count: int, batch: int, workers: int = 1) -> float:
         done = _drain(agents[0], batch)
     else:
         connections.close_all()  # children must not share the parent's socket
+        if connections["default"].pool is not None:
+            connections["default"].close_pool()  # nor its pool's: each child opens its own
         context = multiprocessing.get_context("fork")
         start, results = context.Event(), context.Queue()
         procs = [context.Process(target=_worker, args=(a, batch, start, results)) for a in agents]
