@@ -51,11 +51,10 @@ def drop_database(url: str) -> None:
 
 
 def setup_django(database_url: str) -> None:
-    """Point this process at the scratch database, plain connections (no pool), and migrate it."""
+    """Point this process at the scratch database (production defaults: the connection pool on) and migrate it."""
     sys.path.insert(0, str(ROOT))
     os.environ["DJANGO_SETTINGS_MODULE"] = "aegis_site.settings"
     os.environ["DATABASE_URL"] = database_url
-    os.environ["DB_POOL_SIZE"] = "0"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     import django
 
@@ -177,12 +176,11 @@ _BENCH_SECRET_KEY = secrets.token_urlsafe(50)  # a fresh one per run: the roles 
 
 
 def role_env(database_url: str, port: int, tag: str, **extra: str) -> dict[str, str]:
-    """The environment of the bridge and dispatcher processes a benchmark starts: production settings."""
+    """The environment of the bridge and dispatcher processes a benchmark starts: production settings (pool on)."""
     return {
         "DEBUG": "false",  # DEBUG keeps every query in memory and wraps each cursor call
         "SECRET_KEY": _BENCH_SECRET_KEY,
         "DATABASE_URL": database_url,
-        "DB_POOL_SIZE": "0",
         "MQTT_URL": f"mqtt://127.0.0.1:{port}",
         "MQTT_SHARE_GROUP": tag,
         "MQTT_CLIENT_ID": f"{tag}-bridge",
