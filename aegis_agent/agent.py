@@ -7,6 +7,11 @@ Delivery is at-least-once both ways, so the agent is idempotent by (task id,
 attempt): a duplicate assign starts nothing (for a finished task it re-sends the
 stored final event with its original message id, which the server dedups), and
 an assign older than the attempt the agent knows is ignored.
+
+A hello lists what runs (``running``) and the finished tasks whose result has
+not reached a subscriber yet, or did so only moments ago (``finished``): after a
+broker restart the hello goes out before the buffered results, and the server
+must wait for them rather than end those attempts as lost.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
@@ -29,7 +34,7 @@ from aegis_agent import connection, wire
 from aegis_agent.config import AgentConfig
 from aegis_agent.handlers import HandlerRegistry, TaskContext, TaskError, default_registry
 from aegis_agent.redelivery import redelivery
-from aegis_agent.wire import TaskId, TaskKey
+from aegis_agent.wire import FINISHED_LISTED_S, TaskId, TaskKey
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +44,17 @@ _REMEMBERED_ATTEMPTS = 10_000
 
 @dataclass
 class _Final:
-    """A terminal event: kept to re-send on a duplicate assign, and listed as running until the broker acked it."""
+    """A terminal event: kept to re-send on a duplicate assign, and listed in hellos until a subscriber got it."""
 
     key: TaskKey
     payload: bytes
-    info: mqtt.MQTTMessageInfo | None = None
+    delivered_at: float | None = None  # time.monotonic() when the broker took it for a subscriber
+
+    def delivered(self) -> None:
+        self.delivered_at = time.monotonic()
+
+    def unacknowledged(self, now: float) -> bool:
+        return self.delivered_at is None or now - self.delivered_at < FINISHED_LISTED_S
 
 
 class Agent:
@@ -53,7 +64,7 @@ class Agent:
             config.shell_allow, config.shell_timeout_s, config.shell_max_output_bytes
         )
         self.topics = wire.Topics(config.agent_id)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered when a hello is built under it (_send_hello)
         self._running: dict[TaskKey, TaskContext] = {}
         self._latest_attempt: OrderedDict[TaskId, int] = OrderedDict()
         self._finished: OrderedDict[TaskKey, _Final] = OrderedDict()
@@ -172,13 +183,23 @@ class Agent:
         self._send_hello()
         self._connected.set()
 
-    def _send_hello(self) -> None:
+    def _hello(self) -> bytes:
         with self._lock:
-            running = self._held_keys()
+            running, finished = list(self._running), self._unacknowledged()
         message = wire.hello(
-            self.config.version, self.capabilities, self.config.labels, self.config.max_concurrency, running
+            self.config.version, self.capabilities, self.config.labels, self.config.max_concurrency, running, finished
         )
-        redelivery.publish(self.client, self.topics.hello, wire.encode(message))
+        return wire.encode(message)
+
+    def _send_hello(self) -> None:
+        # Built and published under the lock, so no event about a task it does not list can overtake it.
+        # Published again while nobody subscribes, and rebuilt each time: a hello must say what runs now.
+        with self._lock:
+            redelivery.publish(self.client, self.topics.hello, self._hello(), runner=self._locked, rebuild=self._hello)
+
+    def _locked(self, publish: Callable[..., Any], *args: Any) -> None:
+        with self._lock:
+            publish(*args)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         self._connected.clear()
@@ -249,7 +270,7 @@ class Agent:
                         self._latest_attempt.popitem(last=False)
         if final is not None:
             log.info("duplicate assign of finished task %s attempt %s: re-sending its result", *key)
-            redelivery.publish(self.client, self.topics.events, final.payload)
+            redelivery.publish(self.client, self.topics.events, final.payload, on_delivered=final.delivered)
             return
         if reason is not None:
             log.info("rejected task %s attempt %s: %s", task.id, task.attempt, reason)
@@ -272,13 +293,18 @@ class Agent:
         return None
 
     def _cancel(self, message: wire.Cancel) -> None:
+        key = (message.task_id, message.attempt)
         with self._lock:
-            ctx = self._running.get((message.task_id, message.attempt))
+            ctx = self._running.get(key)
         if ctx is None:
             log.info("cancel for task %s attempt %s: not running here", message.task_id, message.attempt)
             return
         log.info("canceling task %s attempt %s (force=%s)", message.task_id, message.attempt, message.force)
         ctx.cancel(force=message.force)
+        if message.force:
+            # The server has ended this attempt already: free the slot now, not when the handler
+            # gets round to returning, so the next assignment is not refused at_capacity.
+            self._finish(key, wire.task_failed(*key, "canceled", "canceled by the server (forced)", False))
 
     # --- running tasks (worker threads) ---------------------------------------
 
@@ -306,16 +332,17 @@ class Agent:
         self._finish(task.key, final)
 
     def _finish(self, key: TaskKey, final_message: dict[str, Any]) -> None:
-        """Publish the terminal event; the task stays listed as running until the broker acked it."""
+        """Publish the terminal event; the task stays listed as finished until a subscriber got it."""
         final = _Final(key, wire.encode(final_message))
         with self._lock:
+            if self._running.pop(key, None) is None:
+                return  # already ended (a forced cancel): what the handler returned later is dropped
             self._finished[key] = final
             while len(self._finished) > _REMEMBERED_FINISHED:
                 self._finished.popitem(last=False)
-            self._running.pop(key, None)
             # Published under the lock so that a hello built meanwhile lists the task either as
-            # running or as unacknowledged, never as neither (the server would call it lost).
-            final.info = redelivery.publish(self.client, self.topics.events, final.payload)
+            # running or as finished, never as neither (the server would call it lost).
+            redelivery.publish(self.client, self.topics.events, final.payload, on_delivered=final.delivered)
         log.info("task %s attempt %s: %s", key[0], key[1], final_message["type"])
 
     def _publish_event(self, message: dict[str, Any]) -> None:
@@ -323,11 +350,10 @@ class Agent:
 
     # --- heartbeats -------------------------------------------------------------
 
-    def _held_keys(self) -> list[TaskKey]:
-        """Running tasks plus finished ones whose final event the broker has not acknowledged yet."""
-        held = list(self._running)
-        held.extend(f.key for f in self._finished.values() if f.info is not None and not f.info.is_published())
-        return held
+    def _unacknowledged(self) -> list[TaskKey]:
+        """Finished tasks whose final event has not reached a subscriber (or only just did). Hold the lock."""
+        now = time.monotonic()
+        return [f.key for f in self._finished.values() if f.unacknowledged(now)]
 
     def running(self) -> list[TaskKey]:
         with self._lock:
@@ -338,7 +364,7 @@ class Agent:
             return
         with self._lock:
             self._seq += 1
-            seq, held = self._seq, self._held_keys()
+            seq, held = self._seq, [*self._running, *self._unacknowledged()]
         try:
             load: float | None = round(os.getloadavg()[0], 2)
         except (OSError, AttributeError):

@@ -9,6 +9,12 @@ subscriptions but not its shared ones). Losing a result there would leave the
 task to time out and run again, so such messages are published again with
 backoff until a subscriber takes them.
 
+A publisher can ask to hear when a message reached a subscriber
+(``on_delivered``: the agents list a finished task in their hello until then),
+and can have a message rebuilt for each new try (``rebuild``: a hello published
+again must say what the agent holds now, not what it held when the first copy
+was refused).
+
 One thread per process serves every client (the simulator runs thousands).
 """
 
@@ -21,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as mqtt
 
@@ -32,21 +38,29 @@ FIRST_DELAY_S = 0.5
 MAX_DELAY_S = 30.0
 
 
+# How a re-publish reaches a client: directly (paho's own network thread is
+# thread-safe), or handed to the thread that drives the client (the simulator).
+Runner = Callable[..., None]
+Delivered = Callable[[], None]
+Rebuild = Callable[[], bytes]
+
+
+class _Pending(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+    delay: float  # the wait before the next try, should this one be routed to nobody
+    runner: Runner
+    on_delivered: Delivered | None
+    rebuild: Rebuild | None
+
+
 @dataclass(order=True)
 class _Due:
     at: float
     seq: int
     client: mqtt.Client = field(compare=False)
-    topic: str = field(compare=False)
-    payload: bytes = field(compare=False)
-    retain: bool = field(compare=False)
-    delay: float = field(compare=False)
-    runner: Runner = field(compare=False)
-
-
-# How a re-publish reaches a client: directly (paho's own network thread is
-# thread-safe), or handed to the thread that drives the client (the simulator).
-Runner = Callable[..., None]
+    pending: _Pending = field(compare=False)
 
 
 def _direct(fn: Callable[..., Any], *args: Any) -> None:
@@ -57,42 +71,59 @@ class Redelivery:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
-        self._sent: dict[tuple[int, int], tuple[str, bytes, bool, float, Runner]] = {}
+        self._sent: dict[tuple[int, int], _Pending] = {}
         self._due: list[_Due] = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
     def publish(
-        self, client: mqtt.Client, topic: str, payload: bytes, retain: bool = False, runner: Runner = _direct
+        self,
+        client: mqtt.Client,
+        topic: str,
+        payload: bytes,
+        retain: bool = False,
+        runner: Runner = _direct,
+        on_delivered: Delivered | None = None,
+        rebuild: Rebuild | None = None,
     ) -> mqtt.MQTTMessageInfo:
-        """``client.publish`` at QoS 1, remembered until the broker says where it went."""
-        return self._publish(client, topic, payload, retain, FIRST_DELAY_S, runner)
+        """``client.publish`` at QoS 1, remembered until the broker says where it went.
 
-    def _publish(
-        self, client: mqtt.Client, topic: str, payload: bytes, retain: bool, delay: float, runner: Runner
-    ) -> mqtt.MQTTMessageInfo:
+        ``on_delivered`` runs (on the thread that reads the PUBACK) once the broker took
+        the message for a subscriber; ``rebuild`` makes the payload of every further try.
+        """
+        return self._publish(client, _Pending(topic, payload, retain, FIRST_DELAY_S, runner, on_delivered, rebuild))
+
+    def _publish(self, client: mqtt.Client, pending: _Pending) -> mqtt.MQTTMessageInfo:
         # A QoS 1 PUBACK needs a network round trip, so it cannot beat this bookkeeping.
-        info = client.publish(topic, payload, qos=1, retain=retain)
+        info = client.publish(pending.topic, pending.payload, qos=1, retain=pending.retain)
         if info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             with self._lock:
-                self._sent[(id(client), info.mid)] = (topic, payload, retain, delay, runner)
+                self._sent[(id(client), info.mid)] = pending
         return info
+
+    def _publish_again(self, client: mqtt.Client, pending: _Pending) -> None:
+        if pending.rebuild is not None:
+            pending = pending._replace(payload=pending.rebuild())
+        self._publish(client, pending)
 
     def on_publish(self, client: mqtt.Client, mid: int, reason: Any) -> None:
         """Call from the client's ``on_publish``."""
+        code = getattr(reason, "value", 0)
         with self._lock:
-            sent = self._sent.pop((id(client), mid), None)
-            if sent is None or getattr(reason, "value", 0) != NO_MATCHING_SUBSCRIBERS:
+            pending = self._sent.pop((id(client), mid), None)
+            if pending is None:
                 return
-            topic, payload, retain, delay, runner = sent
-            next_delay = min(delay * 2, MAX_DELAY_S)
-            heapq.heappush(
-                self._due,
-                _Due(time.monotonic() + delay, next(self._seq), client, topic, payload, retain, next_delay, runner),
+            if code == NO_MATCHING_SUBSCRIBERS:
+                again = pending._replace(delay=min(pending.delay * 2, MAX_DELAY_S))
+                heapq.heappush(self._due, _Due(time.monotonic() + pending.delay, next(self._seq), client, again))
+                self._ensure_thread()
+                self._wake.notify()
+        if code == NO_MATCHING_SUBSCRIBERS:
+            log.warning(
+                "broker routed a message on %s to nobody; publishing it again in %.1fs", pending.topic, pending.delay
             )
-            self._ensure_thread()
-            self._wake.notify()
-        log.warning("broker routed a message on %s to nobody; publishing it again in %.1fs", topic, delay)
+        elif code < 0x80 and pending.on_delivered is not None:  # 0x80 and up: refused, never delivered
+            pending.on_delivered()
 
     def forget(self, client: mqtt.Client) -> None:
         """Drop what is pending for a client that is going away."""
@@ -114,7 +145,10 @@ class Redelivery:
                     timeout = self._due[0].at - time.monotonic() if self._due else None
                     self._wake.wait(timeout)
                 due = heapq.heappop(self._due)
-            due.runner(self._publish, due.client, due.topic, due.payload, due.retain, due.delay, due.runner)
+            try:
+                due.pending.runner(self._publish_again, due.client, due.pending)
+            except Exception:  # one client's failure must not stop the others' retries
+                log.exception("publishing again on %s failed", due.pending.topic)
 
 
 redelivery = Redelivery()

@@ -1,8 +1,14 @@
-"""One simulated agent: protocol v1 on the multiplexer's loop thread, tasks as timers."""
+"""One simulated agent: protocol v1 on the multiplexer's loop thread, tasks as timers.
+
+It behaves like the reference agent where the server can tell: a hello lists the
+finished tasks whose result has not reached a subscriber yet, and a cancel stops
+the task and frees its slot at once.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -12,7 +18,7 @@ import paho.mqtt.client as mqtt
 from aegis_agent import __version__, connection, wire
 from aegis_agent.multiplex import Session
 from aegis_agent.redelivery import redelivery
-from aegis_agent.wire import TaskId, TaskKey
+from aegis_agent.wire import FINISHED_LISTED_S, TaskId, TaskKey
 
 if TYPE_CHECKING:
     from aegis_agent.simulate import Fleet
@@ -48,6 +54,21 @@ class Running:
 
 
 @dataclass
+class Final:
+    """A terminal event, listed in hellos until a subscriber got it (and for FINISHED_LISTED_S after)."""
+
+    payload: bytes
+    published: bool = False  # False: finished while disconnected, published on the next connect
+    delivered_at: float | None = None  # time.monotonic(); set on the loop thread, which reads the PUBACKs
+
+    def delivered(self) -> None:
+        self.delivered_at = time.monotonic()
+
+    def unacknowledged(self, now: float) -> bool:
+        return self.delivered_at is None or now - self.delivered_at < FINISHED_LISTED_S
+
+
+@dataclass
 class SimAgent:
     fleet: Fleet
     agent_id: str
@@ -59,8 +80,7 @@ class SimAgent:
     seq: int = 0
     running: dict[TaskKey, Running] = field(default_factory=dict)
     latest_attempt: dict[TaskId, int] = field(default_factory=dict)
-    # Terminal events by task: payload and paho's delivery info (None until actually published).
-    finished: OrderedDict[TaskKey, tuple[bytes, mqtt.MQTTMessageInfo | None]] = field(default_factory=OrderedDict)
+    finished: OrderedDict[TaskKey, Final] = field(default_factory=OrderedDict)
     heartbeat_timer: Any = None
 
     # --- multiplexer listener -------------------------------------------------------
@@ -68,15 +88,26 @@ class SimAgent:
     def prepare_connect(self) -> None:
         connection.offline_will(self.client, self.topics)
 
-    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def _publish(self, topic: str, payload: bytes, retain: bool = False, **track: Any) -> mqtt.MQTTMessageInfo:
         """QoS 1, published again if the broker routes it to nobody; re-publishes run on the fleet's loop."""
-        return redelivery.publish(self.client, topic, payload, retain, runner=self.fleet.mux.call)
+        return redelivery.publish(self.client, topic, payload, retain, runner=self.fleet.mux.call, **track)
+
+    def _hello(self) -> bytes:
+        fleet, now = self.fleet, time.monotonic()
+        finished = [key for key, final in self.finished.items() if final.unacknowledged(now)]
+        message = wire.hello(
+            __version__, fleet.capabilities, fleet.labels, fleet.max_concurrency, list(self.running), finished
+        )
+        return wire.encode(message)
 
     def send_hello(self) -> None:
-        fleet = self.fleet
-        message = wire.hello(__version__, fleet.capabilities, fleet.labels, fleet.max_concurrency, self._held())
-        self._publish(self.topics.hello, wire.encode(message))
-        fleet.stats.hellos += 1
+        # Rebuilt for every try while nobody subscribes: a hello says what the agent holds now.
+        self._publish(self.topics.hello, self._hello(), rebuild=self._hello)
+        self.fleet.stats.hellos += 1
+
+    def _publish_final(self, final: Final) -> None:
+        final.published = True
+        self._publish(self.topics.events, final.payload, on_delivered=final.delivered)
 
     def connected(self, session_present: bool) -> None:
         fleet, client = self.fleet, self.client
@@ -84,10 +115,10 @@ class SimAgent:
         fleet.stats.connects += 1
         client.subscribe([(self.topics.inbox, 1), (wire.BROADCAST_TOPIC, 1)])
         self._publish(self.topics.status, fleet.status_online(), retain=True)
-        self.send_hello()
-        for key, (payload, info) in self.finished.items():
-            if info is None:  # finished while disconnected
-                self.finished[key] = (payload, self._publish(self.topics.events, payload))
+        self.send_hello()  # it lists the results below as finished, so the server waits for them
+        for final in self.finished.values():
+            if not final.published:  # finished while disconnected
+                self._publish_final(final)
         if self.heartbeat_timer is None:
             delay = fleet.random.uniform(0, fleet.heartbeat_s)  # spread the fleet's heartbeats
             self.heartbeat_timer = fleet.mux.loop.call_later(delay, self._heartbeat)
@@ -98,9 +129,8 @@ class SimAgent:
     # --- protocol ----------------------------------------------------------------------
 
     def _held(self) -> list[TaskKey]:
-        held = list(self.running)
-        held.extend(k for k, (_, info) in self.finished.items() if info is None or not info.is_published())
-        return held
+        now = time.monotonic()
+        return [*self.running, *(key for key, final in self.finished.items() if final.unacknowledged(now))]
 
     def _heartbeat(self) -> None:
         self.heartbeat_timer = self.fleet.mux.loop.call_later(self.fleet.heartbeat_s, self._heartbeat)
@@ -150,11 +180,11 @@ class SimAgent:
         if key in self.running:
             fleet.stats.ignored += 1
             return
-        if key in self.finished:
+        final = self.finished.get(key)
+        if final is not None:
             fleet.stats.ignored += 1
-            payload, _ = self.finished[key]
             if self.online:  # re-send the result under its original message id
-                self.finished[key] = (payload, self._publish(self.topics.events, payload))
+                self._publish_final(final)
             return
         latest = self.latest_attempt.get(task.id)
         if latest is not None and task.attempt < latest:
@@ -198,8 +228,8 @@ class SimAgent:
 
     def _finish(self, task: wire.TaskSpec, final: dict[str, Any]) -> None:
         self.running.pop(task.key, None)
-        payload = wire.encode(final)
-        info = self._publish(self.topics.events, payload) if self.online else None
-        self.finished[task.key] = (payload, info)
+        done = self.finished[task.key] = Final(wire.encode(final))
+        if self.online:
+            self._publish_final(done)
         while len(self.finished) > _REMEMBERED_FINISHED:
             self.finished.popitem(last=False)

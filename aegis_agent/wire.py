@@ -16,6 +16,9 @@ from typing import Any
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
 BROADCAST_TOPIC = "aegis/broadcast"
+# A hello lists a finished task until its result reached a subscriber, and this long after: with several
+# bridges one can apply the hello before another applies the result it took from the broker first.
+FINISHED_LISTED_S = 30.0
 
 # Task ids are echoed back exactly as the server sent them (the server uses integers).
 TaskId = int | str
@@ -83,7 +86,9 @@ def hello(
     labels: Mapping[str, str],
     max_concurrency: int,
     running: Iterable[TaskKey],
+    finished: Iterable[TaskKey] = (),
 ) -> dict[str, Any]:
+    """``finished``: tasks whose result the agent has not seen reach a subscriber; the server waits for it."""
     return envelope(
         "hello",
         agent_version=agent_version,
@@ -91,6 +96,7 @@ def hello(
         labels=dict(labels),
         max_concurrency=max_concurrency,
         running=running_list(running),
+        finished=running_list(finished),
     )
 
 

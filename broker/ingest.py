@@ -134,12 +134,21 @@ def _apply_hello(hello: Hello) -> None:
         labels=hello.labels,
         max_concurrency=hello.max_concurrency,
     )
-    result = task_actions.reconcile_agent(hello.agent_id, {(r.task_id, r.attempt) for r in hello.running})
+    result = task_actions.reconcile_agent(
+        hello.agent_id,
+        {(r.task_id, r.attempt) for r in hello.running},
+        frozenset((r.task_id, r.attempt) for r in hello.finished),
+    )
     if offers_changed:
         task_actions.add_agent_to_continuous_jobs(agent)
     if result.resent or result.lost or result.canceled:
         log.info(
             "reconciled agent on hello",
-            extra={"agent_id": hello.agent_id, "resent": result.resent, "lost": result.lost},
+            extra={
+                "agent_id": hello.agent_id,
+                "resent": result.resent,
+                "lost": result.lost,
+                "finishing": result.finishing,
+            },
         )
     wakeup.notify_on_commit(agents=[hello.agent_id])

@@ -140,6 +140,8 @@ class Hello(Message):
     labels: dict[str, str]
     max_concurrency: int
     running: tuple[RunningTask, ...]
+    # Finished there, result not yet acknowledged: it is on its way (optional; older agents list these as running).
+    finished: tuple[RunningTask, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,7 @@ def parse_agent_message(topic: str, payload: bytes) -> AgentMessage:
             labels=_labels(data),
             max_concurrency=_int(data, "max_concurrency", 0, MAX_CONCURRENCY),
             running=_running(data),
+            finished=_running(data, "finished") if "finished" in data else (),
         )
     if message_type == "heartbeat":
         return Heartbeat(*head, seq=_int(data, "seq", 0, MAX_SEQ), running=_running(data), load=_load(data))
@@ -374,10 +377,10 @@ def _timestamp(data: dict[str, Any], key: str) -> datetime:
         raise ProtocolError("bad_field", f"{key}: {exc}", key) from None
 
 
-def _running(data: dict[str, Any]) -> tuple[RunningTask, ...]:
+def _running(data: dict[str, Any], key: str = "running") -> tuple[RunningTask, ...]:
     running = []
-    for i, item in enumerate(_list(data, "running", MAX_RUNNING)):
-        path = f"running[{i}]"
+    for i, item in enumerate(_list(data, key, MAX_RUNNING)):
+        path = f"{key}[{i}]"
         if not isinstance(item, dict):
             raise ProtocolError("bad_field", f"{path} must be an object", path)
         task_id = _int(item, "task_id", 1, MAX_TASK_ID, path=f"{path}.task_id")

@@ -197,6 +197,11 @@ def add_agent_to_continuous_jobs(agent: Agent) -> list[int]:
 
 
 @atomic_with_retry
-def reconcile_agent(agent_id: str, running: set[tuple[int, int]]) -> Reconciliation:
-    """On an agent's hello: resend lost assignments, end attempts the agent lost, stop work that is not its own."""
-    return reconcile.reconcile(agent_id, running, clock.now())
+def reconcile_agent(
+    agent_id: str, running: set[tuple[int, int]], finished: frozenset[tuple[int, int]] = frozenset()
+) -> Reconciliation:
+    """On an agent's hello: resend lost assignments, end attempts the agent lost, stop work that is not its own.
+
+    ``finished``: attempts the agent has a result for that it has not seen acknowledged; they are left for it.
+    """
+    return reconcile.reconcile(agent_id, running, clock.now(), finished)

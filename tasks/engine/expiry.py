@@ -1,9 +1,15 @@
-"""Leases: a held task whose lease ran out goes back to the queue or ends timed out."""
+"""Leases: a held task whose lease ran out goes back to the queue or ends timed out.
+
+The agent that held it is told to stop that attempt (a forced ``task.cancel``,
+published after the commit like every server → agent message): otherwise it would
+keep running the work, a second copy beside the retry, with its slot busy.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from broker import outbox
 from tasks.engine import history
 from tasks.engine.jobs import count_terminal, record_terminal
 from tasks.engine.lifecycle import end_attempt, save_tasks
@@ -20,7 +26,7 @@ def expire_leases(now: datetime, limit: int) -> int:
     if not expired:
         return 0
     jobs = Job.objects.in_bulk({task.job_id for task in expired})
-    events = []
+    events, cancels = [], []
     for task in expired:
         previous = task.state
         if previous == TaskState.ASSIGNED:
@@ -30,7 +36,9 @@ def expire_leases(now: datetime, limit: int) -> int:
             )
         else:
             kind, error = TaskEventKind.EXECUTION_TIMEOUT, {"code": "execution_timeout", "message": "lease expired"}
-        agent_id = task.agent_id
+        agent_id, attempt = task.agent_id, task.attempt
+        if agent_id is not None:
+            cancels.append(outbox.to_inbox(agent_id, "task.cancel", now, task_id=task.pk, attempt=attempt, force=True))
         end_attempt(task, jobs[task.job_id], now, TaskState.TIMED_OUT, error)
         data: dict[str, object] = {"error": error}
         if task.state == TaskState.QUEUED:
@@ -38,5 +46,6 @@ def expire_leases(now: datetime, limit: int) -> int:
         events.append(history.event(task.pk, kind, task.attempt, now, previous, task.state, agent_id, data=data))
     save_tasks(expired)
     history.write_events(events)
+    outbox.write(cancels)
     record_terminal(count_terminal((t.job_id, t.state) for t in expired if t.state in TERMINAL_STATES), now)
     return len(expired)

@@ -18,9 +18,15 @@ class Reconciliation:
     resent: list[int] = field(default_factory=list)  # assigned here, unknown there: assignment sent again
     lost: list[int] = field(default_factory=list)  # running here, unknown there: the attempt is over
     canceled: list[int] = field(default_factory=list)  # running there, not ours any more: cancel sent
+    finishing: list[int] = field(default_factory=list)  # held here, finished there: its result is on the way
 
 
-def reconcile(agent_id: str, running: set[tuple[int, int]], now: datetime) -> Reconciliation:
+def reconcile(
+    agent_id: str,
+    running: set[tuple[int, int]],
+    now: datetime,
+    finished: frozenset[tuple[int, int]] = frozenset(),
+) -> Reconciliation:
     """Compare the tasks held for ``agent_id`` with the ``(task_id, attempt)`` pairs the agent runs.
 
     - assigned here but not there: the assignment was lost on the way; send it again
@@ -29,7 +35,10 @@ def reconcile(agent_id: str, running: set[tuple[int, int]], now: datetime) -> Re
     - running here but not there: the agent restarted and lost the work; that
       attempt ends like a failure (requeued with backoff while attempts are left);
     - running there but not held here for that attempt: the task was canceled,
-      timed out or reassigned meanwhile; tell the agent to stop (force).
+      timed out or reassigned meanwhile; tell the agent to stop (force);
+    - listed in ``finished`` (the agent has the result but no acknowledgement of it
+      yet, e.g. after a broker restart its hello overtakes the buffered result): left
+      as it is, so the result that follows applies instead of being refused as stale.
     Call inside a transaction.
     """
     held = list(
@@ -42,6 +51,9 @@ def reconcile(agent_id: str, running: set[tuple[int, int]], now: datetime) -> Re
     events, messages, changed = [], [], []
     for task in held:
         if (task.pk, task.attempt) in running:
+            continue
+        if (task.pk, task.attempt) in finished:
+            result.finishing.append(task.pk)
             continue
         job = task.job
         if task.state == TaskState.ASSIGNED:

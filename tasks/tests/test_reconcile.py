@@ -88,3 +88,29 @@ def test_work_the_agent_runs_that_is_no_longer_its_own_gets_a_forced_cancel(make
     cancels = OutboxMessage.objects.filter(message_type="task.cancel", agent_id="a1").order_by("id")
     assert [m.payload["task_id"] for m in cancels][-2:] == [task.pk, 999_999]
     assert all(m.payload["force"] for m in cancels[1:])
+
+
+def test_tasks_the_agent_lists_as_finished_are_left_for_their_result(make_agent, spec, operator, frozen_clock):
+    """After a broker restart the hello overtakes the buffered results: those attempts must not end as lost."""
+    task = held_task(make_agent, spec, operator, accept=True, max_attempts=3)
+    before = TaskEvent.objects.count()
+
+    result = actions.reconcile_agent("a1", set(), frozenset({(task.pk, task.attempt)}))
+
+    assert (result.lost, result.resent, result.canceled, result.finishing) == ([], [], [], [task.pk])
+    assert TaskEvent.objects.count() == before
+    outcome = actions.report("a1", Report("succeeded", task.pk, task.attempt, result={"ok": True}))
+    assert outcome.status == "applied"
+    task.refresh_from_db()
+    assert (task.state, task.attempt, task.result) == (TaskState.SUCCEEDED, 1, {"ok": True})
+
+
+def test_a_finished_task_that_is_no_longer_ours_gets_no_cancel(make_agent, spec, operator, frozen_clock):
+    task = held_task(make_agent, spec, operator, accept=True)
+    actions.report("a1", Report("succeeded", task.pk, task.attempt, result=None))
+    cancels = OutboxMessage.objects.filter(message_type="task.cancel").count()
+
+    result = actions.reconcile_agent("a1", set(), frozenset({(task.pk, task.attempt)}))
+
+    assert result.canceled == []
+    assert OutboxMessage.objects.filter(message_type="task.cancel").count() == cancels
