@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import Count
 
@@ -39,6 +40,14 @@ THREADS = 8
 def run_together(workers: list[Callable[[], Any]]) -> list[Any]:
     """Run each worker in its own thread (own connection), started together; re-raise the first error."""
     connections.close_all()  # hand the main thread's connection back: the threads need the pool's
+    pool = connections["default"].pool if connections["default"].vendor == "postgresql" else None
+    if pool is not None:
+        # Each worker thread holds a connection for its whole run, as a role process does. The pool (production
+        # settings) opens DB_POOL_SIZE at start and grows one connection at a time on demand; on a loaded CI
+        # machine that growth outlasted DB_POOL_TIMEOUT (10 s) for the last of seven threads. So the threads'
+        # connections are opened before the start line (within the pool's own maximum, unchanged).
+        pool.resize(min_size=min(len(workers), pool.max_size), max_size=pool.max_size)
+        pool.wait(timeout=120)
     barrier = threading.Barrier(len(workers))
     results: list[Any] = [None] * len(workers)
     errors: list[BaseException] = []
@@ -58,6 +67,8 @@ def run_together(workers: list[Callable[[], Any]]) -> list[Any]:
         thread.start()
     for thread in threads:
         thread.join(timeout=240)
+    if pool is not None:
+        pool.resize(min_size=settings.DATABASES["default"]["OPTIONS"]["pool"]["min_size"], max_size=pool.max_size)
     assert not any(thread.is_alive() for thread in threads), "a worker hung (deadlock or lock wait)"
     if errors:
         raise errors[0]

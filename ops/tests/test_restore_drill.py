@@ -20,7 +20,22 @@ pytestmark = pytest.mark.django_db(transaction=True)
 __all__ = ["backup_env", "populated"]  # fixtures used here
 
 
+@pytest.fixture(autouse=True)
+def _present_before(transactional_db: None) -> None:
+    """Scratch-like names that existed before the test (another run's databases on a shared server) are not ours."""
+    global _BEFORE
+    _BEFORE = set(_scratch_like())
+
+
+_BEFORE: set[str] = set()
+
+
 def scratch_leftovers() -> list[str]:
+    """What this test left behind that looks like a scratch database or file."""
+    return [name for name in _scratch_like() if name not in _BEFORE]
+
+
+def _scratch_like() -> list[str]:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
