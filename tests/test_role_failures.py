@@ -196,3 +196,22 @@ def test_the_dispatcher_process_exits_non_zero_when_its_database_breaks(tmp_path
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@needs_broker
+def test_a_bridge_whose_heartbeat_flush_keeps_failing_writes_no_role_heartbeat_and_exits(bridge_settings, monkeypatch):
+    from broker.presence import HeartbeatBuffer
+
+    def broken(self: HeartbeatBuffer) -> None:
+        raise DatabaseError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(HeartbeatBuffer, "flush", broken)
+    bridge = Bridge("mqtt://127.0.0.1:1883", client_id=f"bridge-{uuid.uuid4().hex[:8]}")
+    outcome: list[int] = []
+    runner = threading.Thread(target=lambda: outcome.append(bridge.run()), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the bridge kept running while every flush failed"
+    assert outcome == [1]
+    assert bridge.flushing.count >= 3
+    assert not RoleHeartbeat.objects.filter(role="bridge").exists()  # /healthz/comprehensive: bridge stale
