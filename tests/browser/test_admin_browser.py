@@ -186,17 +186,22 @@ def test_job_page_catches_up_with_a_change_made_before_its_socket_opened(stack: 
     job_id = stack.scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs")
 
     def hold_until_running(route: Route) -> None:
-        wait_for(
-            lambda: stack.scalar("SELECT state FROM tasks WHERE job_id = ?", (job_id,)) == "running",
-            "the task to start",
-        )
-        route.continue_()
+        # Always let the script through: a route left pending (the wait raising on a loaded machine)
+        # hung the page, and page.close() with it, until pytest-timeout ended the run.
+        try:
+            wait_for(
+                lambda: stack.scalar("SELECT state FROM tasks WHERE job_id = ?", (job_id,)) == "running",
+                "the task to start",
+                timeout=120,
+            )
+        finally:
+            route.continue_()
 
     page.route("**/static/aegis/live.js", hold_until_running)
     assert launch(page) == job_id
     watch_live(page)
     # Nothing changes after this: the task sleeps for two minutes. Only a catch-up shows it running.
-    expect(page.locator("#job-tasks .job-badge-running")).to_have_count(1, timeout=10_000)
+    expect(page.locator("#job-tasks .job-badge-running")).to_have_count(1, timeout=30_000)
     page.unroute("**/static/aegis/live.js")
 
     page.click("#job-cancel")
