@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -41,7 +40,7 @@ from broker.models import OutboxMessage
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.models import Job, JobState, Task, TaskEvent, TaskState
-from tests import support
+from tests import roles, support
 from tests.support import envelope, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,11 +152,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def bridge_database_url() -> str:
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "", safe="")
-    password = quote(db.get("PASSWORD") or "", safe="")
-    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    return roles.database_url()  # the test database, for role processes
 
 
 class BridgeProcess:
