@@ -71,6 +71,10 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
     # Only a message proven malformed (above) is acknowledged without being applied; a valid result that
     # met a bug or an outage is never dropped (the bridge backs off and, if it keeps failing, exits).
     with transaction.atomic():
+        # Hellos and statuses change their agents in arrival order; the claims and the heartbeat flush lock
+        # agents in id order. Taking those agents first, in id order, keeps one order everywhere (no deadlock).
+        # Task events lock no agent row: a batch of results alone takes no agent lock.
+        registry_actions.lock_agents(message.agent_id for message in parsed if not isinstance(message, TaskEvent))
         _apply_all(parsed)
     return len(parsed)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -150,6 +150,19 @@ def touch_agents(last_seen: Mapping[str, datetime]) -> int:
             list(zip(stamps, stamps, ids, strict=True)),
         )
         return cursor.rowcount
+
+
+def lock_agents(agent_ids: Iterable[str]) -> None:
+    """Lock these agents' rows in id order, inside the caller's transaction.
+
+    Every writer of ``agents`` takes its rows in id order (the claims, the
+    heartbeat flush, the silence sweep); a transaction that goes on to change
+    several agents one by one (the bridge's batch of hellos and statuses, which
+    arrive in any order) takes them all here first, or it deadlocks with those.
+    """
+    ids = sorted(set(agent_ids))
+    if ids:
+        list(Agent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
 
 
 def mark_silent_agents_offline(heartbeat_interval_s: float, missed: int, at: datetime | None = None) -> int:

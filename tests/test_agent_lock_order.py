@@ -1,5 +1,6 @@
 """Agent rows are locked in id order everywhere, so the bridge's heartbeat flush, the dispatcher's silence sweep and
-the claims (which lock their agents ``ORDER BY id``) never deadlock on ``agents``.
+the bridge's batches of hellos and statuses and the claims (which lock their agents ``ORDER BY id``) never deadlock
+on ``agents``.
 
 Each test sets up the interleaving that deadlocked: a claimer holds the lower agent and is about to lock the higher
 one, while the flush (or the sweep) runs over both, the higher one first in its own order (the heartbeats arrived in
@@ -17,11 +18,12 @@ import psycopg
 import pytest
 from django.db import connection, connections
 
+from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
 from registry import actions as registry_actions
 from registry.models import Agent, Connectivity
 from tasks.engine import clock
-from tests.support import wait_for
+from tests.support import envelope, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -60,10 +62,19 @@ def _sweep_silent_agents() -> int:
     return registry_actions.mark_silent_agents_offline(heartbeat_interval_s=10, missed=3)
 
 
+def _ingest_statuses() -> int:
+    """The bridge's batch after a broker restart: agents' statuses in arrival order, the higher id first."""
+    batch = [
+        Incoming(f"aegis/agents/{agent_id}/status", envelope("status", state="offline"))
+        for agent_id in ("lock-b", "lock-a")
+    ]
+    return ingest(batch, HeartbeatBuffer())
+
+
 @pytest.mark.parametrize(
     ("writer", "expected"),
-    [(_flush_heartbeats, 2), (_sweep_silent_agents, 2)],
-    ids=["heartbeat_flush", "silence_sweep"],
+    [(_flush_heartbeats, 2), (_sweep_silent_agents, 2), (_ingest_statuses, 2)],
+    ids=["heartbeat_flush", "silence_sweep", "bridge_batch"],
 )
 def test_agent_writers_and_a_claimer_locking_in_id_order_do_not_deadlock(writer: Any, expected: int) -> None:
     _create_agents_higher_id_first()
