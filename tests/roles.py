@@ -78,12 +78,25 @@ class Roles:
         return process
 
     def web(self, **extra: str) -> str:
-        """daphne, as the web Deployment runs it; returns its base URL once ``/healthz`` answers."""
-        port = free_port()
-        self.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "aegis_site.asgi:application"], **extra)
-        self.web_url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: self.alive("web") and self._healthy(), "daphne to answer /healthz", timeout=60, interval=0.2)
+        """daphne, as the web Deployment runs it; returns its base URL once ``/healthz`` answers.
+
+        A free port can be taken by another process between the probe and daphne's bind (other tests, a
+        benchmark): then daphne exits "Address already in use" and another port is tried.
+        """
+        for _attempt in range(5):
+            port = free_port()
+            self.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "aegis_site.asgi:application"], **extra)
+            self.web_url = f"http://127.0.0.1:{port}"
+            wait_for(self._exited_or_healthy, "daphne to answer /healthz", timeout=60, interval=0.2)
+            if self.processes["web"].poll() is None:
+                return self.web_url
+            if "Address already in use" not in self.log("web"):
+                break
+        self.alive("web")  # fails, with daphne's log
         return self.web_url
+
+    def _exited_or_healthy(self) -> bool:
+        return self.processes["web"].poll() is not None or self._healthy()
 
     def dispatcher(self) -> None:
         self.start("dispatcher", [sys.executable, "manage.py", "run_dispatcher"])
