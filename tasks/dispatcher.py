@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -23,7 +24,7 @@ from ops.metrics import counters
 from ops.roles import FailedSteps, RoleBeacon
 from registry import actions as registry_actions
 from tasks import actions
-from tasks.engine import clock
+from tasks.engine import claim, clock
 from tasks.engine.wakeup import Listener
 
 log = logging.getLogger("aegis.dispatcher")
@@ -124,6 +125,19 @@ class Dispatcher:
                         candidates.append(agent_id)
         return candidates
 
+    def next_rate_token_in(self) -> float:
+        """Seconds until a rate-limited job with queued work gets its next token (the poll interval if none sooner).
+
+        Nothing NOTIFYs when a token comes due: waiting the whole poll interval made a late claim of every
+        token, and "60 per minute" ran at about 40.
+        """
+        now = clock.now()
+        soonest = self.poll_interval
+        for rate, full_at in claim.rate_buckets_waiting(now):
+            due = full_at - timedelta(seconds=(claim.rate_burst(rate) - 1) * 60 / rate)
+            soonest = min(soonest, max((due - now).total_seconds(), 0.0))
+        return soonest
+
     def step(self) -> bool:
         """Run every step once; ``self.failed`` names the ones that raised (logged, never re-raised here)."""
         did_work = False
@@ -160,7 +174,8 @@ class Dispatcher:
                 failures.succeeded()
                 beacon.maybe_beat(publishes=self.direct is not None)
                 if not did_work:
-                    self.hints |= listener.wait(self.poll_interval, self.stop) or set()
+                    wait = min(self.poll_interval, self.next_rate_token_in())
+                    self.hints |= listener.wait(wait, self.stop) or set()
         finally:
             if self.direct is not None:
                 self.direct.stop()

@@ -310,6 +310,22 @@ def rate_tokens(job: Job, now: datetime) -> int:
     return max(0, min(tokens, rate - assigned_in_window(job, now)))
 
 
+def rate_buckets_waiting(now: datetime) -> list[tuple[int, datetime]]:
+    """``(rate_per_minute, rate_bucket_full_at)`` of open rate-limited jobs whose bucket refills after ``now`` and
+    that have queued work: the dispatcher wakes when the next of their tokens comes due."""
+    rows = (
+        Job.objects.filter(
+            state__in=(JobState.SCHEDULED, JobState.RUNNING),
+            rate_per_minute__gt=0,
+            rate_bucket_full_at__gt=now,
+            tasks__state=TaskState.QUEUED,
+        )
+        .values_list("rate_per_minute", "rate_bucket_full_at")
+        .distinct()
+    )
+    return [(rate, full_at) for rate, full_at in rows if rate and full_at is not None]
+
+
 def _spend_rollouts(jobs: dict[int, Job], chosen: list[Task], agent_id: str, now: datetime) -> None:
     """Take this claim's tokens from each rate-limited job's bucket and count them into its one-minute window;
     remember the agent as the rollout's last, so its next tasks go to the agents after this one."""

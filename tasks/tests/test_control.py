@@ -752,3 +752,18 @@ def test_refused_operator_action_is_not_audited(one_task, operator):
         actions.cancel_task(task.pk, operator)
 
     assert AuditEvent.objects.count() == before
+
+
+def test_the_dispatcher_wakes_when_the_next_rate_token_is_due(big_agent, spec, operator, frozen_clock):
+    """Nothing NOTIFYs a token coming due: a dispatcher sleeping its whole poll claimed each token late (~40/min)."""
+    from tasks.dispatcher import Dispatcher
+
+    dispatcher = Dispatcher(poll_interval=5.0)
+    assert dispatcher.next_rate_token_in() == 5.0  # no rate-limited job: the poll interval
+    submit_any(spec, operator, 5, rate_per_minute=60)
+    assert len(actions.claim_tasks("a1", 10)) == 1
+    assert dispatcher.next_rate_token_in() == pytest.approx(1.0)
+    frozen_clock.advance(0.75)
+    assert dispatcher.next_rate_token_in() == pytest.approx(0.25)
+    frozen_clock.advance(0.25)
+    assert len(actions.claim_tasks("a1", 10)) == 1  # due exactly then
