@@ -287,7 +287,9 @@ def refill_hints(ended_task_ids: Collection[int], now: datetime) -> set[str]:
     if not ended_task_ids:
         return set()
     limited = Q(max_in_flight__isnull=False) | Q(max_in_flight_percent__isnull=False)
-    jobs = Job.objects.filter(limited, state__in=ACTIVE_JOB_STATES, tasks__pk__in=list(ended_task_ids)).distinct()
+    jobs = list(Job.objects.filter(limited, state__in=ACTIVE_JOB_STATES, tasks__pk__in=list(ended_task_ids)).distinct())
+    if not jobs:  # the common case on the bridge's hot path: no rollout among them, one query
+        return set()
     freed = Counter(Task.objects.filter(pk__in=list(ended_task_ids)).values_list("job_id", flat=True))
     agents: set[str] = set()
     for job in jobs:
