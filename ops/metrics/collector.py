@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 from cryptography import x509
@@ -25,6 +26,16 @@ from tasks.engine import clock
 from tasks.models import HELD_STATES, Job, Task, TaskState
 
 log = logging.getLogger("aegis.ops")
+
+
+def data_dir_usage() -> Any | None:
+    """``psutil.disk_usage`` of ``DATA_DIR``, or ``None`` (logged) when it cannot be read: a missing
+    directory (a fresh host, a volume not mounted) must not turn the whole scrape into a 500."""
+    try:
+        return psutil.disk_usage(str(settings.DATA_DIR))
+    except OSError as exc:
+        log.warning("metrics: disk usage of DATA_DIR %s unavailable: %s", settings.DATA_DIR, exc.strerror or exc)
+        return None
 
 
 class DomainCollector(Collector):
@@ -98,10 +109,11 @@ class DomainCollector(Collector):
         yield GaugeMetricFamily(
             "aegis_system_memory_percent", "Machine memory in use.", value=psutil.virtual_memory().percent
         )
-        disk = psutil.disk_usage(str(settings.DATA_DIR))
-        yield GaugeMetricFamily(
-            "aegis_disk_free_ratio", "Free space where DATA_DIR lives.", value=disk.free / disk.total
-        )
+        disk = data_dir_usage()
+        if disk is not None:  # else the series is absent and the log says why
+            yield GaugeMetricFamily(
+                "aegis_disk_free_ratio", "Free space where DATA_DIR lives.", value=disk.free / disk.total
+            )
         expiry = GaugeMetricFamily(
             "aegis_certificate_expiry_seconds",
             "Seconds until each configured certificate expires.",

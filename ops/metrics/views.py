@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import REGISTRY
 
-from ops.metrics.collector import DomainCollector
+from ops.metrics.collector import DomainCollector, data_dir_usage
 from ops.metrics.requests import WINDOW
 from tasks.models import Job
 
@@ -65,14 +65,16 @@ def system(request: HttpRequest) -> JsonResponse:
     if not allowed(request):
         return _refused()
     process = psutil.Process(os.getpid())
-    disk = psutil.disk_usage(str(settings.DATA_DIR))
+    disk = data_dir_usage()
     memory = psutil.virtual_memory()
     return JsonResponse(
         {
             "cpu_percent": psutil.cpu_percent(interval=None),
             "cpu_count": psutil.cpu_count(),
             "memory": {"total": memory.total, "available": memory.available, "percent": memory.percent},
-            "disk": {"path": str(settings.DATA_DIR), "total": disk.total, "free": disk.free, "percent": disk.percent},
+            "disk": {"path": str(settings.DATA_DIR), "total": disk.total, "free": disk.free, "percent": disk.percent}
+            if disk is not None
+            else {"path": str(settings.DATA_DIR), "error": "DATA_DIR cannot be read (does it exist?)"},
             "process": {
                 "pid": process.pid,
                 "rss": process.memory_info().rss,

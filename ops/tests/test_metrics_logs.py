@@ -164,3 +164,19 @@ def test_a_failed_login_is_an_auth_failed_event(json_log):
     assert [line["scheme"] for line in failures] == ["password", "password"]
     assert all(line["username"] == "ops" and line["client"] == "127.0.0.1" for line in failures)
     assert "wrong" not in json.dumps(failures)
+
+
+def test_metrics_answer_when_data_dir_does_not_exist(settings, tmp_path, make_agent):
+    # DATA_DIR pointed at a directory that was never created (a fresh host, a volume not mounted yet).
+    settings.DATA_DIR = tmp_path / "never-created"
+    make_agent("m-1")
+    scrape = Client().get("/metrics")
+    assert scrape.status_code == 200
+    text = scrape.content.decode()
+    assert sample(text, "aegis_agents", connectivity="online", admin_state="active") == 1
+    assert sample(text, "aegis_disk_free_ratio") is None  # the one series that needs it is left out
+    system = Client().get("/metrics/system")
+    assert system.status_code == 200
+    disk = system.json()["disk"]
+    assert disk == {"path": str(settings.DATA_DIR), "error": "DATA_DIR cannot be read (does it exist?)"}
+    assert system.json()["memory"]["total"] > 0
