@@ -376,6 +376,8 @@ METRICS_ADDR = env.str("METRICS_ADDR", default="127.0.0.1")
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# /healthz/comprehensive answers anyone: its broker CONNECT is reused this long (one connection per period at most).
+HEALTH_BROKER_CACHE_SECONDS = _positive_float("HEALTH_BROKER_CACHE_SECONDS", 5.0)
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL must be one of DEBUG..CRITICAL, got {LOG_LEVEL!r}")
 

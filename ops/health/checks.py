@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -51,17 +52,40 @@ class RoleFreshness(HealthCheck):
             raise ServiceUnavailable(f"{self.role} last reported {age:.0f}s ago ({latest.instance})")
 
 
+# The broker check's last outcome per configuration: (checked at, monotonic; the failure, or "" when it answered).
+_broker_outcomes: dict[tuple[str, ...], tuple[float, str]] = {}
+_broker_lock = threading.Lock()
+
+
 @dataclasses.dataclass
 class MqttBroker(HealthCheck):
-    """A real CONNECT/CONNACK with the bridge's settings and TLS identity, then DISCONNECT."""
+    """A real CONNECT/CONNACK with the bridge's settings and TLS identity, then DISCONNECT.
+
+    ``/healthz/comprehensive`` answers anyone, so the outcome is reused for
+    ``HEALTH_BROKER_CACHE_SECONDS`` and one check at a time runs (the others wait
+    for it): a flood of calls makes at most one broker connection per period per
+    process, never one each.
+    """
 
     timeout: datetime.timedelta = dataclasses.field(default=datetime.timedelta(seconds=5), repr=False)
 
     def run(self) -> None:
-        from broker.client import BrokerAddress, new_client
-
         if not settings.MQTT_URL:
             raise ServiceWarning("MQTT_URL is not set (all-in-one mode: the embedded broker)")
+        configuration = (settings.MQTT_URL, settings.MQTT_CA_FILE, settings.MQTT_CERT_FILE)
+        with _broker_lock:
+            checked = _broker_outcomes.get(configuration)
+            if checked is None or time.monotonic() - checked[0] >= settings.HEALTH_BROKER_CACHE_SECONDS:
+                checked = (time.monotonic(), self.connect_once())
+                _broker_outcomes.clear()
+                _broker_outcomes[configuration] = checked
+        if checked[1]:
+            raise ServiceUnavailable(checked[1])
+
+    def connect_once(self) -> str:
+        """What is wrong with the broker, or ``""`` when it answered CONNACK."""
+        from broker.client import BrokerAddress, new_client
+
         address = BrokerAddress.configured()
         answered = threading.Event()
         outcome: list[str] = []
@@ -76,11 +100,12 @@ class MqttBroker(HealthCheck):
             client.connect(address.host, address.port, keepalive=10)
             client.loop_start()
             if not answered.wait(self.timeout.total_seconds()):
-                raise ServiceUnavailable(f"no CONNACK from {address.host}:{address.port}")
+                return f"no CONNACK from {address.host}:{address.port}"
             if outcome[0]:
-                raise ServiceUnavailable(f"broker refused the connection: {outcome[0]}")
+                return f"broker refused the connection: {outcome[0]}"
+            return ""
         except OSError as exc:
-            raise ServiceUnavailable(f"cannot reach {address.host}:{address.port}: {exc.strerror or exc}") from exc
+            return f"cannot reach {address.host}:{address.port}: {exc.strerror or exc}"
         finally:
             client.disconnect()
             client.loop_stop()

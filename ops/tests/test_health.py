@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
 
 from broker import pki
@@ -150,3 +157,78 @@ def test_the_health_check_command_runs_from_the_shell(live_server, healthy):
     with pytest.raises(SystemExit) as exited:
         call_command("health_check", "healthz-comprehensive", address, "--forwarded-proto", "http")
     assert exited.value.code != 0
+
+
+class CountingProxy(socketserver.ThreadingTCPServer):
+    """A TCP relay to Mosquitto on 127.0.0.1:1883 that counts the connections made through it."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Relay)
+        self.connections = 0
+
+
+class Relay(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        server: Any = self.server
+        server.connections += 1
+        upstream = socket.create_connection(("127.0.0.1", 1883))
+        pump = threading.Thread(target=self.copy, args=(upstream, self.request), daemon=True)
+        pump.start()
+        self.copy(self.request, upstream)
+        pump.join(5)
+
+    @staticmethod
+    def copy(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def counting_proxy() -> Iterator[CountingProxy]:
+    proxy = CountingProxy()
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+
+
+def test_a_flood_of_anonymous_calls_opens_one_broker_connection(healthy, counting_proxy):
+    healthy.MQTT_URL = f"mqtt://127.0.0.1:{counting_proxy.server_address[1]}"
+    healthy.HEALTH_BROKER_CACHE_SECONDS = 60.0  # longer than the test: every call below falls in one period
+    answers: list[int] = []
+
+    def call() -> None:
+        try:
+            for _ in range(5):
+                answers.append(Client(REMOTE_ADDR="203.0.113.7").get("/healthz/comprehensive", **JSON).status_code)
+        finally:
+            connection.close()
+
+    callers = [threading.Thread(target=call) for _ in range(6)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(60)
+    assert answers == [200] * 30
+    assert counting_proxy.connections == 1
+
+
+def test_the_broker_outcome_is_checked_again_after_the_cache_period(healthy, counting_proxy):
+    healthy.MQTT_URL = f"mqtt://127.0.0.1:{counting_proxy.server_address[1]}"
+    healthy.HEALTH_BROKER_CACHE_SECONDS = 0.2  # short, so that the test sees a period end
+    assert Client().get("/healthz/comprehensive", **JSON).status_code == 200
+    assert Client().get("/healthz/comprehensive", **JSON).status_code == 200
+    assert counting_proxy.connections == 1
+    time.sleep(0.3)
+    assert Client().get("/healthz/comprehensive", **JSON).status_code == 200
+    assert counting_proxy.connections == 2
