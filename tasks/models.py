@@ -193,7 +193,13 @@ class TaskEventKind(models.TextChoices):
 
 
 class TaskEvent(models.Model):
-    """Append-only history: every transition and every agent event, including stale ones."""
+    """Append-only history: every transition and every agent event, including stale ones.
+
+    ``message_id`` is the id an agent gave its report (the MQTT envelope's ``id``, the HTTP
+    ``event_id``): a report is stored once per (agent, message id). Agents choose their ids,
+    so uniqueness across agents would let one agent take an id another will use and have
+    that agent's real result dropped as a duplicate.
+    """
 
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=20, choices=TaskEventKind.choices)
@@ -201,7 +207,7 @@ class TaskEvent(models.Model):
     from_state = models.CharField(max_length=10, blank=True)
     to_state = models.CharField(max_length=10, blank=True)
     agent_id = models.CharField(max_length=63, blank=True)
-    message_id = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    message_id = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001  NULL: no id, outside the unique index
     data = models.JSONField(null=True, blank=True)
     created_at = models.DateTimeField()
 
@@ -212,6 +218,14 @@ class TaskEvent(models.Model):
             models.Index(fields=["task", "id"], name="task_events_task_idx"),
             # An agent's recent events (its admin page); rows written by the server itself have no agent.
             models.Index(fields=["agent_id", "id"], name="task_events_agent_idx", condition=~models.Q(agent_id="")),
+        ]
+        constraints = [
+            # Message id first: the admin's search by a message id alone reads this index too.
+            models.UniqueConstraint(
+                fields=["message_id", "agent_id"],
+                name="task_events_message_agent_uniq",
+                condition=models.Q(message_id__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
