@@ -34,6 +34,30 @@ def ensure_admin(username: str = "admin") -> tuple[str, str | None]:
     return username, password
 
 
+def restrict_data_files() -> None:
+    """``DATA_DIR`` 0700, the SQLite database and its ``-wal``/``-shm`` 0600: they hold session keys and password
+    hashes, and SQLite would create them 0644 (the umask's default), readable by every user of the machine.
+
+    The database file is created here, 0600, when it does not exist yet: SQLite then gives its ``-wal`` and
+    ``-shm`` the same mode. A ``DATA_DIR`` this process does not own is left as it is (logged).
+    """
+    data_dir = Path(settings.DATA_DIR)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+    except OSError as exc:
+        log.warning("cannot make DATA_DIR %s private (0700): %s", data_dir, exc.strerror or exc)
+    database = settings.DATABASES["default"]
+    if not database["ENGINE"].endswith("sqlite3") or str(database["NAME"]) == ":memory:":
+        return
+    path = Path(database["NAME"])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))):
+        if file.exists():
+            file.chmod(0o600)
+
+
 # Roles that exit non-zero when they cannot do their job (ROLE_MAX_FAILED_STEPS): restarted, like a supervisor would.
 RESTARTED_ROLES = frozenset({"dispatcher", "bridge"})
 RESTART_BACKOFF_CAP = 30.0

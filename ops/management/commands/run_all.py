@@ -4,7 +4,7 @@ from typing import Any
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from ops.allinone import Supervisor, ensure_admin, role_commands
+from ops.allinone import Supervisor, ensure_admin, restrict_data_files, role_commands
 
 
 class Command(BaseCommand):
@@ -20,6 +20,7 @@ class Command(BaseCommand):
         parser.add_argument("--agents", type=int, default=3, help="Simulated agents to start (0: none).")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        restrict_data_files()  # before migrate writes a byte, and again on every start for older files
         if not options["no_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
         username, password = ensure_admin()
