@@ -7,7 +7,6 @@ that does not exist. Every write calls the same actions as the MQTT bridge.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -25,8 +24,7 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from aegis_site.api import errors
-from aegis_site.api.authentication import AgentTokenAuthentication, client_address
+from aegis_site.api.authentication import AgentTokenAuthentication
 from aegis_site.api.exceptions import Conflict
 from aegis_site.api.permissions import IsAgent
 from aegis_site.api.principals import AgentPrincipal
@@ -50,8 +48,6 @@ from tasks.engine.errors import NotFound
 from tasks.engine.longpoll import WAITS
 from tasks.engine.reports import Report
 from tasks.models import HELD_STATES, Task
-
-log = logging.getLogger("aegis.api")
 
 
 def principal(request: Request) -> AgentPrincipal:
@@ -78,33 +74,16 @@ class EnrolView(APIView):
         body = EnrolSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        try:
-            agent, credential, token = registry_actions.enrol(
-                data["enrolment_token"],
-                data["agent_id"],
-                name=data["name"],
-                labels=data["labels"],
-                capabilities=data["capabilities"],
-                max_concurrency=data.get("max_concurrency"),
-                version=data["version"],
-                transport=Transport(data["transport"]) if "transport" in data else None,
-            )
-        except registry_actions.EnrolmentRefused as refused:
-            log.warning(
-                "enrolment_refused",
-                extra={
-                    "event": "enrolment_refused",
-                    "client": client_address(request),
-                    "code": refused.code,
-                    "agent_id": data["agent_id"],
-                    "token_prefix": data["enrolment_token"][:8],
-                    "fields": refused.fields,
-                },
-            )
-            if not refused.fields:
-                raise
-            # Outside the token's policy: the usual error shape, with what was refused per field.
-            return Response(errors.body(refused.code, str(refused), refused.fields), status=status.HTTP_403_FORBIDDEN)
+        agent, credential, token = registry_actions.enrol(
+            data["enrolment_token"],
+            data["agent_id"],
+            name=data["name"],
+            labels=data["labels"],
+            capabilities=data["capabilities"],
+            max_concurrency=data.get("max_concurrency"),
+            version=data["version"],
+            transport=Transport(data["transport"]) if "transport" in data else None,
+        )
         answer = {"agent_id": agent.pk, "credential_id": credential.pk, "token": token}
         return Response(IssuedTokenSerializer(answer).data, status=status.HTTP_201_CREATED)
 
