@@ -400,7 +400,11 @@ def enrol(
 
 
 def rotate_token(agent_id: str, actor: Actor) -> tuple[AgentCredential, str]:
-    """Issue a new token and revoke the agent's other live tokens (and with them the JWTs made from them)."""
+    """Issue a new token and revoke the agent's other live tokens (and with them the JWTs made from them).
+
+    The agent's row is locked first, so concurrent rotations run one after the other: each revokes
+    what the one before it issued, and exactly one token is live once they are all done.
+    """
     with transaction.atomic():
         if not Agent.objects.filter(pk=agent_id).exists():
             raise Agent.DoesNotExist(f"agent {agent_id} does not exist")
@@ -418,7 +422,7 @@ def add_certificate(
 ) -> AgentCredential:
     """Record a client certificate issued for the agent (created if new): what revocation and the bridge check."""
     with transaction.atomic():
-        if not Agent.objects.filter(pk=agent_id).exists():
+        if not Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk", flat=True):
             register_agent(agent_id, actor)
         credential = AgentCredential.objects.create(
             agent_id=agent_id,
