@@ -406,7 +406,7 @@ def rotate_token(agent_id: str, actor: Actor) -> tuple[AgentCredential, str]:
     what the one before it issued, and exactly one token is live once they are all done.
     """
     with transaction.atomic():
-        if not Agent.objects.filter(pk=agent_id).exists():
+        if not Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk", flat=True):
             raise Agent.DoesNotExist(f"agent {agent_id} does not exist")
         old = list(
             AgentCredential.objects.filter(agent_id=agent_id, kind=CredentialKind.TOKEN, revoked_at__isnull=True)
@@ -422,7 +422,7 @@ def add_certificate(
 ) -> AgentCredential:
     """Record a client certificate issued for the agent (created if new): what revocation and the bridge check."""
     with transaction.atomic():
-        if not Agent.objects.select_for_update().filter(pk=agent_id).values_list("pk", flat=True):
+        if not Agent.objects.filter(pk=agent_id).exists():
             register_agent(agent_id, actor)
         credential = AgentCredential.objects.create(
             agent_id=agent_id,
