@@ -347,6 +347,8 @@ SPECTACULAR_SETTINGS = {
 ROLE_HEARTBEAT_INTERVAL = _positive_float("ROLE_HEARTBEAT_INTERVAL", 10.0)  # how often bridge/dispatcher report
 ROLE_STALE_AFTER = _positive_float("ROLE_STALE_AFTER", 60.0)  # a role silent this long is unhealthy
 CERT_WARN_DAYS = _positive_int("CERT_WARN_DAYS", 30)
+# /healthz/comprehensive answers anyone: its broker CONNECT is reused this long (one connection per period at most).
+HEALTH_BROKER_CACHE_SECONDS = _positive_float("HEALTH_BROKER_CACHE_SECONDS", 5.0)
 # A bridge or dispatcher whose steps failed this many times in a row (with backoff, about 75 s) exits non-zero
 # so that its supervisor restarts it; a role alive but failing every step would look healthy.
 ROLE_MAX_FAILED_STEPS = _positive_int("ROLE_MAX_FAILED_STEPS", 20)
@@ -376,8 +378,6 @@ METRICS_ADDR = env.str("METRICS_ADDR", default="127.0.0.1")
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
-# /healthz/comprehensive answers anyone: its broker CONNECT is reused this long (one connection per period at most).
-HEALTH_BROKER_CACHE_SECONDS = _positive_float("HEALTH_BROKER_CACHE_SECONDS", 5.0)
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL must be one of DEBUG..CRITICAL, got {LOG_LEVEL!r}")
 
