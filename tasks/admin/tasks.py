@@ -202,7 +202,8 @@ class TaskEventAdmin(ReadOnlyAdmin):
     ordering = ("-id",)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[TaskEvent], search_term: str) -> Any:
-        """Exact matches only: task id (task_events_task_idx), agent id (task_events_agent_idx), message id (unique).
+        """Exact matches only: task id (task_events_task_idx), agent id (task_events_agent_idx), message id
+        (task_events_message_agent_uniq, one event per agent that used it).
 
         Django's default would compare ``UPPER(...) LIKE '%term%'`` and read every event (seconds at 6M rows).
         """
