@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
@@ -14,7 +15,10 @@ from django.db.models import Count, Q
 from broker import outbox
 from ops.audit import Actor, record
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken, Transport
+from registry.policy import EnrolmentPolicy
 from tasks.engine import clock
+
+log = logging.getLogger("aegis.registry")
 
 TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
 
@@ -265,7 +269,11 @@ def record_hello(
 ) -> tuple[Agent, bool]:
     """An agent said hello: create it on first contact (the broker authenticated it by its certificate),
     keep what it reports about itself, and mark it online. Returns the agent and whether what it
-    offers changed (so continuous jobs may take it in). Audited only when something changed."""
+    offers changed (so continuous jobs may take it in). Audited only when something changed.
+
+    An agent enrolled with a bootstrap token stays within that token's policy: labels and
+    capabilities it may not claim are left out and logged (``policy_refused``; not audited: an
+    agent could send such hellos without end)."""
     now = at or clock.now()
     reported = {
         "version": version,
@@ -278,6 +286,8 @@ def record_hello(
         created = agent is None
         if agent is None:
             agent = Agent(pk=agent_id, name=agent_id)
+        if agent.enrolment_policy is not None:
+            reported.update(_within_policy(agent, labels, capabilities))
         changed = {key: value for key, value in reported.items() if getattr(agent, key) != value}
         for key, value in reported.items():
             setattr(agent, key, value)
@@ -292,15 +302,30 @@ def record_hello(
     return agent, offers_changed
 
 
+def _within_policy(agent: Agent, labels: Mapping[str, str], capabilities: list[str]) -> dict[str, Any]:
+    """The labels and capabilities of a hello, cut to the agent's enrolment policy; what was cut is logged."""
+    policy = EnrolmentPolicy.from_json(agent.enrolment_policy or {})
+    kept = policy.restrict(agent.labels, labels, capabilities)
+    if kept.refused_labels or kept.refused_capabilities:
+        refused = {"labels": kept.refused_labels, "capabilities": kept.refused_capabilities}
+        log.warning(
+            "hello outside enrolment policy",
+            extra={"event": "policy_refused", "agent_id": agent.pk, "enrolment_token": policy.token_id, **refused},
+        )
+    return {"labels": kept.labels, "capabilities": kept.capabilities}
+
+
 ENROLMENT_PREFIX = "aen_"
 
 
 class EnrolmentRefused(Exception):
-    """The enrolment token is unknown, used up, expired, or does not allow this agent id."""
+    """The enrolment token is unknown, used up, expired, does not allow this agent id, or (with ``fields``,
+    code ``outside_policy``) does not allow the labels or capabilities asked for."""
 
-    def __init__(self, message: str, code: str = "enrolment_refused") -> None:
+    def __init__(self, message: str, code: str = "enrolment_refused", fields: dict[str, list[str]] | None = None):
         super().__init__(message)
         self.code = code
+        self.fields = fields or {}
 
 
 def create_enrolment_token(
@@ -308,24 +333,68 @@ def create_enrolment_token(
     *,
     name: str = "",
     agent_id: str = "",
-    labels: Mapping[str, Any] | None = None,
+    fixed_labels: Mapping[str, str] | None = None,
+    allowed_labels: Mapping[str, list[str]] | None = None,
+    allowed_capabilities: list[str] | None = None,
+    agent_id_prefix: str = "",
     uses: int = 1,
     ttl: timedelta | None = None,
 ) -> tuple[EnrolmentToken, str]:
-    """A bootstrap token for ``uses`` enrolments; the plaintext is returned once and never stored."""
+    """A bootstrap token for ``uses`` enrolments; the plaintext is returned once and never stored.
+
+    Its policy (``registry.policy``) defaults to nothing: an agent enrolled with it
+    gets ``fixed_labels`` and may claim no label or capability of its own.
+    """
     token = ENROLMENT_PREFIX + secrets.token_urlsafe(32)
+    policy = {
+        "fixed_labels": dict(fixed_labels or {}),
+        "allowed_labels": {key: list(values) for key, values in (allowed_labels or {}).items()},
+        "allowed_capabilities": list(allowed_capabilities or []),
+        "agent_id_prefix": agent_id_prefix,
+    }
     with transaction.atomic():
         enrolment = EnrolmentToken.objects.create(
             name=name,
             token_prefix=token[:12],
             token_hash=hash_token(token),
             agent_id=agent_id,
-            labels=dict(labels or {}),
             uses_left=uses,
             expires_at=clock.now() + ttl if ttl else None,
+            **policy,
         )
-        record(actor, "enrolment_token.create", "enrolment_token", enrolment.pk, agent_id=agent_id, uses=uses)
+        record(actor, "enrolment_token.create", "enrolment_token", enrolment.pk, agent_id=agent_id, uses=uses, **policy)
     return enrolment, token
+
+
+def set_enrolment_policy(
+    token_id: int,
+    actor: Actor,
+    *,
+    fixed_labels: Mapping[str, str] | None = None,
+    allowed_labels: Mapping[str, list[str]] | None = None,
+    allowed_capabilities: list[str] | None = None,
+    agent_id_prefix: str | None = None,
+) -> EnrolmentToken:
+    """Change what later enrolments with the token may claim (``None``: leave that part as it is).
+
+    Agents already enrolled keep the policy they enrolled under (``Agent.enrolment_policy``).
+    """
+    given = {
+        "fixed_labels": None if fixed_labels is None else dict(fixed_labels),
+        "allowed_labels": None if allowed_labels is None else {k: list(v) for k, v in allowed_labels.items()},
+        "allowed_capabilities": None if allowed_capabilities is None else list(allowed_capabilities),
+        "agent_id_prefix": agent_id_prefix,
+    }
+    with transaction.atomic():
+        enrolment = EnrolmentToken.objects.select_for_update().get(pk=token_id)
+        changed = {key: value for key, value in given.items() if value is not None and getattr(enrolment, key) != value}
+        previous = {key: getattr(enrolment, key) for key in changed}
+        for key, value in changed.items():
+            setattr(enrolment, key, value)
+        if changed:
+            enrolment.save(update_fields=list(changed))
+            record(actor, "enrolment_token.policy", "enrolment_token", token_id, previous=previous, **changed)
+    return enrolment
 
 
 def revoke_enrolment_token(token_id: int, actor: Actor) -> EnrolmentToken:
@@ -357,7 +426,10 @@ def enrol(
     Claiming revokes the agent's earlier tokens (the enrolling process is its new
     holder). Refused (``EnrolmentRefused``) for an unknown, used-up, expired or
     revoked token, for an id the token is not bound to, and for an existing agent
-    with an unbound token. The token's labels are added to the agent's.
+    with an unbound token; and, naming the fields, for labels, capabilities or an
+    id its policy does not allow. A refusal creates nothing and uses nothing up.
+    The token's fixed labels are added to the agent's, and its policy is copied
+    onto the agent: its later hellos stay within it.
     """
     now = clock.now()
     with transaction.atomic():
@@ -376,6 +448,7 @@ def enrol(
             raise EnrolmentRefused(f"agent {agent_id} exists; claiming it needs a token bound to it", "agent_exists")
         if existing is not None and existing.admin_state == AdminState.DISABLED:
             raise EnrolmentRefused(f"agent {agent_id} is disabled")
+        _check_policy(enrolment, agent_id, labels or {}, capabilities or [], existing.labels if existing else {})
         enrolment.uses_left -= 1
         enrolment.save(update_fields=["uses_left"])
         actor = Actor.agent(agent_id)
@@ -383,12 +456,14 @@ def enrol(
             agent_id,
             actor,
             name=name,
-            labels={**(existing.labels if existing else {}), **(labels or {}), **enrolment.labels},
+            labels={**(existing.labels if existing else {}), **(labels or {}), **enrolment.fixed_labels},
             capabilities=capabilities,
             max_concurrency=max_concurrency,
             version=version,
             transport=transport,
         )
+        Agent.objects.filter(pk=agent_id).update(enrolment_policy=enrolment.policy.as_json())
+        agent.enrolment_policy = enrolment.policy.as_json()
         if existing is not None:
             for credential in AgentCredential.objects.filter(
                 agent_id=agent_id, kind=CredentialKind.TOKEN, revoked_at__isnull=True
@@ -397,6 +472,31 @@ def enrol(
         credential, token = issue_token(agent_id, actor)
         record(actor, "agent.enrol", "agent", agent_id, enrolment_token=enrolment.pk, claimed=existing is not None)
     return agent, credential, token
+
+
+def _check_policy(
+    enrolment: EnrolmentToken,
+    agent_id: str,
+    labels: Mapping[str, str],
+    capabilities: list[str],
+    current: Mapping[str, str],
+) -> None:
+    """Refuse (naming each field) what the token's policy does not let the enrolling agent claim.
+
+    A label the agent already has (claiming an existing agent) may be named again as it is.
+    """
+    fields: dict[str, list[str]] = {}
+    if enrolment.agent_id_prefix and not enrolment.agent_id and not agent_id.startswith(enrolment.agent_id_prefix):
+        fields["agent_id"] = [f"this enrolment token enrols only ids starting with {enrolment.agent_id_prefix!r}"]
+    asked = {key: value for key, value in labels.items() if current.get(key) != value}
+    for refusal in enrolment.policy.refusals(asked, capabilities):
+        fields.setdefault(refusal.field, []).append(refusal.message)
+    if fields:
+        raise EnrolmentRefused(
+            f"this enrolment token does not allow the {' and '.join(sorted(fields))} asked for",
+            "outside_policy",
+            fields,
+        )
 
 
 def rotate_token(agent_id: str, actor: Actor) -> tuple[AgentCredential, str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.core.validators import RegexValidator
 from django.db import models
 
+from registry.policy import EnrolmentPolicy
+
 AGENT_ID_PATTERN = r"\A[a-z0-9][a-z0-9._-]{0,62}\Z"  # \Z: "$" would accept a trailing newline
 agent_id_validator = RegexValidator(
     AGENT_ID_PATTERN,
@@ -52,6 +54,12 @@ class Agent(models.Model):
     enrolled_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     metadata = models.JSONField(default=dict, blank=True)
+    enrolment_policy = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="What the agent may claim about itself (registry.policy), copied from the bootstrap token it "
+        "enrolled with; empty: not enrolled with a token (made by an operator), no limit on its hello.",
+    )
 
     class Meta:
         db_table = "agents"
@@ -117,14 +125,30 @@ class EnrolmentToken(models.Model):
     """A bootstrap secret (``aen_...``) an agent trades for its own token at ``POST /api/v1/agent/enrol``.
 
     Bound to one agent id (which it may then claim, even if the agent exists), or
-    unbound (it may only create new agents). Stored as a hash, shown once.
+    unbound (it may only create new agents). Stored as a hash, shown once. Its
+    policy (``registry.policy``) limits the labels and capabilities an agent may
+    claim with it; new tokens allow none.
     """
 
     name = models.CharField(max_length=100, blank=True)
     token_prefix = models.CharField(max_length=12)
     token_hash = models.CharField(max_length=64, unique=True)
     agent_id = models.CharField(max_length=63, blank=True, help_text="The only agent id it enrols; empty: any new id.")
-    labels = models.JSONField(default=dict, blank=True, help_text="Labels given to agents enrolled with it.")
+    agent_id_prefix = models.CharField(
+        max_length=32, blank=True, help_text="New agent ids must start with this (an unbound token); empty: any."
+    )
+    fixed_labels = models.JSONField(
+        default=dict, blank=True, help_text="Labels always given to agents enrolled with it; they cannot change them."
+    )
+    allowed_labels = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Labels an agent may claim: key (or "*" for any other key) to a list of value patterns '
+        '(globs: ["*"] any value). Empty: none.',
+    )
+    allowed_capabilities = models.JSONField(
+        default=list, blank=True, help_text='Capability patterns an agent may offer (globs: ["*"] any). Empty: none.'
+    )
     uses_left = models.PositiveIntegerField(default=1)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -136,3 +160,12 @@ class EnrolmentToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name or 'enrolment token'} ({self.token_prefix}…)"
+
+    @property
+    def policy(self) -> EnrolmentPolicy:
+        return EnrolmentPolicy(
+            fixed_labels=self.fixed_labels,
+            allowed_labels=self.allowed_labels,
+            allowed_capabilities=self.allowed_capabilities,
+            token_id=self.pk,
+        )

@@ -71,7 +71,9 @@ def test_an_agent_following_the_documented_curl_session_gets_all_its_tasks_by_cl
 
     web = roles.web_url
     operator = Actor("tester")
-    _enrolment, bootstrap = registry_actions.create_enrolment_token(operator, name="edge-7")
+    _enrolment, bootstrap = registry_actions.create_enrolment_token(
+        operator, name="edge-7", allowed_capabilities=["echo"]
+    )
 
     # The session of docs/api.md, "An agent, with curl".
     status, enrolled = request(

@@ -7,6 +7,7 @@ that does not exist. Every write calls the same actions as the MQTT bridge.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -24,11 +25,13 @@ from rest_framework.views import APIView
 from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from aegis_site.api.authentication import AgentTokenAuthentication
+from aegis_site.api import errors
+from aegis_site.api.authentication import AgentTokenAuthentication, client_address
 from aegis_site.api.exceptions import Conflict
 from aegis_site.api.permissions import IsAgent
 from aegis_site.api.principals import AgentPrincipal
 from aegis_site.api.throttling import EndpointThrottle
+from broker.protocol import MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS, MAX_MESSAGE_BYTES
 from registry import actions as registry_actions
 from registry.api.serializers import (
     AgentSerializer,
@@ -49,6 +52,8 @@ from tasks.engine.longpoll import WAITS
 from tasks.engine.reports import Report
 from tasks.models import HELD_STATES, Task
 
+log = logging.getLogger("aegis.api")
+
 
 def principal(request: Request) -> AgentPrincipal:
     user = request.user
@@ -59,6 +64,7 @@ def principal(request: Request) -> AgentPrincipal:
 
 class AgentView(APIView):
     permission_classes = [IsAgent]
+    max_body_bytes = MAX_MESSAGE_BYTES  # what an agent sends is capped like its MQTT message (parsers.body_limit)
 
 
 class EnrolView(APIView):
@@ -68,22 +74,40 @@ class EnrolView(APIView):
     permission_classes = [AllowAny]
     throttle_classes = [EndpointThrottle]
     throttle_scope = "enrol"
+    max_body_bytes = MAX_MESSAGE_BYTES
 
     @extend_schema(request=EnrolSerializer, responses={201: IssuedTokenSerializer}, auth=[])
     def post(self, request: Request) -> Response:
         body = EnrolSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        agent, credential, token = registry_actions.enrol(
-            data["enrolment_token"],
-            data["agent_id"],
-            name=data["name"],
-            labels=data["labels"],
-            capabilities=data["capabilities"],
-            max_concurrency=data.get("max_concurrency"),
-            version=data["version"],
-            transport=Transport(data["transport"]) if "transport" in data else None,
-        )
+        try:
+            agent, credential, token = registry_actions.enrol(
+                data["enrolment_token"],
+                data["agent_id"],
+                name=data["name"],
+                labels=data["labels"],
+                capabilities=data["capabilities"],
+                max_concurrency=data.get("max_concurrency"),
+                version=data["version"],
+                transport=Transport(data["transport"]) if "transport" in data else None,
+            )
+        except registry_actions.EnrolmentRefused as refused:
+            log.warning(
+                "enrolment_refused",
+                extra={
+                    "event": "enrolment_refused",
+                    "client": client_address(request),
+                    "code": refused.code,
+                    "agent_id": data["agent_id"],
+                    "token_prefix": data["enrolment_token"][:8],
+                    "fields": refused.fields,
+                },
+            )
+            if not refused.fields:
+                raise
+            # Outside the token's policy: the usual error shape, with what was refused per field.
+            return Response(errors.body(refused.code, str(refused), refused.fields), status=status.HTTP_403_FORBIDDEN)
         answer = {"agent_id": agent.pk, "credential_id": credential.pk, "token": token}
         return Response(IssuedTokenSerializer(answer).data, status=status.HTTP_201_CREATED)
 
@@ -274,7 +298,11 @@ class TaskEventSerializer(serializers.Serializer[Any]):
     event_id = serializers.RegexField(r"^[A-Za-z0-9_-]{1,32}$", required=False)
     progress = serializers.DictField(required=False)
     result = serializers.JSONField(required=False)
-    error = serializers.DictField(required=False, help_text='For failed: {"code": ..., "message": ...}.')
+    error = serializers.DictField(
+        required=False,
+        help_text=f'For failed: {{"code": 1-{MAX_ERROR_CODE_CHARS} characters, '
+        f'"message": up to {MAX_ERROR_MESSAGE_CHARS}}}.',
+    )
     retryable = serializers.BooleanField(default=True)
     reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
 
@@ -283,8 +311,19 @@ class TaskEventSerializer(serializers.Serializer[Any]):
             raise serializers.ValidationError({"progress": ["Required for a progress event."]})
         if attrs["type"] == "failed":
             error = attrs.get("error") or {}
-            if not isinstance(error.get("code"), str) or not isinstance(error.get("message"), str):
+            code, message = error.get("code"), error.get("message")
+            if not isinstance(code, str) or not isinstance(message, str):
                 raise serializers.ValidationError({"error": ["A failed event needs error.code and error.message."]})
+            # The MQTT protocol's bounds (broker.protocol), so both transports store the same errors.
+            if not 1 <= len(code) <= MAX_ERROR_CODE_CHARS or len(message) > MAX_ERROR_MESSAGE_CHARS:
+                raise serializers.ValidationError(
+                    {
+                        "error": [
+                            f"error.code: 1-{MAX_ERROR_CODE_CHARS} characters, error.message: at most "
+                            f"{MAX_ERROR_MESSAGE_CHARS}."
+                        ]
+                    }
+                )
         return attrs
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from rest_framework import serializers
 
+from registry import policy
 from registry.models import AGENT_ID_PATTERN, AdminState, Agent, AgentCredential, EnrolmentToken
 
 AGENT_ID_REGEX = AGENT_ID_PATTERN.replace(r"\A", "^").replace(r"\Z", "$")
@@ -100,7 +102,10 @@ class EnrolmentTokenSerializer(serializers.ModelSerializer[EnrolmentToken]):
             "name",
             "token_prefix",
             "agent_id",
-            "labels",
+            "agent_id_prefix",
+            "fixed_labels",
+            "allowed_labels",
+            "allowed_capabilities",
             "uses_left",
             "created_at",
             "expires_at",
@@ -109,12 +114,55 @@ class EnrolmentTokenSerializer(serializers.ModelSerializer[EnrolmentToken]):
         read_only_fields = fields
 
 
-class EnrolmentTokenCreateSerializer(serializers.Serializer[Any]):
+class PolicyField(serializers.JSONField):
+    """A part of an enrolment policy, checked by ``registry.policy``'s cleaner for it."""
+
+    def __init__(self, clean: Callable[[Any], Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clean = clean
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return self.clean(super().to_internal_value(data))
+        except policy.PolicyError as error:
+            raise serializers.ValidationError(str(error)) from error
+
+
+AGENT_ID_PREFIX_REGEX = r"^[a-z0-9][a-z0-9._-]{0,31}$"
+
+
+class EnrolmentPolicySerializer(serializers.Serializer[Any]):
+    """What an agent enrolling with the token may claim (``registry.policy``); every part defaults to nothing."""
+
+    fixed_labels = PolicyField(policy.clean_fixed_labels, required=False, help_text="Always given; not changeable.")
+    allowed_labels = PolicyField(
+        policy.clean_allowed_labels,
+        required=False,
+        help_text='Label key (or "*") to value globs the agent may claim, e.g. {"zone": ["eu-*"], "rack": ["*"]}.',
+    )
+    allowed_capabilities = PolicyField(
+        policy.clean_allowed_capabilities, required=False, help_text='Capability globs it may offer, e.g. ["echo"].'
+    )
+    agent_id_prefix = serializers.RegexField(
+        AGENT_ID_PREFIX_REGEX, required=False, allow_blank=True, help_text="New agent ids must start with it."
+    )
+
+
+class EnrolmentTokenCreateSerializer(EnrolmentPolicySerializer):
     name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
     agent_id = serializers.RegexField(AGENT_ID_REGEX, required=False, allow_blank=True, default="")
-    labels = LabelsField(required=False, default=dict)
+    labels = PolicyField(
+        policy.clean_fixed_labels, required=False, write_only=True, help_text="Deprecated: fixed_labels's old name."
+    )
     uses = serializers.IntegerField(min_value=1, max_value=100_000, default=1)
     ttl_hours = serializers.IntegerField(min_value=1, max_value=24 * 365, required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "labels" in attrs:
+            if "fixed_labels" in attrs:
+                raise serializers.ValidationError({"labels": ["Give fixed_labels only (labels is its old name)."]})
+            attrs["fixed_labels"] = attrs.pop("labels")
+        return attrs
 
 
 class EnrolmentTokenIssuedSerializer(EnrolmentTokenSerializer):

@@ -25,6 +25,7 @@ from registry.api.serializers import (
     AgentSerializer,
     AgentUpdateSerializer,
     CredentialSerializer,
+    EnrolmentPolicySerializer,
     EnrolmentTokenCreateSerializer,
     EnrolmentTokenIssuedSerializer,
     EnrolmentTokenSerializer,
@@ -153,13 +154,17 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return Response(CredentialSerializer(actions.revoke_credential(credential.pk, _actor(request))).data)
 
 
-class EnrolmentTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[EnrolmentToken]):
-    """Bootstrap tokens agents trade for their own credentials at ``POST /agent/enrol/``."""
+class EnrolmentTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[EnrolmentToken]):
+    """Bootstrap tokens agents trade for their own credentials at ``POST /agent/enrol/``, and their policy."""
 
     queryset = EnrolmentToken.objects.all()
     serializer_class = EnrolmentTokenSerializer
     lookup_value_regex = "[0-9]{1,18}"
-    required_permissions = {"create": ["registry.add_agent"], "revoke": ["registry.add_agent"]}
+    required_permissions = {
+        "create": ["registry.add_agent"],
+        "revoke": ["registry.add_agent"],
+        "partial_update": ["registry.add_agent"],
+    }
 
     @extend_schema(request=EnrolmentTokenCreateSerializer, responses={201: EnrolmentTokenIssuedSerializer})
     def create(self, request: Request) -> Response:
@@ -171,12 +176,24 @@ class EnrolmentTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet[Enrol
             _actor(request),
             name=data["name"],
             agent_id=data["agent_id"],
-            labels=data["labels"],
+            fixed_labels=data.get("fixed_labels"),
+            allowed_labels=data.get("allowed_labels"),
+            allowed_capabilities=data.get("allowed_capabilities"),
+            agent_id_prefix=data.get("agent_id_prefix", ""),
             uses=data["uses"],
             ttl=ttl,
         )
         answer = {**EnrolmentTokenSerializer(enrolment).data, "token": token}
         return Response(answer, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=EnrolmentPolicySerializer, responses=EnrolmentTokenSerializer)
+    def partial_update(self, request: Request, pk: str | None = None) -> Response:
+        """Change what later enrolments may claim; agents enrolled already keep the policy they enrolled under."""
+        enrolment = self.get_object()
+        body = EnrolmentPolicySerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        changed = actions.set_enrolment_policy(enrolment.pk, _actor(request), **body.validated_data)
+        return Response(EnrolmentTokenSerializer(changed).data)
 
     @extend_schema(request=None, responses=EnrolmentTokenSerializer)
     @action(detail=True, methods=["post"])

@@ -33,7 +33,9 @@ def claim_one(client: APIClient) -> dict[str, Any]:
 
 
 def test_an_agent_using_only_http_enrols_claims_and_completes_a_task(spec, operator):
-    _enrolment, bootstrap = registry_actions.create_enrolment_token(operator, labels={"site": "lab"})
+    _enrolment, bootstrap = registry_actions.create_enrolment_token(
+        operator, fixed_labels={"site": "lab"}, allowed_capabilities=["echo"]
+    )
     anonymous = APIClient()
     enrolled = anonymous.post(
         "/api/v1/agent/enrol/",
