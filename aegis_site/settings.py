@@ -201,7 +201,9 @@ MQTT_KEY_FILE = env.str("MQTT_KEY_FILE", default="")
 MQTT_PROTOCOL = env.str("MQTT_PROTOCOL", default="5")
 if MQTT_PROTOCOL not in {"5", "3.1.1"}:
     raise ImproperlyConfigured(f"MQTT_PROTOCOL must be 5 or 3.1.1, got {MQTT_PROTOCOL!r}")
-MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="")  # default: aegis-bridge-<hostname>
+# Default aegis-bridge-<hostname>; the dispatcher appends -dispatcher-<pid>. With the generated broker
+# configuration it must start with "aegis-bridge-" (the aegis_auth plugin binds client ids to certificates).
+MQTT_CLIENT_ID = env.str("MQTT_CLIENT_ID", default="")
 MQTT_SHARE_GROUP = env.str("MQTT_SHARE_GROUP", default="aegis")
 MQTT_SESSION_EXPIRY = _positive_int("MQTT_SESSION_EXPIRY", 3600)
 MQTT_RECEIVE_MAXIMUM = _positive_int("MQTT_RECEIVE_MAXIMUM", 1000)

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from broker import protocol
-from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client
+from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client, service_client_id
 from broker.ingest import Incoming
 from broker.presence import HeartbeatBuffer, RevokedAgents
 from broker.publisher import publish_pending
@@ -50,7 +50,7 @@ def subscriptions(mqtt5: bool, group: str) -> list[tuple[str, int]]:
 class Bridge:
     def __init__(self, url: str | None = None, client_id: str | None = None) -> None:
         self.address = BrokerAddress.from_url(url) if url else BrokerAddress.configured()
-        self.client_id = client_id or settings.MQTT_CLIENT_ID or f"aegis-bridge-{socket.gethostname()}"
+        self.client_id = client_id or settings.MQTT_CLIENT_ID or service_client_id(socket.gethostname())
         self.mqtt5 = mqtt5()
         self.stop = threading.Event()
         self.connected = threading.Event()

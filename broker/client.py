@@ -15,6 +15,14 @@ from django.conf import settings
 from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from broker.pki import BRIDGE_CN
+
+
+def service_client_id(*parts: str) -> str:
+    """A client id for the bridge's certificate: the broker's ``aegis_auth`` plugin admits that
+    certificate only with ``aegis-bridge`` or ``aegis-bridge-...`` (agents: their own CN only)."""
+    return "-".join((BRIDGE_CN, *parts))
+
 
 @dataclass(frozen=True)
 class BrokerAddress:

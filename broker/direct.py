@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 from django.conf import settings
 
 from broker import outbox, publisher
-from broker.client import BrokerAddress, new_client
+from broker.client import BrokerAddress, new_client, service_client_id
 from broker.models import OutboxMessage
 from ops.metrics import counters
 from tasks.engine import clock
@@ -29,7 +29,7 @@ log = logging.getLogger("aegis.dispatcher")
 
 class DirectPublisher:
     def __init__(self, client_id: str | None = None) -> None:
-        base = settings.MQTT_CLIENT_ID or f"aegis-{socket.gethostname()}"
+        base = settings.MQTT_CLIENT_ID or service_client_id(socket.gethostname())
         self.client_id = client_id or f"{base}-dispatcher-{os.getpid()}"
         self.address = BrokerAddress.configured()
         self.client = new_client(self.client_id, self.address, persistent=False)

@@ -26,6 +26,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker import mosquitto, pki
@@ -130,6 +132,7 @@ class Probe:
     messages: queue.Queue[mqtt.MQTTMessage] = field(default_factory=queue.Queue)
     seen: list[mqtt.MQTTMessage] = field(default_factory=list)
     acks: dict[int, ReasonCode] = field(default_factory=dict)
+    granted: dict[int, list[ReasonCode]] = field(default_factory=dict)  # SUBACK reason codes per SUBSCRIBE
     acked: threading.Condition = field(default_factory=threading.Condition)
     refusal: BaseException | None = None
 
@@ -155,17 +158,30 @@ class Probe:
 
     def _on_ack(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self.acked:
+            if isinstance(reason, list):
+                self.granted[mid] = list(reason)
             self.acks[mid] = reason[0] if isinstance(reason, list) else reason
             self.acked.notify_all()
 
-    def start(self, broker: Broker, credentials: Credentials | None, *, tls: bool = True) -> bool:
-        """Connect; True once the broker accepted, False once it refused (never a silent timeout)."""
+    def start(
+        self, broker: Broker, credentials: Credentials | None, *, tls: bool = True, persistent: bool = False
+    ) -> bool:
+        """Connect; True once the broker accepted, False once it refused (never a silent timeout).
+
+        ``persistent``: resume the client id's session and keep it an hour after disconnecting.
+        """
         if tls:
             certfile = str(credentials.cert) if credentials and credentials.cert else None
             keyfile = str(credentials.key) if credentials and credentials.key else None
             self.client.tls_set(ca_certs=str(broker.layout.ca_cert), certfile=certfile, keyfile=keyfile)
+        properties = None
+        if persistent:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600
         try:
-            self.client.connect(broker.host, broker.port, keepalive=30, clean_start=True)
+            self.client.connect(
+                broker.host, broker.port, keepalive=30, clean_start=not persistent, properties=properties
+            )
         except (ssl.SSLError, OSError) as error:
             self.refusal = error
             return False
@@ -184,9 +200,14 @@ class Probe:
             return self.acks[mid]
 
     def subscribe(self, *topics: str) -> None:
+        for topic, reason in zip(topics, self.try_subscribe(*topics), strict=True):
+            assert not reason.is_failure, (topic, reason)
+
+    def try_subscribe(self, *topics: str) -> list[ReasonCode]:
+        """One SUBSCRIBE; the broker's reason code for each topic."""
         _, mid = self.client.subscribe([(topic, 1) for topic in topics])
-        reason = self.wait_ack(mid)
-        assert not reason.is_failure, reason
+        self.wait_ack(mid)
+        return self.granted[mid]
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> ReasonCode:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
@@ -289,18 +310,48 @@ def test_agent_cannot_publish_on_another_agents_topics(broker, probes, bridge):
     assert not any(bridge.received(payload) for payload in forged.values())
 
 
-def test_claiming_the_bridge_username_does_not_grant_its_access(broker, probes, bridge):
+def test_claiming_the_bridge_username_is_refused(broker, probes, bridge):
     impostor = probes("agent-a")
     impostor.client.username_pw_set("aegis-bridge")
-    assert impostor.start(broker, broker.agents["agent-a"])
-    assert impostor.publish("aegis/agents/agent-b/events", token("forged")).value == NOT_AUTHORIZED
+    assert not impostor.start(broker, broker.agents["agent-a"])
+    honest = probes("agent-a")
+    honest.client.username_pw_set("agent-a")  # sending its own CN as username is allowed
+    assert honest.start(broker, broker.agents["agent-a"])
+
+
+# What an agent identity tries to subscribe to beyond its inbox and the broadcast.
+FORBIDDEN_SUBSCRIPTIONS = (
+    "aegis/agents/agent-b/inbox",
+    "aegis/agents/+/inbox",
+    "aegis/#",
+    "#",
+    "aegis/agents/agent-a/#",
+    "aegis/agents/agent-a/events",
+    "$share/aegis/aegis/agents/+/events",
+    "$share/aegis/aegis/agents/+/hello",
+    "$share/aegis/aegis/agents/+/status",
+    "$share/aegis/aegis/agents/+/heartbeat",
+    "$share/aegis/aegis/agents/agent-a/inbox",
+    "$share/other/aegis/agents/+/events",
+    "$SYS/#",
+)
+
+
+def test_agent_subscriptions_outside_its_inbox_and_the_broadcast_are_refused(broker, probes):
+    agent_a = agent(broker, probes, "agent-a")
+    reasons = agent_a.try_subscribe(*FORBIDDEN_SUBSCRIPTIONS)
+    answered = {topic: reason.value for topic, reason in zip(FORBIDDEN_SUBSCRIPTIONS, reasons, strict=True)}
+    assert answered == dict.fromkeys(FORBIDDEN_SUBSCRIPTIONS, NOT_AUTHORIZED)
+    granted = agent_a.try_subscribe("aegis/agents/agent-a/inbox", "aegis/broadcast")
+    assert [reason.is_failure for reason in granted] == [False, False]
 
 
 def test_agent_cannot_read_another_agents_inbox(broker, probes, bridge):
     agent_a = agent(broker, probes, "agent-a")
     agent_b = agent(broker, probes, "agent-b")
-    # Mosquitto 2.0 grants any SUBSCRIBE; the ACL is applied to each message delivered.
-    agent_a.subscribe("aegis/agents/agent-a/inbox", "aegis/agents/agent-b/inbox", "aegis/agents/+/inbox", "aegis/#")
+    reasons = agent_a.try_subscribe("aegis/agents/agent-b/inbox", "aegis/agents/+/inbox", "aegis/#")
+    assert [reason.value for reason in reasons] == [NOT_AUTHORIZED] * 3
+    agent_a.subscribe("aegis/agents/agent-a/inbox")
     agent_b.subscribe("aegis/agents/agent-b/inbox")
     for_b, marker = token("task.assign"), token("ping")
     assert bridge.publish("aegis/agents/agent-b/inbox", for_b).value == 0
@@ -308,6 +359,66 @@ def test_agent_cannot_read_another_agents_inbox(broker, probes, bridge):
     agent_b.expect(is_payload(for_b))
     agent_a.expect(is_payload(marker))
     assert not agent_a.received(for_b)
+
+
+def test_an_agent_joining_the_bridges_shared_subscription_takes_nothing(broker, probes, bridge):
+    """The attack of issue 13: with the SUBSCRIBE granted, Mosquitto round-robins the group's
+    messages to the attacker and its ACL then drops them; 870 of 2,440 events vanished."""
+    group_topics = list(mosquitto.bridge_subscriptions())
+    attacker = probes("agent-a")
+    assert attacker.start(broker, broker.agents["agent-a"], persistent=True)
+    offline_reasons = attacker.try_subscribe(*group_topics)
+    attacker.stop()  # a persistent session would go on taking its share while offline
+    online = probes("agent-a")
+    assert online.start(broker, broker.agents["agent-a"], persistent=True)
+    online_reasons = online.try_subscribe(*group_topics)
+
+    sender = agent(broker, probes, "agent-b")
+    events = [token(f"task.progress-{index}") for index in range(200)]
+    for event in events:
+        assert sender.publish("aegis/agents/agent-b/events", event).value == 0
+    marker = token("marker")
+    assert bridge.publish("aegis/agents/agent-b/inbox", marker).value == 0  # the bridge reads inboxes too
+    bridge.expect(is_payload(marker))
+    received = {message.payload for message in bridge.seen}
+    lost = [event for event in events if event not in received]
+    assert lost == [], f"{len(lost)} of {len(events)} events went to the attacker"
+    assert [reason.value for reason in offline_reasons + online_reasons] == [NOT_AUTHORIZED] * 2 * len(group_topics)
+
+
+def test_an_agent_cannot_take_over_another_agents_session(broker, probes, bridge):
+    """agent-a's certificate with agent-b's client id: refused, agent-b stays connected, and
+    agent-b's queued assignment waits for agent-b (5 of 5 takeovers worked before)."""
+    victim = probes("agent-b")
+    assert victim.start(broker, broker.agents["agent-b"], persistent=True)
+    victim.subscribe("aegis/agents/agent-b/inbox")
+    for _ in range(5):
+        thief = probes("agent-b")
+        assert not thief.start(broker, broker.agents["agent-a"], persistent=True)
+    assert not victim.closed.is_set(), "the victim was disconnected"
+    marker = token("ping")
+    assert bridge.publish("aegis/agents/agent-b/inbox", marker).value == 0
+    victim.expect(is_payload(marker))
+
+    victim.stop()  # offline, session kept: assignments queue in it
+    queued = token("task.assign")
+    assert bridge.publish("aegis/agents/agent-b/inbox", queued).value == 0
+    thief = probes("agent-b")
+    assert not thief.start(broker, broker.agents["agent-a"], persistent=True)
+    assert not thief.received(queued)
+    back = probes("agent-b")
+    assert back.start(broker, broker.agents["agent-b"], persistent=True)
+    back.expect(is_payload(queued))
+
+
+def test_client_ids_are_bound_to_the_certificate(broker, probes):
+    assert not probes("").start(broker, broker.agents["agent-a"])  # a server-assigned id is not the CN
+    assert not probes("agent-a-2").start(broker, broker.agents["agent-a"])
+    assert not probes("aegis-bridge-x").start(broker, broker.agents["agent-a"])
+    # The bridge's certificate serves every bridge and dispatcher replica: "aegis-bridge" or "aegis-bridge-...".
+    assert probes("aegis-bridge-replica-2").start(broker, broker.bridge)
+    assert not probes("agent-a").start(broker, broker.bridge)
+    assert not probes("aegis-bridgeX").start(broker, broker.bridge)
 
 
 def test_agent_receives_its_inbox_and_the_broadcast(broker, probes, bridge):

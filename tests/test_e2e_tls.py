@@ -28,7 +28,7 @@ def tls_bridge(broker: Broker, settings) -> Iterator[Bridge]:  # noqa: F811
     settings.MQTT_KEY_FILE = str(broker.layout.bridge_key)
     settings.MQTT_SHARE_GROUP = f"e2e{uuid.uuid4().hex[:8]}"
     settings.BRIDGE_OUTBOX_POLL_INTERVAL = 0.05
-    bridge = Bridge(f"mqtts://127.0.0.1:{broker.port}", client_id=f"bridge-{uuid.uuid4().hex[:8]}")
+    bridge = Bridge(f"mqtts://127.0.0.1:{broker.port}", client_id=f"aegis-bridge-{uuid.uuid4().hex[:8]}")
     bridge.start()
     assert bridge.connected.wait(10), f"bridge did not connect; broker log:\n{broker.log.read_text()[-2000:]}"
     yield bridge

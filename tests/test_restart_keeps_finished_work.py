@@ -65,7 +65,7 @@ def start_bridge(broker: Broker, settings: Any) -> Iterator[Callable[[], Bridge]
     started: list[Bridge] = []
 
     def start() -> Bridge:
-        bridge = Bridge(f"mqtts://127.0.0.1:{broker.port}", client_id=f"bridge-{uuid.uuid4().hex[:8]}")
+        bridge = Bridge(f"mqtts://127.0.0.1:{broker.port}", client_id=f"aegis-bridge-{uuid.uuid4().hex[:8]}")
         bridge.start()
         started.append(bridge)
         wait_for(lambda: broker.subacks_to(bridge.client_id) >= 1, "the bridge to subscribe", timeout=20)

@@ -40,7 +40,7 @@ def test_conf_requires_a_client_certificate_as_identity(tmp_path):
         f"acl_file {layout.acl}",
         "persistence true",
         f"persistence_location {layout.data}",
-        f"max_packet_size {256 * 1024 + mosquitto.PACKET_OVERHEAD_BYTES}",
+        f"max_packet_size {4 * 256 * 1024 + mosquitto.PACKET_OVERHEAD_BYTES}",
         "set_tcp_nodelay true",
         "log_dest stdout",
         "listener 18883 0.0.0.0",
@@ -48,9 +48,13 @@ def test_conf_requires_a_client_certificate_as_identity(tmp_path):
         f"certfile {layout.server_cert}",
         f"keyfile {layout.server_key}",
         "require_certificate true",
-        "use_identity_as_username true",
+        f"plugin {layout.plugin}",
+        "plugin_opt_services aegis-bridge",
+        "plugin_opt_agent_read aegis/agents/%u/inbox aegis/broadcast",
     ]:
         assert directive in conf
+    # use_identity_as_username would skip the plugin's check of each CONNECT (client id = CN).
+    assert not any(line.startswith(("use_identity_as_username", "use_subject_as_username")) for line in conf)
     # Listener options must follow their listener line.
     assert conf.index("require_certificate true") > conf.index("listener 18883 0.0.0.0")
     assert not any(line.startswith("user ") for line in conf)
@@ -127,3 +131,16 @@ def test_bridge_subscriptions_are_shared_and_cover_every_agent_topic():
 def test_mosquitto_command_points_at_the_conf(tmp_path):
     command = mosquitto.mosquitto_command(mosquitto.BrokerLayout(Path(tmp_path)))
     assert command[-2:] == ["-c", str(tmp_path / "mosquitto.conf")]
+
+
+def test_the_plugin_is_built_once_per_source_and_a_given_path_is_used_as_is(tmp_path):
+    files = mosquitto.write_broker_files(tmp_path / "broker")
+    built = files.layout.plugin
+    assert built.exists()
+    assert built.stat().st_mode & 0o111
+    first = built.stat().st_mtime_ns
+    mosquitto.write_broker_files(tmp_path / "broker")
+    assert built.stat().st_mtime_ns == first
+    elsewhere = mosquitto.write_broker_files(tmp_path / "other", plugin_path="/usr/lib/mosquitto/aegis_auth.so")
+    assert "plugin /usr/lib/mosquitto/aegis_auth.so" in elsewhere.layout.conf.read_text().splitlines()
+    assert not elsewhere.layout.plugin.exists()

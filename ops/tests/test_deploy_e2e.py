@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from broker import plugin
 from ops.tests.deploy_compose import ENV_EXAMPLE, ROOT, Service, load_compose, read_env_file, rewrite, service
 from tests.support import free_port, wait_for
 
@@ -33,6 +34,7 @@ DATABASE = "aegis_deploy_e2e"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 BROKER = "/etc/aegis/broker"
+PLUGIN_IN_IMAGE = "/usr/lib/mosquitto/aegis_auth.so"
 
 
 def reachable(port: int) -> bool:
@@ -82,6 +84,8 @@ class Host:
         args = {"python": sys.executable, "daphne": str(Path(sys.executable).parent / "daphne"), "mosquitto": MOSQUITTO}
         # 0.0.0.0 in a container is the container's own interfaces: here, loopback only.
         args |= {"0.0.0.0": "127.0.0.1", "8883": str(self.mqtt_port), "8000": str(self.web_port)}  # nosec B104
+        # The broker image's plugin (deploy/mosquitto/Dockerfile compiles broker/plugin/aegis_auth.c there).
+        args[PLUGIN_IN_IMAGE] = str(plugin.build(self.root / "plugin" / plugin.PLUGIN_NAME))
         return [args.get(arg, rewrite(arg, self.paths(svc))) for arg in svc.command]
 
     def environment(self, svc: Service) -> dict[str, str]:

@@ -9,7 +9,10 @@ from broker.mosquitto import DEFAULT_HOST, DEFAULT_PORT, mosquitto_command, writ
 
 
 class Command(BaseCommand):
-    help = "Write the CA, Mosquitto's and the bridge's certificates, mosquitto.conf and the ACL into a directory."
+    help = (
+        "Write the CA, Mosquitto's and the bridge's certificates, mosquitto.conf, the ACL and the aegis_auth"
+        " plugin into a directory."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dir", required=True, type=Path, help="broker directory (created if missing)")
@@ -26,6 +29,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--force", action="store_true", help="replace the CA and certificates (invalidates agent certificates)"
         )
+        parser.add_argument(
+            "--plugin-path",
+            help="where Mosquitto finds aegis_auth.so when its image carries it (default: compile it into --dir)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         files = write_broker_files(
@@ -37,6 +44,7 @@ class Command(BaseCommand):
             force=options["force"],
             log_file=options["log_file"],
             run_as_user=options["user"],
+            plugin_path=options["plugin_path"],
         )
         created = ", ".join(files.created) or "nothing (kept the existing CA and certificates)"
         self.stdout.write(f"Broker files in {files.layout.directory}; newly issued: {created}")
