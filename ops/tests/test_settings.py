@@ -82,3 +82,28 @@ def test_sqlite_uses_immediate_transactions_and_wal(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.split() == ["wal", "IMMEDIATE"], result.stderr
+
+
+@pytest.mark.parametrize("deploy", [False, True])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JWT_ALGORITHM": "none"}, "aegis.E002"),
+        ({"JWT_ALGORITHM": "RS256"}, "aegis.E002"),  # would need a verifying key this project never configures
+        ({"JWT_SIGNING_KEY": "abc"}, "aegis.E003"),
+    ],
+)
+def test_unsafe_jwt_settings_refuse_to_start(tmp_path: Path, env: dict[str, str], message: str, deploy: bool) -> None:
+    command = ["check", "--deploy"] if deploy else ["check"]
+    environment = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DEBUG", "SECRET_KEY"}}
+    environment.update({"DATA_DIR": str(tmp_path), **env})
+    result = subprocess.run(
+        [sys.executable, "manage.py", *command], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_a_long_random_jwt_key_passes(tmp_path: Path) -> None:
+    result = run_check(tmp_path, JWT_SIGNING_KEY="k" * 32, JWT_ALGORITHM="HS512")
+    assert result.returncode == 0, result.stderr
