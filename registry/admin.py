@@ -20,7 +20,11 @@ from django.utils.safestring import SafeString
 
 from ops.adminkit import ReadOnlyAdmin, actor_of
 from ops.models import AuditEvent
-from registry import actions, admin_display
+from registry import (
+    actions,
+    admin_display,
+    admin_enrolment,  # noqa: F401  (registers the enrolment tokens' admin)
+)
 from registry.admin_filters import CapabilityFilter, LabelFilter, VersionFilter
 from registry.admin_operations import AgentOperationsAdmin
 from registry.models import Agent, AgentCredential

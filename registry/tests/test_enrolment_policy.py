@@ -22,7 +22,7 @@ from registry import actions as registry_actions
 from registry.models import Agent, EnrolmentToken
 from registry.policy import EnrolmentPolicy
 from tasks import actions
-from tests.support import envelope
+from tests.support import envelope, staff_user
 
 pytestmark = pytest.mark.django_db
 
@@ -280,4 +280,58 @@ def test_a_malformed_policy_is_refused_naming_its_field(admin_api, field, value)
     answer = admin_api.post("/api/v1/enrolment-tokens/", {field: value}, format="json")
     assert answer.status_code == 400, answer.content
     assert list(answer.json()["error"]["fields"]) == [field]
+    assert not EnrolmentToken.objects.exists()
+
+
+# --- operators: the admin ----------------------------------------------------------------
+
+
+def test_the_admin_creates_a_token_with_a_policy_shows_it_once_and_changes_the_policy(client):
+    client.force_login(User.objects.create_superuser("boss", password="pw-for-tests-only"))
+    form = {
+        "name": "rack 4",
+        "agent_id": "",
+        "uses": "3",
+        "ttl_hours": "",
+        "agent_id_prefix": "rack4-",
+        "fixed_labels": '{"rack": "4"}',
+        "allowed_labels": '{"zone": ["eu-*"]}',
+        "allowed_capabilities": '["echo"]',
+    }
+    page = client.post("/admin/registry/enrolmenttoken/add/", form)
+    assert page.status_code == 200, page.content[:2000]
+    row = EnrolmentToken.objects.get()
+    token = page.context["token"]
+    assert token.startswith("aen_")
+    assert token.encode() in page.content
+    assert "no-cache" in page["Cache-Control"]
+    assert (row.name, row.uses_left, row.agent_id_prefix, row.fixed_labels) == ("rack 4", 3, "rack4-", {"rack": "4"})
+    assert (row.allowed_labels, row.allowed_capabilities) == ({"zone": ["eu-*"]}, ["echo"])
+    assert AuditEvent.objects.filter(action="enrolment_token.create", object_id=str(row.pk)).exists()
+    assert enrol(token, "rack4-1", labels={"zone": "eu-1"}, capabilities=["echo"]).status_code == 201
+
+    change = f"/admin/registry/enrolmenttoken/{row.pk}/change/"
+    assert token.encode() not in client.get(change).content
+    edited = {**form, "allowed_capabilities": '["echo", "shell"]'}
+    assert client.post(change, edited).status_code == 302
+    assert EnrolmentToken.objects.get().allowed_capabilities == ["echo", "shell"]
+    assert AuditEvent.objects.filter(action="enrolment_token.policy", object_id=str(row.pk)).exists()
+
+    refused = client.post(change, {**form, "allowed_labels": '{"zone": "eu-*"}'})
+    assert refused.status_code == 200  # the form again, with the error
+    assert "allowed_labels" in refused.context["adminform"].form.errors
+    assert EnrolmentToken.objects.get().allowed_labels == {"zone": ["eu-*"]}
+
+    revoked = client.post(
+        "/admin/registry/enrolmenttoken/", {"action": "revoke", "_selected_action": [str(row.pk)]}, follow=True
+    )
+    assert revoked.status_code == 200
+    assert EnrolmentToken.objects.get().revoked_at is not None
+
+
+def test_the_admin_needs_add_agent_to_make_or_change_tokens(client):
+    client.force_login(staff_user("viewer", ("registry.view_enrolmenttoken",)))
+    assert client.get("/admin/registry/enrolmenttoken/").status_code == 200
+    assert client.get("/admin/registry/enrolmenttoken/add/").status_code == 403
+    assert client.post("/admin/registry/enrolmenttoken/add/", {"name": "x", "uses": "1"}).status_code == 403
     assert not EnrolmentToken.objects.exists()
