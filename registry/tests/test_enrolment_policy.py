@@ -7,16 +7,19 @@ hello could widen what it enrolled with. Labels and capabilities route jobs.
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
+from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
+from ops.audit import Actor
 from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import Agent, EnrolmentToken
@@ -335,3 +338,80 @@ def test_the_admin_needs_add_agent_to_make_or_change_tokens(client):
     assert client.get("/admin/registry/enrolmenttoken/add/").status_code == 403
     assert client.post("/admin/registry/enrolmenttoken/add/", {"name": "x", "uses": "1"}).status_code == 403
     assert not EnrolmentToken.objects.exists()
+
+
+# --- operators: manage.py create_enrolment_token -----------------------------------------
+
+
+def test_the_command_prints_only_the_token_on_stdout_and_stores_its_policy():
+    out, err = io.StringIO(), io.StringIO()
+    call_command(
+        "create_enrolment_token",
+        "--name=eu edge",
+        "--uses=20",
+        "--agent-id-prefix=edge-",
+        "--fixed-label=site=lab",
+        "--allow-label=zone=eu-*",
+        "--allow-label=zone=us-east-1",
+        "--allow-label=rack=*",
+        "--allow-capability=echo",
+        stdout=out,
+        stderr=err,
+    )
+    token = out.getvalue().strip()
+    assert token.startswith("aen_")
+    assert "\n" not in token
+    row = EnrolmentToken.objects.get()
+    assert (row.name, row.uses_left, row.agent_id_prefix) == ("eu edge", 20, "edge-")
+    assert (row.fixed_labels, row.allowed_labels, row.allowed_capabilities) == (
+        {"site": "lab"},
+        {"zone": ["eu-*", "us-east-1"], "rack": ["*"]},
+        ["echo"],
+    )
+    assert enrol(token, "edge-1", labels={"zone": "us-east-1"}, capabilities=["echo"]).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "bad", ["--allow-label=zone", "--allow-label=bad key=x", "--allow-capability=has space", "--agent-id-prefix=Edge"]
+)
+def test_the_command_refuses_a_malformed_policy(bad):
+    with pytest.raises(CommandError):
+        call_command("create_enrolment_token", bad, stdout=io.StringIO(), stderr=io.StringIO())
+    assert not EnrolmentToken.objects.exists()
+
+
+# --- upgrading ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upgrading_keeps_existing_tokens_enrolling_but_no_longer_lets_them_choose_labels():
+    """The migration: an old token's labels become fixed ones, it allows any capability (as before), no labels."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("registry", "0005_agent_transport")], [("registry", "0006_enrolment_policy")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old_state = executor.loader.project_state(before)
+    old_token = old_state.apps.get_model("registry", "EnrolmentToken").objects.create(
+        name="old",
+        token_prefix="aen_old",
+        token_hash=registry_actions.hash_token("aen_old-generic"),
+        labels={"site": "lab"},
+        uses_left=5,
+    )
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(after)
+
+    upgraded = EnrolmentToken.objects.get(pk=old_token.pk)
+    assert (upgraded.fixed_labels, upgraded.allowed_labels, upgraded.allowed_capabilities) == (
+        {"site": "lab"},
+        {},
+        ["*"],
+    )
+    assert registry_actions.create_enrolment_token(Actor("tester"))[0].allowed_capabilities == []  # new ones: none
+    cache.clear()
+    assert enrol("aen_old-generic", "old-1", capabilities=["echo", "shell"]).status_code == 201
+    assert Agent.objects.get(pk="old-1").labels == {"site": "lab"}
+    assert enrol("aen_old-generic", "old-2", labels={"role": "db-primary"}).status_code == 403
