@@ -324,6 +324,9 @@ SIMPLE_JWT = {
     "ALGORITHM": env.str("JWT_ALGORITHM", default="HS256"),
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
+    # An operator's pair carries a digest of the password: a password change ends it (aegis_site/api/jwt_claims.py).
+    "TOKEN_OBTAIN_SERIALIZER": "aegis_site.api.jwt_claims.OperatorTokenObtainSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "aegis_site.api.jwt_claims.RefreshSerializer",
 }
 
 SPECTACULAR_SETTINGS = {

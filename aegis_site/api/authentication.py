@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
+from aegis_site.api import jwt_claims
 from aegis_site.api.principals import AgentPrincipal
 from ops import tokens
 from ops.metrics import counters
@@ -111,6 +112,8 @@ class AegisJWTAuthentication(JWTAuthentication):
             user = self.get_user(validated)
         except (InvalidToken, exceptions.AuthenticationFailed) as exc:
             raise auth_failed(request, "jwt", "no active user for this token", token) from exc
+        if not jwt_claims.issued_under_current_password(validated, user):
+            raise auth_failed(request, "jwt", "the password changed since this token was issued", token)
         return user, validated
 
     def authenticate_header(self, request: Request) -> str:
