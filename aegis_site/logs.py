@@ -44,14 +44,37 @@ def plain_formatter() -> logging.Formatter:
     )
 
 
+# Control characters (newlines above all) and the Unicode line separators, written as escapes: a value
+# from outside (a username, a path) can then never start a line of its own and pass for another record.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+    0x85: "\\x85",
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def one_line(value: object) -> str:
+    return str(value).translate(_ESCAPES)
+
+
 def plain_renderer(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
-    """``2026-11-27T18:00:00Z INFO aegis.tasks job submitted job_id=3 request_id=...``."""
+    """``2026-11-27T18:00:00Z INFO aegis.tasks job submitted job_id=3 request_id=...``: one line per record.
+
+    A traceback follows on lines of its own, each indented, so that none can be taken for a record.
+    """
+    exception = event.pop("exception", None)
     parts = (
         event.pop("timestamp", ""),
         str(event.pop("level", "")).upper(),
         event.pop("logger", ""),
         event.pop("event", ""),
     )
-    head = " ".join(str(part) for part in parts)
-    rest = " ".join(f"{key}={value}" for key, value in event.items())
-    return f"{head} {rest}".rstrip()
+    head = " ".join(one_line(part) for part in parts)
+    rest = " ".join(f"{one_line(key)}={one_line(value)}" for key, value in event.items())
+    line = f"{head} {rest}".rstrip()
+    if exception:
+        line += "".join(f"\n    {one_line(text)}" for text in str(exception).splitlines())
+    return line

@@ -11,7 +11,7 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from aegis_site.logs import json_formatter
+from aegis_site.logs import json_formatter, plain_formatter
 from ops.metrics import counters
 from tasks import actions
 
@@ -180,3 +180,35 @@ def test_metrics_answer_when_data_dir_does_not_exist(settings, tmp_path, make_ag
     disk = system.json()["disk"]
     assert disk == {"path": str(settings.DATA_DIR), "error": "DATA_DIR cannot be read (does it exist?)"}
     assert system.json()["memory"]["total"] > 0
+
+
+@pytest.fixture
+def plain_log() -> Any:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(plain_formatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield stream.getvalue
+    root.removeHandler(handler)
+
+
+def test_a_username_with_a_newline_cannot_forge_a_plain_log_line(plain_log):
+    forged = "2026-01-01T00:00:00.000000Z INFO aegis.api login_succeeded username=admin"
+    Client().post("/admin/login/", {"username": f"nobody\n{forged}\u2028{forged}", "password": "wrong"})
+    lines = plain_log().splitlines()
+    failed = [line for line in lines if " auth_failed " in line]
+    assert len(failed) == 1
+    assert not any(line.startswith("2026-01-01T00:00:00") for line in lines)  # no line of its own
+    assert "username=nobody\\n2026-01-01T00:00:00.000000Z INFO" in failed[0]  # shown, escaped
+
+
+def test_a_plain_traceback_is_indented_under_its_record(plain_log):
+    try:
+        raise ValueError("bad input\n2026-01-01T00:00:00.000000Z INFO aegis.api forged")
+    except ValueError:
+        logging.getLogger("aegis.tests").exception("step failed")
+    first, *rest = plain_log().splitlines()
+    assert " ERROR aegis.tests step failed" in first
+    assert rest
+    assert all(line.startswith("    ") for line in rest)
