@@ -137,7 +137,7 @@ class AgentAdmin(AgentOperationsAdmin):
         context = dict(extra_context or {})
         agent = self.get_object(request, unquote(object_id))
         if agent is not None:  # else Django answers (redirect with "does not exist")
-            context.update(agent_detail(agent))
+            context.update(agent_detail(agent, request.user))
         context["can_operate"] = self.has_operate_permission(request)
         context["can_issue_credentials"] = self.has_issue_credentials_permission(request)
         context["can_revoke_credentials"] = self.has_revoke_credentials_permission(request)
@@ -148,22 +148,34 @@ class AgentAdmin(AgentOperationsAdmin):
 RECENT = 20
 
 
-def agent_detail(agent: Agent) -> dict[str, Any]:
-    """What the detail page shows besides the agent's fields: a handful of bounded, indexed queries."""
-    current = list(Task.objects.filter(agent_id=agent.pk, state__in=HELD_STATES).order_by("id")[:100])
+def agent_detail(agent: Agent, viewer: Any) -> dict[str, Any]:
+    """What the detail page shows besides the agent's fields: a handful of bounded, indexed queries.
+
+    Tasks, credentials and audit rows are read only for a viewer with their view permission
+    (``None`` otherwise: the section is left out); the agent's load is a count, shown to all.
+    """
+    may_see_tasks = viewer.has_perm("tasks.view_task")
+    current = (
+        list(Task.objects.filter(agent_id=agent.pk, state__in=HELD_STATES).order_by("id")[:100])
+        if may_see_tasks
+        else []
+    )
+    held = len(current) if may_see_tasks else held_task_counts([agent.pk]).get(agent.pk, 0)
+    credentials = AgentCredential.objects.filter(agent_id=agent.pk).order_by("-created_at", "-id")
+    audit = AuditEvent.objects.filter(object_type="agent", object_id=agent.pk).order_by("-id")
     return {
         "connectivity_badge": admin_display.badge(agent.connectivity),
         "admin_state_badge": admin_display.badge(agent.admin_state),
         "last_seen": admin_display.last_seen(agent.last_seen_at),
         "label_chips": admin_display.label_chips(agent.labels),
         "capability_list": admin_display.capability_list(agent.capabilities),
-        "load": admin_display.load(len(current), agent.max_concurrency),
-        "current_tasks": current,
-        "recent_events": list(TaskEvent.objects.filter(agent_id=agent.pk).order_by("-id")[:RECENT]),
-        "credentials": list(AgentCredential.objects.filter(agent_id=agent.pk).order_by("-created_at", "-id")[:50]),
-        "audit_events": list(
-            AuditEvent.objects.filter(object_type="agent", object_id=agent.pk).order_by("-id")[:RECENT]
-        ),
+        "load": admin_display.load(held, agent.max_concurrency),
+        "current_tasks": current if may_see_tasks else None,
+        "recent_events": list(TaskEvent.objects.filter(agent_id=agent.pk).order_by("-id")[:RECENT])
+        if may_see_tasks
+        else None,
+        "credentials": list(credentials[:50]) if viewer.has_perm("registry.view_agentcredential") else None,
+        "audit_events": list(audit[:RECENT]) if viewer.has_perm("ops.view_auditevent") else None,
     }
 
 

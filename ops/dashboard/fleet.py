@@ -320,20 +320,20 @@ class Dashboard:
     agents: AgentCounts
     queue: Queue
     throughput: Throughput
-    jobs: OpenJobs
-    audit: list[AuditEvent]
+    jobs: OpenJobs | None  # None: the viewer may not see jobs (tasks.view_job)
+    audit: list[AuditEvent] | None  # None: the viewer may not see the audit log (ops.view_auditevent)
     health: Health
 
 
-def build(now: datetime | None = None) -> Dashboard:
-    """About a dozen bounded queries, whatever the size of the fleet."""
+def build(now: datetime | None = None, *, with_jobs: bool = True, with_audit: bool = True) -> Dashboard:
+    """About a dozen bounded queries, whatever the size of the fleet; none for a part the viewer may not see."""
     now = now or clock.now()
     return Dashboard(
         now=now,
         agents=agent_counts(),
         queue=queue_state(now),
         throughput=throughput(now),
-        jobs=open_jobs(),
-        audit=recent_audit(),
+        jobs=open_jobs() if with_jobs else None,
+        audit=recent_audit() if with_audit else None,
         health=health(now),
     )

@@ -57,13 +57,15 @@ def page_urls() -> dict[str, str | None]:
     }
 
 
-@register.simple_tag
-def fleet_dashboard() -> DashboardPage:
-    data = build()
+@register.simple_tag(takes_context=True)
+def fleet_dashboard(context: template.Context) -> DashboardPage:
+    """Jobs and audit rows only for a viewer with their view permissions (they are not read otherwise)."""
+    user = context["request"].user
+    data = build(with_jobs=user.has_perm("tasks.view_job"), with_audit=user.has_perm("ops.view_auditevent"))
     return DashboardPage(
         data=data,
         bars=bars(data.throughput),
-        audit=[AuditRow(event, audit_object_url(event)) for event in data.audit],
+        audit=[AuditRow(event, audit_object_url(event)) for event in data.audit or []],
         urls=page_urls(),
     )
 

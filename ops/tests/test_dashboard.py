@@ -255,3 +255,28 @@ def test_change_lists_wrap_their_results_in_a_live_region(admin_client, seeded):
     assert re.search(r'id="changelist-live" data-live="agents"', agents)
     assert re.search(r'id="changelist-live" data-live="[a-z ]*tasks', tasks)
     assert 'id="result_list"' in tasks
+
+
+def test_jobs_and_audit_rows_need_their_own_view_permissions(client, seeded):
+    job, _ = seeded
+    client.force_login(staff_user("viewer", ("registry.view_agent", "tasks.view_task")))
+
+    page = client.get(reverse("admin:index")).content.decode()
+
+    assert tiles(page)["online"] == "4"
+    assert 'id="dash-jobs"' not in page
+    assert f'data-job="{job.pk}"' not in page
+    assert 'id="dash-audit"' not in page
+    assert "agent.drain" not in page
+    assert "data-audit=" not in page
+
+
+def test_jobs_and_audit_rows_show_with_their_view_permissions(client, seeded):
+    job, _ = seeded
+    perms = ("registry.view_agent", "tasks.view_task", "tasks.view_job", "ops.view_auditevent")
+    client.force_login(staff_user("auditor", perms))
+
+    page = client.get(reverse("admin:index")).content.decode()
+
+    assert f'data-job="{job.pk}"' in section(page, "dash-jobs")
+    assert "data-audit=" in section(page, "dash-audit")

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from django.db import connection
+from django.db.models import Q
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -216,10 +217,16 @@ def test_typed_filters_keep_the_other_parameters(operator_client, fleet):
 # --- the detail page ------------------------------------------------------------------------
 
 
-def test_detail_shows_tasks_events_credentials_audit_and_buttons(operator_client, fleet):
+def test_detail_shows_tasks_events_credentials_audit_and_buttons(operator_user, fleet):
     credential, _ = registry_actions.issue_token("node-1", Actor("seed"))
+    may_view = Permission.objects.filter(
+        Q(content_type__app_label="tasks", codename="view_task")
+        | Q(content_type__app_label="registry", codename="view_agentcredential")
+        | Q(content_type__app_label="ops", codename="view_auditevent")
+    )
+    operator_user.user_permissions.add(*may_view)
 
-    response = operator_client.get(change_url("node-1"))
+    response = login(operator_user).get(change_url("node-1"))
     page = response.content.decode()
 
     assert response.status_code == 200
@@ -632,3 +639,20 @@ def test_editing_needs_the_change_permission(viewer_client, fleet):
     assert viewer_client.post(edit_url("node-1"), {"name": "x", "labels": "a=b"}).status_code == 403
     assert viewer_client.get(edit_url("node-1")).status_code in (403, 405)
     assert snapshot() == before
+
+
+def test_detail_shows_tasks_credentials_and_audit_only_with_their_view_permissions(viewer_client, fleet):
+    credential, _ = registry_actions.issue_token("node-1", Actor("seed"))
+
+    response = viewer_client.get(change_url("node-1"))  # registry.view_agent and nothing else
+    page = response.content.decode()
+
+    assert response.status_code == 200
+    assert '<span class="aegis-load aegis-load-plain">2/4</span>' in page  # the load is a count: shown
+    for task_id in fleet_task_ids("node-1"):
+        assert reverse("admin:tasks_task_change", args=[task_id]) not in page
+    assert "Recent task events" not in page
+    assert credential.token_prefix not in page
+    assert "Credentials</h2>" not in page
+    assert "agent.register" not in page
+    assert "Recent audit events" not in page
