@@ -1,28 +1,47 @@
-"""The browser's end of the live updates: staff only, listen only."""
+"""The browser's end of the live updates: staff with view permissions only, listen only."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from ops.live.feed import ChangeFeed, feed_for_this_loop
 
-REFUSED = 4403  # the browser stops reconnecting on this code: its session is gone or not staff
+REFUSED = 4403  # the browser stops reconnecting on this code: its session is gone, not staff, or may view nothing
+
+# What each topic announces, and the view permissions of the pages it refreshes ("health" is the dashboard's).
+TOPIC_PERMISSIONS: dict[str, tuple[str, ...]] = {
+    "agents": ("registry.view_agent",),
+    "tasks": ("tasks.view_task",),
+    "jobs": ("tasks.view_job",),
+    "audit": ("ops.view_auditevent",),
+    "health": ("registry.view_agent", "tasks.view_task"),
+}
 
 
 def may_listen(user: Any) -> bool:
     return bool(user is not None and user.is_authenticated and user.is_active and user.is_staff)
 
 
+def topics_for(user: Any) -> frozenset[str]:
+    """The topics whose pages this user may view: none for anyone who is not an active staff user."""
+    if not may_listen(user):
+        return frozenset()
+    return frozenset(topic for topic, perms in TOPIC_PERMISSIONS.items() if user.has_perms(perms))
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """Async, not sync: every socket of the process shares one change feed, an asyncio task on daphne's loop."""
 
     feed: ChangeFeed | None = None
+    topics: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
-        if not may_listen(self.scope.get("user")):
+        self.topics = await database_sync_to_async(topics_for)(self.scope.get("user"))
+        if not self.topics:
             # Accept, then close with a code the page can tell from a network failure.
             await self.accept()
             await self.close(code=REFUSED)
@@ -49,5 +68,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
 
     async def changed(self, event: dict[str, Any]) -> None:
-        """``changed`` from the feed's group: pass the topics on, nothing else."""
-        await self.send_json({"type": "changed", "topics": list(event.get("topics", []))})
+        """``changed`` from the feed's group: pass on the topics this user may view, nothing else."""
+        topics = [topic for topic in event.get("topics", []) if topic in self.topics]
+        if topics:
+            await self.send_json({"type": "changed", "topics": topics})

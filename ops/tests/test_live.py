@@ -27,6 +27,7 @@ from registry.models import AdminState
 from tasks import actions as task_actions
 from tasks.engine.reports import Report
 from tasks.engine.submit import JobSpec
+from tests.support import staff_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,9 +52,13 @@ def session_cookie(user: Any) -> tuple[bytes, bytes]:
     return b"cookie", f"{name}={client.cookies[name].value}".encode()
 
 
+VIEWER = ("registry.view_agent", "tasks.view_task", "tasks.view_job", "ops.view_auditevent")
+
+
 @pytest.fixture
-def staff_cookie(django_user_model) -> tuple[bytes, bytes]:
-    return session_cookie(django_user_model.objects.create_user("watcher", password="pw-watcher-1", is_staff=True))
+def staff_cookie(db) -> tuple[bytes, bytes]:
+    """A staff user who may view every page the socket refreshes."""
+    return session_cookie(staff_user("watcher", VIEWER))
 
 
 def socket(*headers: tuple[bytes, bytes]) -> WebsocketCommunicator:
@@ -229,6 +234,28 @@ def test_socket_of_an_inactive_staff_user_is_refused(django_user_model):
     user.save(update_fields=["is_active"])
 
     assert refused_with(ORIGIN, cookie) == ("closed", REFUSED)
+
+
+def test_socket_of_staff_who_may_view_nothing_is_refused(django_user_model):
+    user = django_user_model.objects.create_user("bystander", password="pw-bystander-1", is_staff=True)
+
+    assert refused_with(ORIGIN, session_cookie(user)) == ("closed", REFUSED)
+
+
+def test_a_socket_hears_only_the_topics_its_user_may_view(make_agent):
+    """Agents only: the drain's audit row (and any task or job change) is not announced to this user."""
+    make_agent("node-1")
+    cookie = session_cookie(staff_user("agents-only", ("registry.view_agent",)))
+
+    async def scenario() -> None:
+        communicator = await connected(ORIGIN, cookie)
+        try:
+            await database_sync_to_async(registry_actions.set_admin_state)("node-1", AdminState.DRAINING, OPERATOR)
+            assert await changed_topics(communicator, "agents") == ["agents"]
+        finally:
+            await communicator.disconnect()
+
+    run(scenario)
 
 
 def test_socket_from_another_site_is_denied_at_the_handshake(staff_cookie):
