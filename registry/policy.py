@@ -134,7 +134,7 @@ def clean_fixed_labels(value: Any) -> dict[str, str]:
         raise PolicyError("fixed_labels", "Fixed labels are an object of label key to value.")
     for key, label in value.items():
         _check_key("fixed_labels", key, allow_any=False)
-        if not isinstance(label, str) or len(label) > MAX_PATTERN_CHARS:
+        if not isinstance(label, str) or len(label) > MAX_PATTERN_CHARS or not _storable(label):
             raise PolicyError("fixed_labels", f"The value of {key!r} is a string of at most {MAX_PATTERN_CHARS}.")
     return dict(value)
 
@@ -168,5 +168,10 @@ def _check_patterns(field_name: str, patterns: Any, *, where: str) -> None:
     if not isinstance(patterns, list) or len(patterns) > MAX_PATTERNS:
         raise PolicyError(field_name, f"{subject} are a list of at most {MAX_PATTERNS} strings.")
     for pattern in patterns:
-        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN_CHARS or "\x00" in pattern:
+        if not isinstance(pattern, str) or not pattern or len(pattern) > MAX_PATTERN_CHARS or not _storable(pattern):
             raise PolicyError(field_name, f"{subject} are non-empty strings of at most {MAX_PATTERN_CHARS} characters.")
+
+
+def _storable(text: str) -> bool:
+    """No NUL and no lone surrogate: PostgreSQL's jsonb stores neither (the MQTT protocol's rule too)."""
+    return "\x00" not in text and text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == text

@@ -23,7 +23,13 @@ from ops.audit import Actor
 from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import Agent, EnrolmentToken
-from registry.policy import EnrolmentPolicy
+from registry.policy import (
+    EnrolmentPolicy,
+    PolicyError,
+    clean_allowed_capabilities,
+    clean_allowed_labels,
+    clean_fixed_labels,
+)
 from tasks import actions
 from tests.support import envelope, staff_user
 
@@ -217,6 +223,16 @@ def test_policy_matching():
     assert not policy.may_offer("Echo")  # case-sensitive, like capability matching
     assert not EnrolmentPolicy().may_claim_label("zone", "eu-1")
     assert not EnrolmentPolicy().may_offer("echo")
+
+
+def test_a_policy_never_holds_text_the_database_cannot_store():
+    """The admin and the command reach the cleaners without the API's JSON parser, which refuses these first."""
+    with pytest.raises(PolicyError):
+        clean_fixed_labels({"zone": "\ud800"})
+    with pytest.raises(PolicyError):
+        clean_allowed_labels({"zone": ["eu\x00"]})
+    with pytest.raises(PolicyError):
+        clean_allowed_capabilities(["echo\x00"])
 
 
 # --- operators: the API ------------------------------------------------------------------
