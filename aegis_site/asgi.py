@@ -13,10 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from aegis_site.request_limits import BodyLimit  # noqa: E402
 from broker.consumer import MqttConsumer  # noqa: E402
 from ops.live.routing import websocket_urlpatterns  # noqa: E402
 
-http_app = ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app
+# Bodies over their limit are refused before Django reads them; chunked ones are read with their length.
+http_app = BodyLimit(ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app)
 
 # The session cookie authenticates the socket, so only pages of this site (Origin in
 # ALLOWED_HOSTS) may open one: another site cannot ride on an operator's cookie.

@@ -270,10 +270,21 @@ _RFC3339: Final = re.compile(
 
 
 def _decode(payload: bytes) -> dict[str, Any]:
+    data = decode_json(payload)
+    if not isinstance(data, dict):
+        raise ProtocolError("not_object", f"the message is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def decode_json(payload: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Any JSON document under the protocol's rules (size, strict JSON, depth, no NUL or lone surrogates).
+
+    The HTTP API parses its bodies with it too (``aegis_site.api.parsers``), so both transports refuse the same input.
+    """
     if not payload:
         raise ProtocolError("empty", "empty payload")
-    if len(payload) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("oversized", f"{len(payload)} bytes, the limit is {MAX_MESSAGE_BYTES}")
+    if len(payload) > max_bytes:
+        raise ProtocolError("oversized", f"{len(payload)} bytes, the limit is {max_bytes}")
     try:
         text = bytes(payload).decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -284,8 +295,6 @@ def _decode(payload: bytes) -> dict[str, Any]:
         raise ProtocolError("too_deep", f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, and the hooks' refusals
         raise ProtocolError("not_json", str(exc)[:200]) from None
-    if not isinstance(data, dict):
-        raise ProtocolError("not_object", f"the message is a JSON {type(data).__name__}, not an object")
     # The tree walk only matters when the raw text allows what it looks for: NUL and lone
     # surrogates can only arrive as \u escapes (strict JSON refuses raw control characters,
     # and valid UTF-8 holds no surrogates), and nesting deeper than MAX_DEPTH needs more
@@ -313,7 +322,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_tree(document: dict[str, Any]) -> None:
+def _check_tree(document: Any) -> None:
     """Bound nesting and refuse text PostgreSQL cannot store; iterative, so no input can exhaust the stack."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:

@@ -82,6 +82,16 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
 
+MAX_ID = 2**63 - 1  # bigint: past it the driver overflows (SQLite) or the query fails (PostgreSQL)
+
+
+def whole_number(text: str) -> int | None:
+    """``text`` as an id or count a column can hold, else None: ASCII digits only ("²" passes ``isdigit``)."""
+    if not (text.isascii() and text.isdigit()) or int(text) > MAX_ID:
+        return None
+    return int(text)
+
+
 class InputFilter(admin.SimpleListFilter):
     """A list filter whose value is typed, not picked: listing 100,000 agents or every kind would scan the table.
 

@@ -17,6 +17,7 @@ from django import forms
 from django.conf import settings
 from rest_framework.exceptions import ErrorDetail
 
+from broker.protocol import ProtocolError, decode_json
 from tasks.api.serializers import JobCreateSerializer
 from tasks.engine.submit import JobSpec
 from tasks.models import Job, JobMode
@@ -101,10 +102,10 @@ class JobForm(forms.Form):
         text = self.cleaned_data["payload"].strip()
         if not text:
             return {}
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+        try:  # the protocol's rules, as the API's parser applies them: strict JSON, depth, no NUL or lone surrogate
+            value = decode_json(text.encode("utf-8", "surrogatepass"), max_bytes=int(settings.API_MAX_BODY_BYTES))
+        except ProtocolError as refused:
+            raise forms.ValidationError(f"Not a valid payload: {refused.message}") from None
         if not isinstance(value, dict):
             raise forms.ValidationError("The payload must be a JSON object: {...}.")
         return value

@@ -18,12 +18,11 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from ops.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each
+from ops.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each, whole_number
 from ops.audit import Actor
 from tasks import actions
 from tasks.admin import job_detail, job_views
 from tasks.admin.job_display import progress_bar, state_badge
-from tasks.api.serializers import MAX_ID
 from tasks.models import Job, JobMode
 
 
@@ -95,8 +94,9 @@ class JobAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         match = Q(kind__startswith=term) | Q(idempotency_key=term)
-        if term.isdigit() and int(term) <= MAX_ID:
-            match |= Q(pk=int(term))
+        job_id = whole_number(term)
+        if job_id is not None:
+            match |= Q(pk=job_id)
         return queryset.filter(match), False
 
     @admin.display(description="state", ordering="state")

@@ -18,7 +18,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince, timeuntil
 
-from ops.adminkit import InputFilter
+from ops.adminkit import InputFilter, whole_number
 from tasks.engine import clock
 from tasks.models import HELD_STATES, Task, TaskState
 
@@ -103,7 +103,10 @@ class JobFilter(InputFilter):
     lookup = "job_id"
 
     def clean(self, value: str) -> object:
-        return int(value)
+        number = whole_number(value)
+        if number is None:
+            raise ValueError(f"not a job id: {value[:40]!r}")
+        return number
 
 
 class AttemptFilter(admin.SimpleListFilter):

@@ -22,7 +22,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
-from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each
+from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each, whole_number
 from tasks import actions
 from tasks.admin import reconcile, task_detail
 from tasks.admin.task_list import (
@@ -91,9 +91,10 @@ class TaskAdmin(ReadOnlyAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        if not term.isdigit():
+        task_id = whole_number(term)
+        if task_id is None:
             return queryset.none(), False
-        return queryset.filter(pk=int(term)), False
+        return queryset.filter(pk=task_id), False
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Task | None:
         task = super().get_object(request, object_id, from_field)
@@ -211,6 +212,7 @@ class TaskEventAdmin(ReadOnlyAdmin):
         if not term:
             return queryset, False
         match = Q(agent_id=term) | Q(message_id=term)
-        if term.isdigit():
-            match |= Q(task_id=int(term))
+        task_id = whole_number(term)
+        if task_id is not None:
+            match |= Q(task_id=task_id)
         return queryset.filter(match), False
