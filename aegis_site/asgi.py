@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from aegis_site.client_address import TrustedProxyHeaders  # noqa: E402
 from aegis_site.request_limits import BodyLimit  # noqa: E402
 from broker.consumer import MqttConsumer  # noqa: E402
 from ops.live.routing import websocket_urlpatterns  # noqa: E402
@@ -24,4 +25,11 @@ http_app = BodyLimit(ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG e
 # ALLOWED_HOSTS) may open one: another site cannot ride on an operator's cookie.
 websocket_app = AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
 
-application = ProtocolTypeRouter({"http": http_app, "websocket": websocket_app, "mqtt": MqttConsumer.as_asgi()})
+# The client's address and scheme from X-Forwarded-* only when a proxy in TRUSTED_PROXIES sent them.
+application = ProtocolTypeRouter(
+    {
+        "http": TrustedProxyHeaders(http_app),
+        "websocket": TrustedProxyHeaders(websocket_app),
+        "mqtt": MqttConsumer.as_asgi(),
+    }
+)

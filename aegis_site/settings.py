@@ -8,6 +8,7 @@ fail here, at start, with a message that names the variable.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from datetime import timedelta
 from pathlib import Path
@@ -82,6 +83,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "axes",
     "registry",
     "tasks",
     "broker",
@@ -101,6 +103,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # a locked-out login answers 429 (ops.logins.lockout_response)
 ]
 
 ROOT_URLCONF = "aegis_site.urls"
@@ -243,6 +246,21 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# Password logins (the admin's form and /api/v1/auth/token/) lock out per username and per client address after
+# LOGIN_FAILURE_LIMIT failures, for LOGIN_COOLOFF seconds (django-axes, in the database: shared by every replica;
+# `manage.py axes_reset_username NAME` unlocks). ops.logins logs each failure and each refusal.
+AUTHENTICATION_BACKENDS = ["ops.logins.LockoutBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = _positive_int("LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=_positive_int("LOGIN_COOLOFF", 900))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # either one locks: not only the pair
+AXES_CLIENT_IP_CALLABLE = "aegis_site.client_address.client_address"
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_LOCKOUT_CALLABLE = "ops.logins.lockout_response"
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # a lockout ends LOGIN_COOLOFF after it began
+AXES_DISABLE_ACCESS_LOG = True  # no row per successful login
+AXES_VERBOSE = False
+AXES_ENABLE_ADMIN = False  # the axes_* commands list and reset the records (docs/operations.md)
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
@@ -277,8 +295,16 @@ CSRF_COOKIE_SECURE = HTTPS_ONLY
 SECURE_HSTS_SECONDS = _positive_int("SECURE_HSTS_SECONDS", 31_536_000 if HTTPS_ONLY else 0, minimum=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
-# Only behind a proxy that sets X-Forwarded-Proto itself (overwriting what the client sent). daphne's
-# --proxy-headers already takes the scheme and client address from the proxy; this is for other servers.
+# Addresses/networks of the reverse proxies whose X-Forwarded-For/-Proto are believed (aegis_site/client_address.py):
+# empty, the default, believes nobody's. The client address of every rate limit, lockout and log line comes from it.
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is not an address or a network") from exc
+# Only for a server other than daphne behind a proxy that overwrites X-Forwarded-Proto; with daphne,
+# TRUSTED_PROXIES already takes the scheme from the proxies it names (and from no one else).
 if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 USE_X_FORWARDED_HOST = env.bool("USE_X_FORWARDED_HOST", default=False)
@@ -297,6 +323,8 @@ API_THROTTLE_RATES = {
     "operator": env.str("API_THROTTLE_OPERATOR", default="600/min"),
     "enrol": env.str("API_THROTTLE_ENROL", default="10/min"),
     "auth": env.str("API_THROTTLE_AUTH", default="20/min"),
+    # Failed credentials (a bad token or JWT) per client address; past it every credential from there gets 429.
+    "auth_failure": env.str("API_THROTTLE_AUTH_FAILURES", default="20/min"),
 }
 
 REST_FRAMEWORK = {
@@ -413,5 +441,6 @@ LOGGING = {
         # The embedded broker of the all-in-one mode narrates every state change at INFO.
         "transitions": {"level": "WARNING"},
         "amqtt": {"level": "WARNING"},
+        "axes": {"level": "ERROR"},  # ops.logins logs auth_failed / rate_limit for each attempt instead
     },
 }

@@ -4,6 +4,8 @@ Each class claims only the tokens that look like its own and leaves the others t
 the next class, so the order in ``REST_FRAMEWORK`` does not matter. A token that
 looks like ours but does not authenticate is an ``auth_failed`` log event (with
 the client address and the token's first characters, never the token) and a 401.
+Failures count per client address (``API_THROTTLE_AUTH_FAILURES``): past the
+limit, every credential from that address answers 429 before it is looked up.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
 from aegis_site.api import jwt_claims
 from aegis_site.api.principals import AgentPrincipal
+from aegis_site.api.throttling import FailedCredentials
+from aegis_site.client_address import client_address
 from ops import tokens
 from ops.metrics import counters
 from registry import actions as registry_actions
@@ -26,14 +30,18 @@ from registry.models import AdminState, AgentCredential
 log = logging.getLogger("aegis.api")
 
 
-def client_address(request: Any) -> str:
-    return str(request.META.get("REMOTE_ADDR", ""))
+def refuse_flooding_address(request: Any) -> None:
+    """429 for an address past its failed-credentials budget, before the credential is even looked up."""
+    wait = FailedCredentials().refused_for(request)
+    if wait is not None:
+        raise exceptions.Throttled(wait=wait)
 
 
 def auth_failed(  # nosec B107  # "" means no token, not a password
     request: Any, scheme: str, reason: str, token: str = ""
 ) -> exceptions.AuthenticationFailed:
     counters.AUTH_FAILURES.labels(scheme).inc()
+    FailedCredentials().record(request)
     log.warning(
         "auth_failed",
         extra={
@@ -63,6 +71,7 @@ class AgentTokenAuthentication(authentication.BaseAuthentication):
         token = bearer_token(request)
         if token is None or not token.startswith(registry_actions.TOKEN_PREFIX):
             return None
+        refuse_flooding_address(request)
         found = registry_actions.authenticate_token_credential(token)
         if found is None:
             raise auth_failed(request, "agent_token", "unknown, revoked or expired token", token)
@@ -79,6 +88,7 @@ class OperatorTokenAuthentication(authentication.BaseAuthentication):
         token = bearer_token(request)
         if token is None or not token.startswith(tokens.TOKEN_PREFIX):
             return None
+        refuse_flooding_address(request)
         found = tokens.authenticate(token)
         if found is None:
             raise auth_failed(request, "operator_token", "unknown, revoked or expired token", token)
@@ -99,6 +109,7 @@ class AegisJWTAuthentication(JWTAuthentication):
         token = bearer_token(request)
         if token is None or token.count(".") != 2:
             return None
+        refuse_flooding_address(request)
         try:
             validated = self.get_validated_token(token.encode())
         except (InvalidToken, TokenError) as exc:

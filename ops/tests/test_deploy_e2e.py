@@ -78,6 +78,8 @@ class Host:
         return self.paths(svc) | {
             "mosquitto:8883": f"127.0.0.1:{self.mqtt_port}",
             "redis:6379": "127.0.0.1:6379",
+            # TRUSTED_PROXIES: nginx's network is loopback here (nginx, or the test sending nginx's headers).
+            compose_subnet(): "127.0.0.1/32",
         }
 
     def command(self, svc: Service) -> list[str]:
@@ -124,6 +126,10 @@ class Host:
                 process.wait(15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def compose_subnet() -> str:
+    return str(load_compose()["networks"]["default"]["ipam"]["config"][0]["subnet"])
 
 
 def recreate_database() -> None:
