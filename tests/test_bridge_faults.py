@@ -448,7 +448,7 @@ def test_a_new_bridge_with_the_same_client_id_applies_what_a_killed_bridge_left_
     job, claimed = seed(spec, operator, ["kill-a"], 300)
     first, second = claimed["kill-a"][:150], claimed["kill-a"][150:]
     # Small batches: many commits, so the SIGKILL lands between a commit and its PUBACKs or mid-batch.
-    bridge = bridges("bridge-kill", BRIDGE_BATCH_SIZE="5")
+    bridge = bridges("aegis-bridge-kill", BRIDGE_BATCH_SIZE="5")
     bridge.wait_connected(broker)
     agent = agents("kill-a").connect()
 
@@ -460,13 +460,13 @@ def test_a_new_bridge_with_the_same_client_id_applies_what_a_killed_bridge_left_
 
     stream(agent, second).join(timeout=DEADLINE_S)  # queued by the broker in the dead bridge's session
     assert agent.settle() == 0
-    redeliveries_before = len([line for line in broker.publishes_to("bridge-kill") if "(d1," in line])
+    redeliveries_before = len([line for line in broker.publishes_to("aegis-bridge-kill") if "(d1," in line])
 
-    replacement = bridges("bridge-kill", BRIDGE_BATCH_SIZE="5")
+    replacement = bridges("aegis-bridge-kill", BRIDGE_BATCH_SIZE="5")
     wait_job_succeeded(job, [replacement])
 
     assert_every_task_succeeded_once(job)
-    after = broker.publishes_to("bridge-kill")
+    after = broker.publishes_to("aegis-bridge-kill")
     # The broker resent what the killed bridge never acknowledged, flagged as a duplicate delivery.
     assert len([line for line in after if "(d1," in line]) > redeliveries_before
     assert len(after) >= 300
@@ -475,7 +475,7 @@ def test_a_new_bridge_with_the_same_client_id_applies_what_a_killed_bridge_left_
 def test_a_mosquitto_restart_mid_stream_loses_and_doubles_nothing(broker, bridges, agents, make_agent, spec, operator):
     make_agent("restart-a", max_concurrency=1000)
     job, claimed = seed(spec, operator, ["restart-a"], 300)
-    bridge = bridges("bridge-restart", BRIDGE_BATCH_SIZE="20")
+    bridge = bridges("aegis-bridge-restart", BRIDGE_BATCH_SIZE="20")
     bridge.wait_connected(broker)
     agent = agents("restart-a").connect()
 
@@ -512,7 +512,7 @@ def test_a_killed_agents_task_is_retried_after_its_lease_and_its_late_result_cha
     broker, bridges, agents, make_agent, spec, operator
 ):
     make_agent("crash-a", online=False, max_concurrency=10)
-    bridge = bridges("bridge-crash")
+    bridge = bridges("aegis-bridge-crash")
     bridge.wait_connected(broker)
     agent = agents("crash-a").connect()
     agent.online()
@@ -601,7 +601,7 @@ def test_the_bridge_survives_database_connections_dropped_during_ingestion(
 ):
     make_agent("dbdrop-a", max_concurrency=1000)
     job, claimed = seed(spec, operator, ["dbdrop-a"], 300)
-    bridge = bridges("bridge-dbdrop", BRIDGE_BATCH_SIZE="20")
+    bridge = bridges("aegis-bridge-dbdrop", BRIDGE_BATCH_SIZE="20")
     bridge.wait_connected(broker)
     agent = agents("dbdrop-a").connect()
 
@@ -636,7 +636,7 @@ def test_two_bridges_split_the_load_and_apply_each_result_once(broker, bridges, 
     for agent_id in agent_ids:
         make_agent(agent_id, max_concurrency=1000)
     job, claimed = seed(spec, operator, agent_ids, 100)
-    pair = [bridges("bridge-pair-1", BRIDGE_BATCH_SIZE="20"), bridges("bridge-pair-2", BRIDGE_BATCH_SIZE="20")]
+    pair = [bridges("aegis-bridge-pair-1", BRIDGE_BATCH_SIZE="20"), bridges("aegis-bridge-pair-2", BRIDGE_BATCH_SIZE="20")]
     for bridge in pair:
         bridge.wait_connected(broker)
     clients = [agents(agent_id).connect() for agent_id in agent_ids]
@@ -661,7 +661,7 @@ def test_when_one_of_two_bridges_stops_the_other_applies_every_new_result(
 ):
     make_agent("scale-a", max_concurrency=1000)
     job, claimed = seed(spec, operator, ["scale-a"], 100)
-    staying, leaving = bridges("bridge-stay"), bridges("bridge-leave")
+    staying, leaving = bridges("aegis-bridge-stay"), bridges("aegis-bridge-leave")
     for bridge in (staying, leaving):
         bridge.wait_connected(broker)
     leaving.process.terminate()  # a replica scaled down: SIGTERM, a clean stop
@@ -671,12 +671,12 @@ def test_when_one_of_two_bridges_stops_the_other_applies_every_new_result(
     stream(agent, claimed["scale-a"]).join(timeout=DEADLINE_S)
     assert agent.settle() == 0
     # Mosquitto routes a message before it PUBACKs it, so by now its log names every message the live bridge got.
-    routed = len(broker.publishes_to("bridge-stay"))
+    routed = len(broker.publishes_to("aegis-bridge-stay"))
     wait_for(lambda: succeeded(job) >= routed, f"the remaining bridge to apply the {routed} results it received")
     deadline = time.monotonic() + 5  # then a little grace for anything routed later
     while succeeded(job) < 100 and time.monotonic() < deadline:
         time.sleep(POLL_S)
-    to_leaving = len(broker.publishes_to("bridge-leave"))
+    to_leaving = len(broker.publishes_to("aegis-bridge-leave"))
     # Mosquitto keeps a stopped member's persistent session (MQTT_SESSION_EXPIRY) in the share group and queues
     # its turn of the messages there: they wait for a bridge with that client id, or expire with the session.
     assert succeeded(job) == 100, (
