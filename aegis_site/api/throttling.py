@@ -71,6 +71,9 @@ class FailedCredentials(ByClientAddress, SimpleRateThrottle):
         super().__init__()
         self.limit, self.period = self.parse_rate(self.rate)
 
+    def get_rate(self) -> str | None:
+        return self.THROTTLE_RATES.get(self.scope)  # no rate configured for the scope: no limit
+
     def _window(self, request: Any) -> tuple[str, float]:
         now, duration = self.timer(), self.period or 60
         window = int(now // duration)
