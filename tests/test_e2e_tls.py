@@ -10,13 +10,19 @@ import pytest
 
 from aegis_agent.agent import Agent as ReferenceAgent
 from aegis_agent.config import AgentConfig
+from broker import mosquitto
 from broker.bridge import Bridge
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task
 from tests.support import wait_for
-from tests.test_broker_security import Broker, broker  # noqa: F401  (the module-scoped Mosquitto fixture)
+from tests.test_broker_security import (  # noqa: F401  (broker: the module-scoped Mosquitto fixture)
+    NOT_AUTHORIZED,
+    Broker,
+    Probe,
+    broker,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,3 +95,41 @@ def test_heartbeats_over_tls_keep_the_agent_seen(broker, tls_bridge, settings): 
         wait_for(moved, "a heartbeat flush", timeout=10)
     finally:
         agent.stop(2)
+
+
+def test_a_job_completes_while_another_agent_tries_to_join_the_bridges_share_group(
+    broker,  # noqa: F811
+    tls_bridge,
+    operator,
+    spec,
+    settings,
+):
+    """Issue 13's attack end to end: agent-a's certificate subscribes to the bridge's shared
+    subscriptions (persistent session, then offline) while agent-b runs a 120-task job through the
+    real bridge and dispatcher. Before the aegis_auth plugin the broker gave the attacker its turn of
+    agent-b's events and the job stalled with tasks left `assigned`."""
+    group_topics = mosquitto.bridge_subscriptions(settings.MQTT_SHARE_GROUP)
+    attacker = Probe("agent-a")
+    assert attacker.start(broker, broker.agents["agent-a"], persistent=True)
+    reasons = attacker.try_subscribe(*group_topics)
+    attacker.stop()  # its session (and any share it got) outlives the connection
+    worker = reference_agent(broker, "agent-b")
+    worker.start()
+    try:
+        assert worker.wait_connected(10)
+        wait_for(lambda: Agent.objects.filter(pk="agent-b", connectivity=Connectivity.ONLINE).exists(), "hello")
+        job, _ = actions.submit_job(
+            spec(kind="echo", mode="any", task_count=120, target_agent_ids=["agent-b"], delivery_timeout_s=600),
+            operator,
+        )
+        dispatcher = Dispatcher()
+
+        def finished() -> bool:
+            dispatcher.assign()
+            return Job.objects.get(pk=job.pk).state == "succeeded"
+
+        wait_for(finished, "all 120 tasks succeeded", timeout=60)
+        assert Task.objects.filter(job=job, state="succeeded").count() == 120
+    finally:
+        worker.stop(2)
+    assert [reason.value for reason in reasons] == [NOT_AUTHORIZED] * len(group_topics)
