@@ -636,7 +636,10 @@ def test_two_bridges_split_the_load_and_apply_each_result_once(broker, bridges, 
     for agent_id in agent_ids:
         make_agent(agent_id, max_concurrency=1000)
     job, claimed = seed(spec, operator, agent_ids, 100)
-    pair = [bridges("aegis-bridge-pair-1", BRIDGE_BATCH_SIZE="20"), bridges("aegis-bridge-pair-2", BRIDGE_BATCH_SIZE="20")]
+    pair = [
+        bridges("aegis-bridge-pair-1", BRIDGE_BATCH_SIZE="20"),
+        bridges("aegis-bridge-pair-2", BRIDGE_BATCH_SIZE="20"),
+    ]
     for bridge in pair:
         bridge.wait_connected(broker)
     clients = [agents(agent_id).connect() for agent_id in agent_ids]
