@@ -49,7 +49,10 @@ def build(destination: Path, compiler: str | None = None) -> Path:
         partial_path = Path(partial.name)
     command = [cc, "-O2", "-Wall", "-Wextra", "-fPIC", "-shared", "-o", str(partial_path), str(SOURCE), "-lcrypto"]
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603  # nosec B603
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603  # nosec B603
+        except OSError as error:
+            raise PluginBuildError(f"cannot run the C compiler {cc!r}: {error}") from error
         if result.returncode != 0:
             raise PluginBuildError(
                 f"compiling {SOURCE.name} failed (needs mosquitto-dev, libmosquitto-dev, libssl-dev):\n{result.stderr}"

@@ -144,3 +144,11 @@ def test_the_plugin_is_built_once_per_source_and_a_given_path_is_used_as_is(tmp_
     elsewhere = mosquitto.write_broker_files(tmp_path / "other", plugin_path="/usr/lib/mosquitto/aegis_auth.so")
     assert "plugin /usr/lib/mosquitto/aegis_auth.so" in elsewhere.layout.conf.read_text().splitlines()
     assert not elsewhere.layout.plugin.exists()
+
+
+def test_without_a_compiler_the_plugin_build_says_what_to_install(tmp_path):
+    from broker import plugin
+
+    with pytest.raises(plugin.PluginBuildError, match="C compiler"):
+        plugin.build(tmp_path / "aegis_auth.so", compiler=str(tmp_path / "no-such-cc"))
+    assert not (tmp_path / "aegis_auth.so").exists()

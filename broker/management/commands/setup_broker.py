@@ -3,9 +3,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.mosquitto import DEFAULT_HOST, DEFAULT_PORT, mosquitto_command, write_broker_files
+from broker.plugin import PluginBuildError
 
 
 class Command(BaseCommand):
@@ -35,17 +36,20 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        files = write_broker_files(
-            options["dir"],
-            host=options["host"],
-            port=options["port"],
-            dns_names=options["dns_names"] or ["localhost"],
-            ip_addresses=options["ip_addresses"] or ["127.0.0.1"],
-            force=options["force"],
-            log_file=options["log_file"],
-            run_as_user=options["user"],
-            plugin_path=options["plugin_path"],
-        )
+        try:
+            files = write_broker_files(
+                options["dir"],
+                host=options["host"],
+                port=options["port"],
+                dns_names=options["dns_names"] or ["localhost"],
+                ip_addresses=options["ip_addresses"] or ["127.0.0.1"],
+                force=options["force"],
+                log_file=options["log_file"],
+                run_as_user=options["user"],
+                plugin_path=options["plugin_path"],
+            )
+        except PluginBuildError as error:
+            raise CommandError(f"{error}\nOr name the plugin Mosquitto's image carries: --plugin-path.") from error
         created = ", ".join(files.created) or "nothing (kept the existing CA and certificates)"
         self.stdout.write(f"Broker files in {files.layout.directory}; newly issued: {created}")
         for role, issued in (("ca", files.ca), ("server", files.server), ("bridge", files.bridge)):
