@@ -354,8 +354,8 @@ SIMPLE_JWT = {
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
     # An operator's pair carries a digest of the password: a password change ends it (aegis_site/api/jwt_claims.py).
-    "TOKEN_OBTAIN_SERIALIZER": "aegis_site.api.jwt_claims.OperatorTokenObtainSerializer",
-    "TOKEN_REFRESH_SERIALIZER": "aegis_site.api.jwt_claims.RefreshSerializer",
+    "TOKEN_OBTAIN_SERIALIZER": "aegis_site.api.jwt_claims.OperatorTokenObtainSerializer",  # nosec B105  (a class path, not a secret)
+    "TOKEN_REFRESH_SERIALIZER": "aegis_site.api.jwt_claims.RefreshSerializer",  # nosec B105  (a class path, not a secret)
 }
 
 SPECTACULAR_SETTINGS = {
