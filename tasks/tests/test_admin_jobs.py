@@ -216,9 +216,9 @@ def test_launch_with_a_used_idempotency_key_shows_the_existing_job(admin_client,
 @pytest.mark.parametrize(
     ("fields", "field", "message"),
     [
-        ({"payload": '{"a": 1,'}, "payload", "Not valid JSON"),
+        ({"payload": '{"a": 1,'}, "payload", "Not a valid payload: Expecting property name"),
         ({"payload": "[1, 2]"}, "payload", "must be a JSON object"),
-        ({"payload": '{"n": NaN}'}, "payload", "finite"),
+        ({"payload": '{"n": NaN}'}, "payload", "NaN is not JSON"),
         ({"target_agent_ids": "web-1 Not_An_Id"}, "target_agent_ids", "item 2"),
         ({"target_agent_ids": "web-1 ghost"}, "target_agent_ids", "unknown agent ids: ghost"),
         ({"kind": "bad kind!"}, "kind", "does not match"),
