@@ -8,6 +8,7 @@ show against the stack's database. Screenshots land in test-artifacts/browser/.
 from __future__ import annotations
 
 import re
+import threading
 
 from playwright.sync_api import BrowserContext, Page, Route, expect
 
@@ -185,12 +186,19 @@ def test_job_page_catches_up_with_a_change_made_before_its_socket_opened(stack: 
     fill_job_form(page, "sleep", '{"seconds": 120}', agent_ids=AGENT_IDS[1])
     job_id = stack.scalar("SELECT COALESCE(MAX(id), 0) + 1 FROM jobs")
 
+    released = threading.Event()
+
     def hold_until_running(route: Route) -> None:
         # Always let the script through: a route left pending (the wait raising on a loaded machine)
-        # hung the page, and page.close() with it, until pytest-timeout ended the run.
+        # hung the page, and page.close() with it, until pytest-timeout ended the run. Once the test
+        # has seen the catch-up, a later request for the script (the page reloaded after the cancel,
+        # the task no longer running) must not wait either: page.close() waits for running handlers.
         try:
             wait_for(
-                lambda: stack.scalar("SELECT state FROM tasks WHERE job_id = ?", (job_id,)) == "running",
+                lambda: (
+                    released.is_set()
+                    or stack.scalar("SELECT state FROM tasks WHERE job_id = ?", (job_id,)) == "running"
+                ),
                 "the task to start",
                 timeout=120,
             )
@@ -202,6 +210,7 @@ def test_job_page_catches_up_with_a_change_made_before_its_socket_opened(stack: 
     watch_live(page)
     # Nothing changes after this: the task sleeps for two minutes. Only a catch-up shows it running.
     expect(page.locator("#job-tasks .job-badge-running")).to_have_count(1, timeout=30_000)
+    released.set()
     page.unroute("**/static/aegis/live.js")
 
     page.click("#job-cancel")
