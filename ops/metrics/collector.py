@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
-from cryptography import x509
 from django.conf import settings
 from django.db import connection
 from django.db.models import Count, Min, Sum
@@ -20,6 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from broker.models import OutboxMessage
+from ops.metrics import certificates
 from ops.models import RoleHeartbeat
 from registry.models import Agent
 from tasks.engine import clock
@@ -45,6 +44,10 @@ class DomainCollector(Collector):
         except Exception:  # a scrape must answer even when the database does not
             log.warning("metrics: database gauges unavailable", exc_info=True)
         yield from self._machine()
+        try:
+            yield from certificates.collect(clock.now())
+        except Exception:  # nor when a certificate file cannot be read
+            log.warning("metrics: certificate gauges unavailable", exc_info=True)
 
     def _database(self) -> Iterator[Metric]:
         agents = GaugeMetricFamily(
@@ -114,20 +117,3 @@ class DomainCollector(Collector):
             yield GaugeMetricFamily(
                 "aegis_disk_free_ratio", "Free space where DATA_DIR lives.", value=disk.free / disk.total
             )
-        expiry = GaugeMetricFamily(
-            "aegis_certificate_expiry_seconds",
-            "Seconds until each configured certificate expires.",
-            labels=["file", "subject"],
-        )
-        for name in ("MQTT_CA_FILE", "MQTT_CERT_FILE"):
-            path = getattr(settings, name, "")
-            if not path:
-                continue
-            try:
-                certificates = x509.load_pem_x509_certificates(Path(path).read_bytes())
-            except (OSError, ValueError):
-                continue
-            for certificate in certificates:
-                left = (certificate.not_valid_after_utc - clock.now()).total_seconds()
-                expiry.add_metric([Path(path).name, certificate.subject.rfc4514_string()], left)
-        yield expiry

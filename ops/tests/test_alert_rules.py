@@ -31,6 +31,8 @@ RUNBOOK_ANCHORS = {
     "high-memory",
     "disk-space-low",
     "certificate-expiry",
+    "crl-expiry",
+    "agent-certificate-expiry",
     "slow-responses",
     "slow-database",
     "connection-pool-exhaustion",
@@ -128,6 +130,13 @@ def test_every_alert_is_labelled_and_documented() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_every_runbook_anchor_is_a_heading_of_the_operations_guide() -> None:
+    """GitHub's anchors: a heading lowercased, spaces to hyphens, other punctuation dropped."""
+    headings = re.findall(r"^#+ (.+)$", (ROOT / "docs" / "operations.md").read_text(), re.MULTILINE)
+    anchors = {re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+    assert RUNBOOK_ANCHORS <= anchors, sorted(RUNBOOK_ANCHORS - anchors)
+
+
 def test_critical_group_holds_only_critical_alerts() -> None:
     for group, rule in alerts():
         if group == "aegis-critical":
@@ -142,7 +151,7 @@ def test_the_contract_metrics_are_used() -> None:
     for metric in (
         "up",
         "aegis_role_heartbeat_age_seconds",
-        "django_http_responses_total_by_status_total",
+        "django_http_responses_total_by_status_view_method_total",
         "aegis_system_cpu_percent",
         "aegis_system_memory_percent",
         "aegis_disk_free_ratio",
@@ -153,6 +162,10 @@ def test_the_contract_metrics_are_used() -> None:
         "aegis_auth_failures_total",
         "aegis_rate_limited_total",
         "aegis_certificate_expiry_seconds",
+        "aegis_crl_next_update_seconds",
+        "aegis_agent_certificates_expiring",
+        "aegis_agent_certificates_expired",
+        "aegis_agent_certificate_soonest_expiry_seconds",
         "aegis_queue_oldest_age_seconds",
         "aegis_lease_expiries_total",
         "aegis_agents",
