@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_filters",
+    "ops",  # before health_check: its health_check command (ops/management/commands) replaces the library's
     "health_check",
     "django_prometheus",
     "drf_spectacular",
@@ -87,7 +88,6 @@ INSTALLED_APPS = [
     "registry",
     "tasks",
     "broker",
-    "ops",
 ]
 
 MIDDLEWARE = [

@@ -10,6 +10,8 @@ No Django import, like ``broker.pki``.
 from __future__ import annotations
 
 import ipaddress
+import os
+import pwd
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -325,7 +327,20 @@ def write_broker_files(
         layout, host=host, port=port, log_file=log_file, run_as_user=run_as_user, plugin_path=plugin_path
     )
     pki.write_public(layout.conf, conf.encode())
+    if run_as_user and os.geteuid() == 0:
+        hand_over_to_broker_user(layout, run_as_user)
     return BrokerFiles(layout=layout, ca=ca, server=server, bridge=bridge, created=tuple(created))
+
+
+def hand_over_to_broker_user(layout: BrokerLayout, user: str) -> None:
+    """Mosquitto started as root drops to ``user`` before it reads its key and writes its persistence.
+
+    So ``user`` owns ``server.key`` (0600) and the persistence directory; the CA's and the bridge's keys stay
+    with whoever ran ``setup_broker``. Raises ``KeyError`` for an unknown user.
+    """
+    entry = pwd.getpwnam(user)
+    for path in (layout.server_key, layout.data):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def write_agent_bundle(

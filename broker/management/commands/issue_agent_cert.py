@@ -4,6 +4,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from broker.certs import normalize_serial
+from broker.management.broker_dir import broker_layout
 from broker.mosquitto import write_agent_bundle
 from broker.pki import InvalidAgentId
 from ops.audit import Actor
@@ -15,16 +16,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("agent_id")
-        parser.add_argument("--dir", required=True, type=Path, help="broker directory written by setup_broker")
-        parser.add_argument("--out", required=True, type=Path, help="directory for the agent's files")
+        parser.add_argument("--dir", type=Path, default=None, help="broker directory (default: settings.BROKER_DIR)")
+        parser.add_argument(
+            "--out", type=Path, default=None, help="directory for the agent's files (default: ./AGENT_ID)"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        layout = broker_layout(options["dir"])
+        out = options["out"] or Path(options["agent_id"])
         try:
-            bundle = write_agent_bundle(options["dir"], options["agent_id"], options["out"])
+            bundle = write_agent_bundle(layout.directory, options["agent_id"], out)
         except InvalidAgentId as error:
             raise CommandError(str(error)) from error
         except FileNotFoundError as error:
-            raise CommandError(f"no CA in {options['dir']}: run setup_broker first ({error})") from error
+            raise CommandError(f"no CA in {layout.directory}: run setup_broker first ({error})") from error
         issued = bundle.issued
         add_certificate(
             options["agent_id"],
