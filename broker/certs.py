@@ -9,7 +9,13 @@ step twice changes nothing:
 ``switched`` (``finish_ca_rotation``) the new CA signs (it becomes ``ca.crt``/``ca.key``)
              and the server and bridge certificates are re-issued; the old CA is still
              trusted, so agents holding old-CA certificates keep connecting.
-``drop_old_ca`` returns to ``single`` with the new CA only.
+``drop_old_ca`` returns to ``single`` with the new CA only. It refuses while an agent's
+             newest usable certificate (``issued/``, not revoked, not expired) is
+             from the old CA, unless forced: Mosquitto would refuse that agent.
+
+Each new CA has its own subject (``pki.create_ca``), but CAs made before that share one,
+so listings name a CA by ``ca_id`` (its fingerprint prefix) and find a certificate's CA
+by its signature, not by the issuer name.
 
 Mosquitto checks client certificates against ``crl.pem`` when it exists. With a
 CRL file OpenSSL needs a CRL from *every* CA that signs a client certificate, or it
@@ -48,6 +54,29 @@ class RotationError(RuntimeError):
     """The requested step does not follow from the recorded state."""
 
 
+@dataclass(frozen=True)
+class AgentHolding:
+    """An agent's newest unrevoked, unexpired certificate and the CA (``ca_id``) that issued it."""
+
+    agent_id: str
+    serial: str
+    issuer: str  # "" when no CA of the directory signed it
+    not_after: dt.datetime
+
+
+class OldCaInUse(RotationError):
+    """Dropping the old CA would cut off agents whose certificate it issued."""
+
+    def __init__(self, holders: Iterable[AgentHolding]) -> None:
+        self.holders = tuple(holders)
+        names = ", ".join(f"{holder.agent_id} (serial {holder.serial}, CA {holder.issuer})" for holder in self.holders)
+        super().__init__(
+            f"{len(self.holders)} agent(s) still hold a certificate from the old CA: {names}. "
+            "Re-issue each (manage.py issue_agent_cert AGENT --dir ... --out ...) and run --drop-old-ca again, "
+            "or pass --force to cut them off"
+        )
+
+
 @dataclass
 class CaState:
     signing: str
@@ -66,6 +95,7 @@ class StepResult:
     state: CaState
     issued: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    cut_off: tuple[AgentHolding, ...] = ()  # agents on the dropped CA (only with force)
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,7 @@ class CertReport:
     days_left: int
     path: str
     status: str = "active"  # "revoked" and "superseded" certificates do not fail the check
+    issuer: str = ""  # ca_id of the CA that signed it (a CA: itself); "" when none of the directory's
 
     @property
     def counts(self) -> bool:
@@ -95,11 +126,36 @@ class RevocationList:
 
     @property
     def serials(self) -> set[str]:
-        return {entry["serial"] for entry in self.revoked}
+        return {normalize_serial(entry["serial"]) for entry in self.revoked}
 
 
 def ca_id(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()[:16]
+
+
+def known_cas(layout: BrokerLayout) -> dict[str, x509.Certificate]:
+    """Every CA the directory has, trusted or dropped, by ``ca_id``: ``cas/*.crt`` and ``ca.crt``."""
+    paths = sorted(layout.cas.glob("*.crt")) if layout.cas.is_dir() else []
+    found: dict[str, x509.Certificate] = {}
+    for path in [*paths, layout.ca_cert]:
+        if path.exists():
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            found.setdefault(ca_id(cert), cert)
+    return found
+
+
+def issuer_id(cert: x509.Certificate, cas: dict[str, x509.Certificate]) -> str:
+    """The ``ca_id`` whose key signed ``cert`` (CAs of the same subject are told apart by signature)."""
+    return next((identifier for identifier, ca in cas.items() if pki.is_signed_by(cert, ca)), "")
+
+
+def ca_standing(state: CaState, identifier: str) -> str:
+    """``signing``, ``trusted (new)`` / ``trusted (old)`` during a rotation, or ``not trusted``."""
+    if identifier == state.signing:
+        return "signing"
+    if identifier not in state.trusted:
+        return "not trusted"
+    return "trusted (new)" if state.phase == OVERLAP else "trusted (old)"
 
 
 def normalize_serial(serial: str | int) -> str:
@@ -159,15 +215,46 @@ def finish_ca_rotation(layout: BrokerLayout) -> StepResult:
     return StepResult(True, state, issued=tuple(issued))
 
 
-def drop_old_ca(layout: BrokerLayout) -> StepResult:
+def drop_old_ca(layout: BrokerLayout, *, force: bool = False) -> StepResult:
+    """Trust the signing CA only; refuses (``OldCaInUse``) while agents depend on the old one, unless ``force``."""
     state = load_state(layout)
     if state.phase == SINGLE:
         return StepResult(False, state, notes=("only one CA is trusted",))
     if state.phase == OVERLAP:
         raise RotationError("the old CA still signs: run rotate_certs --finish-ca first")
+    holders = agents_on_old_ca(layout, state)
+    if holders and not force:
+        raise OldCaInUse(holders)
     state = CaState(signing=state.signing, trusted=[state.signing], phase=SINGLE)
     _apply_trust(layout, state)
-    return StepResult(True, state)
+    return StepResult(True, state, cut_off=tuple(holders))
+
+
+def agents_on_old_ca(layout: BrokerLayout, state: CaState) -> list[AgentHolding]:
+    """Agents whose newest usable certificate a trusted CA other than the signing one issued."""
+    old = set(state.trusted) - {state.signing}
+    return [holding for holding in current_agent_certs(layout) if holding.issuer in old]
+
+
+def agent_cert_issuers(layout: BrokerLayout) -> dict[str, str]:
+    """Serial -> ``ca_id`` of every agent certificate in ``issued/``."""
+    cas = known_cas(layout)
+    return {normalize_serial(cert.serial_number): issuer_id(cert, cas) for _, cert in issued_agent_certs(layout)}
+
+
+def current_agent_certs(layout: BrokerLayout, *, now: dt.datetime | None = None) -> list[AgentHolding]:
+    """Each agent's newest certificate in ``issued/`` that is neither revoked nor expired, with its CA."""
+    now = now or _now()
+    revoked = load_revocations(layout).serials
+    newest: dict[str, x509.Certificate] = {}
+    for _, cert in issued_agent_certs(layout):  # oldest first per agent: the last one wins
+        if normalize_serial(cert.serial_number) not in revoked and cert.not_valid_after_utc > now:
+            newest[_common_name(cert)] = cert
+    cas = known_cas(layout)
+    return [
+        AgentHolding(agent_id, normalize_serial(cert.serial_number), issuer_id(cert, cas), cert.not_valid_after_utc)
+        for agent_id, cert in sorted(newest.items())
+    ]
 
 
 def _store_ca(layout: BrokerLayout, ca: pki.IssuedCertificate) -> None:
@@ -225,11 +312,23 @@ def load_revocations(layout: BrokerLayout) -> RevocationList:
 
 
 def issued_agent_certs(layout: BrokerLayout) -> list[tuple[Path, x509.Certificate]]:
+    """The copies in ``issued/``, by agent, oldest first.
+
+    Validity starts are whole seconds, so two certificates issued within one second
+    (an agent re-issued right after a rotation step) are ordered by when their copy
+    was written.
+    """
     if not layout.issued.is_dir():
         return []
     found = [(path, x509.load_pem_x509_certificate(path.read_bytes())) for path in sorted(layout.issued.glob("*.crt"))]
     return sorted(
-        found, key=lambda item: (_common_name(item[1]), item[1].not_valid_before_utc, item[1].not_valid_after_utc)
+        found,
+        key=lambda item: (
+            _common_name(item[1]),
+            item[1].not_valid_before_utc,
+            item[0].stat().st_mtime_ns,
+            item[1].not_valid_after_utc,
+        ),
     )
 
 
@@ -237,7 +336,7 @@ def revoke_serials(layout: BrokerLayout, agent_id: str, serials: Iterable[str]) 
     """Add serials to ``revoked.json`` and rewrite ``crl.pem``; returns the serials that were new."""
     revocations = load_revocations(layout)
     now = _now().isoformat()
-    added = [serial for serial in dict.fromkeys(serials) if serial not in revocations.serials]
+    added = [serial for serial in dict.fromkeys(map(normalize_serial, serials)) if serial not in revocations.serials]
     revocations.revoked += [{"serial": serial, "agent_id": agent_id, "revoked_at": now} for serial in added]
     pki.write_public(layout.revoked, (json.dumps(asdict(revocations), indent=2) + "\n").encode())
     write_crl(layout, load_state(layout))
@@ -354,14 +453,15 @@ def expiry_report(layout: BrokerLayout, *, now: dt.datetime | None = None) -> li
     now = now or _now()
     reports: list[CertReport] = []
     state = load_state(layout) if layout.ca_cert.exists() else None
+    cas = known_cas(layout)
     if state is not None:
         for identifier in state.trusted:
             role = "ca (signing)" if identifier == state.signing else "ca (trusted)"
             path = layout.cas / f"{identifier}.crt"
-            reports.append(_report(role, x509.load_pem_x509_certificate(path.read_bytes()), path, now))
+            reports.append(_report(role, x509.load_pem_x509_certificate(path.read_bytes()), path, now, cas=cas))
     for role, path in (("server", layout.server_cert), ("bridge", layout.bridge_cert)):
         if path.exists():
-            reports.append(_report(role, x509.load_pem_x509_certificate(path.read_bytes()), path, now))
+            reports.append(_report(role, x509.load_pem_x509_certificate(path.read_bytes()), path, now, cas=cas))
     revoked = load_revocations(layout).serials
     agent_certs = issued_agent_certs(layout)
     latest = {_common_name(cert): path for path, cert in agent_certs}  # sorted: the newest wins
@@ -371,7 +471,7 @@ def expiry_report(layout: BrokerLayout, *, now: dt.datetime | None = None) -> li
             status = "revoked"
         elif latest[_common_name(cert)] != path:
             status = "superseded"
-        reports.append(_report("agent", cert, path, now, status))
+        reports.append(_report("agent", cert, path, now, status, cas=cas))
     if layout.crl.exists():
         for crl in load_crls(layout):
             next_update = crl.next_update_utc
@@ -385,6 +485,7 @@ def expiry_report(layout: BrokerLayout, *, now: dt.datetime | None = None) -> li
                         not_after=next_update,
                         days_left=_days_left(next_update, now),
                         path=str(layout.crl),
+                        issuer=_crl_issuer(crl, cas),
                     )
                 )
     return reports
@@ -394,7 +495,15 @@ def expiring(reports: Iterable[CertReport], days: int) -> list[CertReport]:
     return [report for report in reports if report.counts and report.days_left < days]
 
 
-def _report(role: str, cert: x509.Certificate, path: Path, now: dt.datetime, status: str = "active") -> CertReport:
+def _report(
+    role: str,
+    cert: x509.Certificate,
+    path: Path,
+    now: dt.datetime,
+    status: str = "active",
+    *,
+    cas: dict[str, x509.Certificate],
+) -> CertReport:
     return CertReport(
         role=role,
         common_name=_common_name(cert),
@@ -403,7 +512,23 @@ def _report(role: str, cert: x509.Certificate, path: Path, now: dt.datetime, sta
         days_left=_days_left(cert.not_valid_after_utc, now),
         path=str(path),
         status=status,
+        issuer=issuer_id(cert, cas),
     )
+
+
+def _crl_issuer(crl: x509.CertificateRevocationList, cas: dict[str, x509.Certificate]) -> str:
+    """The CA whose key identifier the CRL names (``write_crl`` always adds it)."""
+    try:
+        wanted = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return ""
+    for identifier, ca in cas.items():
+        try:
+            if ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest == wanted:
+                return identifier
+        except x509.ExtensionNotFound:
+            continue
+    return ""
 
 
 def _days_left(not_after: dt.datetime, now: dt.datetime) -> int:

@@ -29,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 AGENT_ID_RE = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,62}\Z")
 BRIDGE_CN = "aegis-bridge"
+# CAs made before each CA got its own subject are all called this; they keep working.
 DEFAULT_CA_CN = "Aegis Event Bus CA"
 ORGANIZATION = "Aegis Event Bus"
 
@@ -89,20 +90,22 @@ def generate_key(algorithm: KeyAlgorithm = "ec") -> PrivateKey:
 
 
 def create_ca(
-    common_name: str = DEFAULT_CA_CN,
+    common_name: str | None = None,
     *,
     validity_days: int = CA_VALIDITY_DAYS,
     key_algorithm: KeyAlgorithm = "ec",
 ) -> IssuedCertificate:
+    """A self-signed CA; by default its CN carries its date and serial, so the old and new CA of a rotation differ."""
     key = generate_key(key_algorithm)
-    name = _name(common_name)
     now = _now()
+    serial = x509.random_serial_number()
+    name = _name(common_name or f"{DEFAULT_CA_CN} {now:%Y-%m-%d} {format(serial, 'x')[:8]}")
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
+        .serial_number(serial)
         .not_valid_before(now - BACKDATE)
         .not_valid_after(now + dt.timedelta(days=validity_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
@@ -281,10 +284,20 @@ def _write_atomic(path: Path, data: bytes, mode: int) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, mode)
+        _keep_owner(path, tmp_name)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _keep_owner(path: Path, tmp_name: str) -> None:
+    """A replaced file keeps its owner: a rotated ``server.key`` stays readable by the user Mosquitto runs as
+    (``setup_broker --user``), a rotated ``bridge.key`` by the bridge's user. Only root can give files away."""
+    if os.geteuid() != 0 or not path.exists():
+        return
+    old = path.stat()
+    os.chown(tmp_name, old.st_uid, old.st_gid)
 
 
 def _now() -> dt.datetime:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -9,7 +11,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from cryptography import x509
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from broker import certs, mosquitto, pki
 from tests.test_broker_security import MOSQUITTO, Credentials, Probe, free_port, stop, wait_for_port
@@ -20,11 +24,14 @@ pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto 
 class RunningBroker:
     """One broker directory and its Mosquitto, which the test restarts after each trust change."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, legacy_ca: bool = False) -> None:
         self.root = root
         self.log = root / "mosquitto.log"
         self.port = free_port()
         run_as = "root" if os.geteuid() == 0 else None
+        if legacy_ca:  # a deployment set up before each CA got its own subject: setup_broker keeps its CA
+            ca = pki.create_ca(pki.DEFAULT_CA_CN)
+            pki.write_issued(ca, root / "broker" / "ca.crt", root / "broker" / "ca.key")
         files = mosquitto.write_broker_files(root / "broker", port=self.port, log_file=self.log, run_as_user=run_as)
         self.layout = files.layout
         self.process: subprocess.Popen[bytes] | None = None
@@ -42,14 +49,14 @@ class RunningBroker:
             stop(self.process)
             self.process = None
 
-    def issue(self, agent_id: str) -> tuple[Credentials, Path, pki.IssuedCertificate]:
-        bundle = mosquitto.write_agent_bundle(self.layout.directory, agent_id, self.root / agent_id)
+    def issue(self, agent_id: str, out: str = "") -> tuple[Credentials, Path, pki.IssuedCertificate]:
+        bundle = mosquitto.write_agent_bundle(self.layout.directory, agent_id, self.root / (out or agent_id))
         return Credentials(bundle.cert, bundle.key), bundle.ca_cert, bundle.issued
 
 
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[RunningBroker]:
-    broker = RunningBroker(tmp_path)
+def running(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningBroker]:
+    broker = RunningBroker(tmp_path, legacy_ca=getattr(request, "param", "") == "legacy CA")
     yield broker
     broker.stop()
 
@@ -88,7 +95,7 @@ def test_agents_of_the_old_and_the_new_ca_both_connect_during_the_overlap(runnin
     assert connects("agent-old", old_agent, running.layout.ca_bundle)  # old-CA certificate, bundle as trust
     assert not connects("agent-old", old_agent, old_agent_trust)  # it must take the bundle before the switch
 
-    certs.drop_old_ca(running.layout)
+    certs.drop_old_ca(running.layout, force=True)  # agent-old still holds its old-CA certificate
     running.restart()
     assert not connects("agent-old", old_agent, running.layout.ca_bundle)
     assert connects("agent-new", new_agent, running.layout.ca_bundle)
@@ -123,3 +130,70 @@ def test_revocation_during_a_ca_overlap_still_admits_agents_of_both_cas(running,
     assert not connects("agent-r", revoked, trust)
     assert connects("agent-old", old_agent, trust)  # the old CA has its own (empty of it) CRL in crl.pem
     assert connects("agent-new", new_agent, trust)
+
+
+def switched_with_one_agent_per_ca(running: RunningBroker) -> tuple[Credentials, Path, Credentials, Path]:
+    """Agent B got its certificate before the CA rotation (and the bundle as its trust during the overlap,
+    as the procedure says), agent A its certificate after the new CA took over signing."""
+    b_cert, _, _ = running.issue("agent-b")
+    certs.start_ca_rotation(running.layout)
+    certs.finish_ca_rotation(running.layout)
+    a_cert, a_trust, _ = running.issue("agent-a")
+    running.start()
+    return a_cert, a_trust, b_cert, running.layout.ca_bundle
+
+
+def manage(name: str, running: RunningBroker, *args: str) -> str:
+    out = io.StringIO()
+    call_command(name, "--dir", str(running.layout.directory), *args, stdout=out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("running", ["legacy CA"], indirect=True)
+def test_check_certs_lists_agents_by_issuing_ca_and_drop_waits_for_the_last_one(running, connects):
+    a_cert, a_trust, b_cert, b_trust = switched_with_one_agent_per_ca(running)
+    state = certs.load_state(running.layout)
+    (old_id,) = [identifier for identifier in state.trusted if identifier != state.signing]
+    new_id = state.signing
+    old_subject = x509.load_pem_x509_certificate((running.layout.cas / f"{old_id}.crt").read_bytes()).subject
+    new_subject = x509.load_pem_x509_certificate(running.layout.ca_cert.read_bytes()).subject
+    assert old_subject.rfc4514_string() == f"CN={pki.DEFAULT_CA_CN},O={pki.ORGANIZATION}"  # the kept legacy CA
+    assert new_subject != old_subject
+
+    by_ca = json.loads(manage("check_certs", running, "--json"))["agents_by_ca"]
+    assert by_ca[old_id] == {
+        "subject": old_subject.rfc4514_string(),
+        "standing": "trusted (old)",
+        "agents": ["agent-b"],
+    }
+    assert by_ca[new_id]["agents"] == ["agent-a"]
+    table = manage("check_certs", running, "--by-ca")
+    assert any(line.split()[:1] == [old_id] and line.endswith("agent-b") for line in table.splitlines()), table
+    agent_rows = [line.split() for line in table.splitlines() if line.startswith("agent ")]
+    assert {(row[1], row[3]) for row in agent_rows} == {("agent-b", old_id), ("agent-a", new_id)}  # ISSUER CA
+
+    with pytest.raises(CommandError, match="agent-b") as refused:
+        manage("rotate_certs", running, "--drop-old-ca")
+    assert "agent-a" not in str(refused.value)
+    assert certs.load_state(running.layout).trusted == [old_id, new_id]
+    assert connects("agent-b", b_cert, b_trust)  # nothing changed for it
+
+    b_new, b_new_trust, _ = running.issue("agent-b", out="agent-b-reissued")
+    assert json.loads(manage("check_certs", running, "--json"))["agents_by_ca"][old_id]["agents"] == []
+    manage("rotate_certs", running, "--drop-old-ca")
+    running.restart()
+    assert connects("agent-a", a_cert, a_trust)
+    assert connects("agent-b", b_new, b_new_trust)
+    assert not connects("agent-b", b_cert, b_trust)  # its old-CA certificate no longer chains
+
+
+def test_drop_old_ca_with_force_names_the_agent_it_cuts_off_and_the_broker_refuses_it(running, connects):
+    a_cert, a_trust, b_cert, b_trust = switched_with_one_agent_per_ca(running)
+    assert connects("agent-b", b_cert, b_trust)
+
+    output = manage("rotate_certs", running, "--drop-old-ca", "--force")
+    assert "Cut off: agent-b" in output
+    assert "agent-a" not in output
+    running.restart()
+    assert not connects("agent-b", b_cert, b_trust)
+    assert connects("agent-a", a_cert, a_trust)

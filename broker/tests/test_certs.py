@@ -237,3 +237,28 @@ def test_revocation_works_without_django_actor_for_files(layout):
 @pytest.mark.parametrize("text", ["0x1A", "1a", "00:1A", " 1A "])
 def test_serials_are_normalized(text):
     assert certs.normalize_serial(text) == "1a"
+
+
+def test_each_new_ca_has_its_own_subject(layout):
+    old_subject = current(layout.ca_cert).subject
+    started = certs.start_ca_rotation(layout)
+    new_subject = certs.load_ca(layout, started.state.trusted[1]).certificate.subject
+    assert new_subject != old_subject
+    assert all(pki.DEFAULT_CA_CN in subject.rfc4514_string() for subject in (old_subject, new_subject))
+
+
+def test_only_an_agents_newest_usable_certificate_holds_back_the_drop(layout):
+    agents = layout.directory.parent / "agents"
+    revoked = mosquitto.write_agent_bundle(layout.directory, "agent-revoked", agents)
+    mosquitto.write_agent_bundle(layout.directory, "agent-moved", agents)
+    certs.start_ca_rotation(layout)
+    certs.finish_ca_rotation(layout)
+    # Perhaps within the second of its first certificate (validity starts are whole seconds): the newer copy wins.
+    moved = mosquitto.write_agent_bundle(layout.directory, "agent-moved", agents)
+    certs.revoke_serials(layout, "agent-revoked", [format(revoked.issued.serial, "X")])
+
+    signing = certs.load_state(layout).signing
+    assert [(h.agent_id, h.serial, h.issuer) for h in certs.current_agent_certs(layout)] == [
+        ("agent-moved", certs.normalize_serial(moved.issued.serial), signing)
+    ]
+    assert certs.drop_old_ca(layout).cut_off == ()

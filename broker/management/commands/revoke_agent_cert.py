@@ -24,9 +24,10 @@ class Command(BaseCommand):
             )
         except ValueError as error:
             raise CommandError(str(error)) from error
+        issuers = certs.agent_cert_issuers(layout)
         for serial in result.serials:
             fresh = "revoked" if serial in result.newly_revoked else "already revoked"
-            self.stdout.write(f"serial {serial}: {fresh}")
+            self.stdout.write(f"serial {serial} (CA {issuers.get(serial) or 'unknown'}): {fresh}")
         self.stdout.write(f"registry credentials revoked: {len(result.credentials_revoked)}")
         self.stdout.write(f"CRL written: {layout.crl} (mosquitto.conf references it with crlfile)")
         self.stdout.write(

@@ -25,9 +25,16 @@ class Command(BaseCommand):
         steps.add_argument("--ca", action="store_true", help="start a CA rotation: new CA trusted next to the old")
         steps.add_argument("--finish-ca", action="store_true", help="sign with the new CA; re-issue server and bridge")
         steps.add_argument("--drop-old-ca", action="store_true", help="stop trusting the old CA")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="with --drop-old-ca: drop it even though agents still hold a certificate from it (they are cut off)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         layout = broker_layout(options["dir"])
+        if options["force"] and not options["drop_old_ca"]:
+            raise CommandError("--force only goes with --drop-old-ca")
         try:
             if options["ca"]:
                 self._report(certs.start_ca_rotation(layout), layout)
@@ -47,10 +54,17 @@ class Command(BaseCommand):
                         "old-CA certificates keep working until rotate_certs --drop-old-ca."
                     )
             elif options["drop_old_ca"]:
-                result = certs.drop_old_ca(layout)
+                result = certs.drop_old_ca(layout, force=options["force"])
                 self._report(result, layout)
+                for holder in result.cut_off:
+                    self.stdout.write(
+                        self.style.WARNING(
+                            f"Cut off: {holder.agent_id} (serial {holder.serial}, CA {holder.issuer}) is refused "
+                            "once Mosquitto restarts; re-issue it with issue_agent_cert."
+                        )
+                    )
                 if result.changed:
-                    self.stdout.write(RESTART_NOTE + " Agents still holding old-CA certificates are refused from then.")
+                    self.stdout.write(RESTART_NOTE)
             else:
                 both = not (options["server"] or options["bridge"])
                 issued = certs.rotate_leaf_certs(
@@ -71,4 +85,8 @@ class Command(BaseCommand):
         if result.issued:
             self.stdout.write(f"Issued: {', '.join(result.issued)}")
         self.stdout.write(f"CA state ({layout.ca_state}): phase={state.phase} signing={state.signing}")
-        self.stdout.write(f"  trusted: {', '.join(state.trusted)} (bundle {layout.ca_bundle})")
+        cas = certs.known_cas(layout)
+        for identifier in state.trusted:
+            subject = cas[identifier].subject.rfc4514_string() if identifier in cas else "?"
+            self.stdout.write(f"  trusted: {identifier} {certs.ca_standing(state, identifier)} {subject}")
+        self.stdout.write(f"  bundle: {layout.ca_bundle}")
