@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for every role; the command picks the role (docker-compose.yml, deploy/k8s/):
-#   web         daphne -b 0.0.0.0 -p 8000 aegis_site.asgi:application   (the default; TRUSTED_PROXIES names the proxy)
+#   web         daphne -v 0 -b 0.0.0.0 -p 8000 aegis_site.asgi:application   (the default; -v 0: no plain-text access log, the app logs requests as JSON)
 #   bridge      python manage.py run_bridge
 #   dispatcher  python manage.py run_dispatcher
 #   one-shots   python manage.py migrate --noinput | setup_broker ... | backup | check_certs ...
@@ -40,7 +40,7 @@ USER aegis:aegis
 EXPOSE 8000
 # Role-aware: web answers /healthz; bridge and dispatcher have a fresh role heartbeat; one-shots pass.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=40s --retries=3 CMD ["python", "deploy/docker/healthcheck.py"]
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "aegis_site.asgi:application"]
+CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "aegis_site.asgi:application"]
 
 # `--target tools`: the runtime plus pg_dump/pg_restore for backup, restore and disaster_recovery
 # (ops/backup/postgres.py; the client must be at least the server's major version: PostgreSQL 15 here).

@@ -14,9 +14,12 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from aegis_site.client_address import TrustedProxyHeaders  # noqa: E402
+from aegis_site.logs import route_twisted_log  # noqa: E402
 from aegis_site.request_limits import BodyLimit  # noqa: E402
 from broker.consumer import MqttConsumer  # noqa: E402
 from ops.live.routing import websocket_urlpatterns  # noqa: E402
+
+route_twisted_log()  # under daphne: warnings and Twisted's errors as log records, not lost
 
 # Bodies over their limit are refused before Django reads them; chunked ones are read with their length.
 http_app = BodyLimit(ASGIStaticFilesHandler(django_asgi_app) if settings.DEBUG else django_asgi_app)

@@ -1,9 +1,19 @@
-"""The ``LOGGING`` formatters: JSON lines (structlog), or one plain line per record for a terminal."""
+"""The ``LOGGING`` formatters: JSON lines (structlog), or one plain line per record for a terminal.
+
+``configure`` (Django's ``LOGGING_CONFIG``) also routes what would otherwise write to the
+stream on its own through the same handler: Python warnings, uncaught exceptions (main
+thread, other threads, "exception ignored" in finalizers). With ``LOG_FORMAT=json`` every
+line a process writes is then one JSON object.
+"""
 
 from __future__ import annotations
 
 import logging
+import logging.config
+import sys
+import threading
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -20,6 +30,37 @@ def _pre_chain() -> list[Any]:
         structlog.stdlib.ExtraAdder(),
         timestamper,
     ]
+
+
+def configure(config: dict[str, Any]) -> None:
+    logging.config.dictConfig(config)
+    logging.captureWarnings(True)  # logger py.warnings, instead of warnings' own lines on stderr
+    sys.excepthook = _uncaught
+    threading.excepthook = _uncaught_in_thread
+    sys.unraisablehook = _unraisable
+
+
+_uncaught_log = logging.getLogger("aegis.uncaught")
+
+
+def _uncaught(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    _uncaught_log.critical("uncaught exception", exc_info=(kind, error, traceback))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:  # what threading's own hook ignores too
+        return
+    thread = args.thread.name if args.thread is not None else ""
+    exc_info = (args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback)
+    _uncaught_log.error("uncaught exception in thread", exc_info=exc_info, extra={"thread_name": thread})
+
+
+def _unraisable(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    exc_info = (unraisable.exc_type, error, unraisable.exc_traceback) if error is not None else None
+    _uncaught_log.error(
+        unraisable.err_msg or "exception ignored", exc_info=exc_info, extra={"object": repr(unraisable.object)[:200]}
+    )
 
 
 def json_formatter() -> logging.Formatter:
@@ -78,3 +119,15 @@ def plain_renderer(logger: Any, method: str, event: MutableMapping[str, Any]) ->
     if exception:
         line += "".join(f"\n    {one_line(text)}" for text in str(exception).splitlines())
     return line
+
+
+def route_twisted_log() -> None:
+    """Twisted's log into the stdlib logger ``twisted``, and with it the Python warnings Twisted takes over.
+
+    daphne (at its default verbosity) sends Twisted's log nowhere and points ``warnings.showwarning``
+    at it, so a warning raised while serving a request would vanish; an observer added before daphne
+    starts keeps them, as JSON lines like any other record.
+    """
+    from twisted.logger import STDLibLogObserver, globalLogPublisher
+
+    globalLogPublisher.addObserver(STDLibLogObserver(name="twisted"))  # type: ignore[arg-type]  # zope provider

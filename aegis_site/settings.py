@@ -426,6 +426,8 @@ TRANSITION_LOG_LEVEL = env.str("TRANSITION_LOG_LEVEL", default="INFO").upper()
 if TRANSITION_LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"TRANSITION_LOG_LEVEL must be one of DEBUG..CRITICAL, got {TRANSITION_LOG_LEVEL!r}")
 
+# Also routes warnings and uncaught exceptions through the handler below (aegis_site/logs.py).
+LOGGING_CONFIG = "aegis_site.logs.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -441,6 +443,7 @@ LOGGING = {
         # The embedded broker of the all-in-one mode narrates every state change at INFO.
         "transitions": {"level": "WARNING"},
         "amqtt": {"level": "WARNING"},
+        "twisted": {"level": "WARNING"},  # daphne's Twisted log (aegis_site/asgi.py), without its start-up chatter
         "axes": {"level": "ERROR"},  # ops.logins logs auth_failed / rate_limit for each attempt instead
     },
 }

@@ -148,7 +148,7 @@ def role_commands(host: str, port: int, agents: int) -> tuple[dict[str, list[str
         mqtt_url = f"mqtt://127.0.0.1:{EMBEDDED_BROKER_PORT}"
         env |= {"MQTT_URL": mqtt_url, "MQTT_PROTOCOL": "3.1.1"}
         commands["broker"] = [python, manage, "run_embedded_broker", "--port", str(EMBEDDED_BROKER_PORT)]
-    commands["web"] = [python, "-m", "daphne", "-b", host, "-p", str(port), "aegis_site.asgi:application"]
+    commands["web"] = [python, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "aegis_site.asgi:application"]
     commands["dispatcher"] = [python, manage, "run_dispatcher"]
     commands["bridge"] = [python, manage, "run_bridge"]
     if agents and not settings.MQTT_CA_FILE:

@@ -38,6 +38,15 @@ def database_url() -> str:
     return f"postgres://{auth}{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
+def web_command(host: str, port: int) -> list[str]:
+    """daphne as the image runs it (the Dockerfile's ``CMD``, options and all), on ``host:port``."""
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD "))
+    argv = [DAPHNE if arg == "daphne" else arg for arg in json.loads(cmd.removeprefix("CMD "))]
+    argv[argv.index("-b") + 1] = host
+    argv[argv.index("-p") + 1] = str(port)
+    return argv
+
+
 def role_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {name: os.environ[name] for name in PASSED_ENV if name in os.environ}
     return (
@@ -85,7 +94,7 @@ class Roles:
         """
         for _attempt in range(5):
             port = free_port()
-            self.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "aegis_site.asgi:application"], **extra)
+            self.start("web", web_command("127.0.0.1", port), **extra)
             self.web_url = f"http://127.0.0.1:{port}"
             wait_for(self._exited_or_healthy, "daphne to answer /healthz", timeout=60, interval=0.2)
             if self.processes["web"].poll() is None:

@@ -1,4 +1,8 @@
-"""Request id, timing and ``slow_request``: every request gets an id (``X-Request-ID``) logged with it."""
+"""Request id, timing, the access log and ``slow_request``: every request gets an id (``X-Request-ID``) logged with it.
+
+The access log is one ``request`` line (logger ``aegis.access``) per request, a log record like
+any other; daphne's own access log, plain text on stdout, is off (``daphne -v 0``).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +16,11 @@ import structlog
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
+from aegis_site.client_address import client_address
 from ops.metrics.requests import WINDOW
 
 log = logging.getLogger("aegis.http")
+access = logging.getLogger("aegis.access")
 _INCOMING_ID = re.compile(r"\A[A-Za-z0-9._-]{8,64}\Z")
 
 
@@ -34,16 +40,14 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
         WINDOW.add(elapsed, response.status_code)
         response["X-Request-ID"] = request_id
+        line: dict[str, object] = {
+            "path": request.path[:200],
+            "method": request.method,
+            "status": response.status_code,
+            "duration_ms": round(elapsed * 1000, 1),
+        }
+        access.info("request", extra=line | {"client": client_address(request)})
         if elapsed * 1000 >= settings.SLOW_REQUEST_MS:
-            log.warning(
-                "slow_request",
-                extra={
-                    "event_name": "slow_request",
-                    "path": request.path[:200],
-                    "method": request.method,
-                    "status": response.status_code,
-                    "duration_ms": round(elapsed * 1000, 1),
-                },
-            )
+            log.warning("slow_request", extra={"event_name": "slow_request"} | line)
         structlog.contextvars.clear_contextvars()
         return response

@@ -11,10 +11,12 @@ the agent the rollout last gave a task to, so a rollout spreads over its fleet.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from math import ceil
 from typing import Any
 
@@ -30,6 +32,8 @@ from tasks.engine.errors import NotFound
 from tasks.engine.jobs import mark_running
 from tasks.engine.targeting import Target, agent_matches, matches
 from tasks.models import ACTIVE_JOB_STATES, HELD_STATES, Job, JobMode, JobState, Task, TaskEventKind, TaskState
+
+transitions = logging.getLogger("aegis.transitions")
 
 RATE_WINDOW = timedelta(minutes=1)
 _MICROSECONDS_PER_WINDOW = RATE_WINDOW // timedelta(microseconds=1)
@@ -65,12 +69,13 @@ def claim_many(agent_ids: Collection[str], limit: int, now: datetime, push: bool
         claimed: dict[str, list[Assignment]] = {agent.pk: [] for agent in agents}
         if agents:
             _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
-        return claimed
-    claimed, limited = claim_pg.claim_agents(list(agent_ids), limit, now, push)
-    if limited:  # rollouts: the agents are locked already; their rows are read again for the targets
-        short = [agent_id for agent_id, assignments in claimed.items() if len(assignments) < limit]
-        agents = list(Agent.objects.filter(pk__in=short).order_by("pk"))
-        _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
+    else:
+        claimed, limited = claim_pg.claim_agents(list(agent_ids), limit, now, push)
+        if limited:  # rollouts: the agents are locked already; their rows are read again for the targets
+            short = [agent_id for agent_id, assignments in claimed.items() if len(assignments) < limit]
+            agents = list(Agent.objects.filter(pk__in=short).order_by("pk"))
+            _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
+    transaction.on_commit(partial(log_assigned, claimed))
     return claimed
 
 
@@ -89,7 +94,30 @@ def dispatch(agent_ids: Collection[str], limit: int, now: datetime) -> dict[str,
         more = retry_on_conflict(_claim_limited_atomic)(sorted(claimed), limit, now, claimed)
         for agent_id, assignments in more.items():
             claimed[agent_id] += assignments
+    log_assigned(claimed)  # both transactions have committed
     return claimed
+
+
+def log_assigned(claimed: dict[str, list[Assignment]]) -> None:
+    """queued → assigned, one ``aegis.transitions`` line per task, like the transitions reports make.
+
+    Logged once the claim has committed; the lines come from the assignments in hand, no query.
+    """
+    if not transitions.isEnabledFor(logging.INFO):  # TRANSITION_LOG_LEVEL=WARNING: not even the loop
+        return
+    for agent_id, assignments in claimed.items():
+        for assignment in assignments:
+            transitions.info(
+                "task assigned",
+                extra={
+                    "task_id": assignment.task_id,
+                    "job_id": assignment.job_id,
+                    "agent_id": agent_id,
+                    "attempt": assignment.attempt,
+                    "from_state": TaskState.QUEUED,
+                    "to_state": TaskState.ASSIGNED,
+                },
+            )
 
 
 def _claim_many_atomic(agent_ids: Collection[str], limit: int, now: datetime) -> dict[str, list[Assignment]]:
