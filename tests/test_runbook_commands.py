@@ -26,11 +26,12 @@ from django.test import override_settings
 
 from ops.models import RoleHeartbeat
 from registry.models import AgentCredential, CredentialKind
-from tests.roles import DAPHNE, ROOT, Roles, role_env
+from tests.roles import ROOT, Roles, role_env
 from tests.support import free_port, wait_for
 
 # What .env.example and the Kubernetes ConfigMap set: the public name and localhost, not 127.0.0.1.
 PRODUCTION_HOSTS = "aegis.example.org,localhost"
+SYSTEMD = ROOT / "deploy" / "systemd"
 
 
 @pytest.fixture
@@ -40,6 +41,32 @@ def roles(tmp_path: Path) -> Iterator[Roles]:
         yield started
     finally:
         started.stop()
+
+
+def unit_command(unit: str) -> list[str]:
+    """The ``ExecStart`` of ``deploy/systemd/<unit>.service``, with the checkout at ROOT instead of /opt/aegis."""
+    lines = (SYSTEMD / f"{unit}.service").read_text().splitlines()
+    (command,) = [line.removeprefix("ExecStart=") for line in lines if line.startswith("ExecStart=")]
+    venv_bin = str(Path(sys.executable).parent)
+    return command.replace("/opt/aegis/.venv/bin", venv_bin).replace("/opt/aegis", str(ROOT)).split()
+
+
+def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    units = sorted([*SYSTEMD.glob("*.service"), *SYSTEMD.glob("*.target")])
+    for unit in units:  # verify checks that ExecStart is executable: point it at this checkout
+        text = unit.read_text().replace("/opt/aegis/.venv/bin", str(Path(sys.executable).parent))
+        (tmp_path / unit.name).write_text(text.replace("/opt/aegis", str(ROOT)))
+    done = subprocess.run(  # nosec B603
+        [analyze, "verify", *(unit.name for unit in units)], cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, b"")
+    for role in ("web", "bridge", "dispatcher"):  # they exit non-zero when they cannot work: restart them
+        text = (SYSTEMD / f"aegis-{role}.service").read_text()
+        assert "Restart=on-failure" in text
+        assert "Requires=aegis-migrate.service" in text
 
 
 def _listening(port: int) -> bool:
@@ -55,9 +82,11 @@ def _listening(port: int) -> bool:
 def test_the_documented_health_check_line_passes_against_production_roles(roles, tmp_path):
     production = {"HTTPS_ONLY": "1", "ALLOWED_HOSTS": PRODUCTION_HOSTS}  # role_env turns them off; the default is on
     port = free_port()
-    roles.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(port), "aegis_site.asgi:application"], **production)
-    roles.start("bridge", [sys.executable, "manage.py", "run_bridge"], **production)
-    roles.start("dispatcher", [sys.executable, "manage.py", "run_dispatcher"], **production)
+    # Each role as its systemd unit starts it (deploy/systemd), from this checkout and on a free port.
+    web = [str(port) if arg == "8000" else arg for arg in unit_command("aegis-web")]
+    roles.start("web", web, **production)
+    roles.start("bridge", unit_command("aegis-bridge"), **production)
+    roles.start("dispatcher", unit_command("aegis-dispatcher"), **production)
     wait_for(lambda: roles.alive("web") and _listening(port), "daphne to listen", timeout=60, interval=0.2)
     for role in ("bridge", "dispatcher"):
         wait_for(RoleHeartbeat.objects.filter(role=role).exists, f"a {role} heartbeat", timeout=60)
@@ -100,24 +129,30 @@ def _tls_handshake(port: int, broker_dir: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mosquitto") is None, reason="needs root and mosquitto")
-def test_mosquitto_started_as_root_serves_tls_with_what_setup_broker_user_wrote():
-    broker_user = pwd.getpwnam("mosquitto")
+@pytest.mark.django_db
+def test_mosquitto_started_as_root_serves_tls_with_what_setup_broker_user_wrote_and_after_a_rotation():
+    broker_uid = pwd.getpwnam("mosquitto").pw_uid
     # Not under pytest's tmp_path, whose parents are 0700: the user Mosquitto drops to must reach the directory,
     # as it reaches /etc/aegis/broker.
     with tempfile.TemporaryDirectory(prefix="aegis-cmds-") as parent:
         Path(parent).chmod(0o755)
-        _start_mosquitto_as_root(Path(parent) / "broker", broker_user.pw_uid)
+        broker_dir = Path(parent) / "broker"
+        port = free_port()
+        # README "Without containers": setup_broker ... --user mosquitto, then mosquitto -c (as root)
+        call_command(
+            "setup_broker", "--dir", str(broker_dir), "--host", "127.0.0.1", "--port", str(port),
+            "--user", "mosquitto", stdout=io.StringIO(),
+        )  # fmt: skip
+        assert (broker_dir / "server.key").stat().st_uid == broker_uid
+        assert (broker_dir / "ca.key").stat().st_uid == 0  # the CA's key stays with root
+        _serve_tls_once(broker_dir, port)
+        # docs/ops-certs.md: rotate_certs, then reload/restart Mosquitto: the new key is still Mosquitto's to read.
+        call_command("rotate_certs", "--dir", str(broker_dir), "--server", stdout=io.StringIO())
+        assert (broker_dir / "server.key").stat().st_uid == broker_uid
+        _serve_tls_once(broker_dir, port)
 
 
-def _start_mosquitto_as_root(broker_dir: Path, broker_uid: int) -> None:
-    port = free_port()
-    # README "Without containers": setup_broker ... --user mosquitto, then mosquitto -c (as root)
-    call_command(
-        "setup_broker", "--dir", str(broker_dir), "--host", "127.0.0.1", "--port", str(port),
-        "--user", "mosquitto", stdout=io.StringIO(),
-    )  # fmt: skip
-    assert (broker_dir / "server.key").stat().st_uid == broker_uid
-    assert (broker_dir / "ca.key").stat().st_uid == 0  # the CA's key stays with root
+def _serve_tls_once(broker_dir: Path, port: int) -> None:
     broker = subprocess.Popen(  # nosec B603
         [shutil.which("mosquitto") or "mosquitto", "-c", str(broker_dir / "mosquitto.conf")],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
