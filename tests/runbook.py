@@ -2,7 +2,7 @@
 
 A shell block (```sh, bash, shell, console) is preceded by a marker line a reader's renderer hides:
 
-- ``<!-- runnable -->``: the block runs as one bash script (``set -euo pipefail``, cwd the repository), in
+- ``<!-- runnable -->``: the block runs as one bash script (``set -euo pipefail``, cwd a scratch directory), in
   document order; what it exports is kept for the blocks after it.
 - ``<!-- runnable: log-query -->``: each command line runs on its own and must exit 0 and print something
   (a query that finds nothing after its event was produced is a failure).
@@ -179,11 +179,14 @@ class Runner:
     def _run(self, block: Block, script: str) -> Outcome:
         state = self.state
         state.touch()
+        # An operator's working directory, not the repository: `issue_agent_cert edge-01` writes ./edge-01.
+        workdir = self.scratch / "cwd"
+        workdir.mkdir(exist_ok=True)
         program = f'{PREAMBLE}\nsource "{state}"\n{substitute(script, self.env)}\nexport -p > "{state}"\n'
         try:
             done = subprocess.run(  # nosec B603 B607 (the docs' own commands, on a scratch stack)
                 ["bash", "-c", program],
-                cwd=ROOT,
+                cwd=workdir,
                 env=self.env,
                 capture_output=True,
                 text=True,
