@@ -40,14 +40,24 @@ THREADS = 8
 def run_together(workers: list[Callable[[], Any]]) -> list[Any]:
     """Run each worker in its own thread (own connection), started together; re-raise the first error."""
     connections.close_all()  # hand the main thread's connection back: the threads need the pool's
-    pool = connections["default"].pool if connections["default"].vendor == "postgresql" else None
+    pool = None
+    if connections["default"].vendor == "postgresql":
+        # A fresh pool: a connection an earlier test's thread still holds would leave one worker short (in CI
+        # the old pool.wait() then timed out and closed the pool under every later test).
+        connections["default"].close_pool()
+        pool = connections["default"].pool
     if pool is not None:
         # Each worker thread holds a connection for its whole run, as a role process does. The pool (production
         # settings) opens DB_POOL_SIZE at start and grows one connection at a time on demand; on a loaded CI
         # machine that growth outlasted DB_POOL_TIMEOUT (10 s) for the last of seven threads. So the threads'
-        # connections are opened before the start line (within the pool's own maximum, unchanged).
-        pool.resize(min_size=min(len(workers), pool.max_size), max_size=pool.max_size)
-        pool.wait(timeout=120)
+        # connections are opened before the start line (within the pool's own maximum, unchanged). Polled, not
+        # pool.wait(): that closes the pool when it times out.
+        wanted = min(len(workers), pool.max_size)
+        pool.open()
+        pool.resize(min_size=wanted, max_size=pool.max_size)
+        deadline = time.monotonic() + 120
+        while pool.get_stats().get("pool_available", 0) < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
     barrier = threading.Barrier(len(workers))
     results: list[Any] = [None] * len(workers)
     errors: list[BaseException] = []
