@@ -58,6 +58,7 @@ class Bridge:
         self.heartbeats = HeartbeatBuffer()
         self.revoked = RevokedAgents()
         self.unsubscribed = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged the subscriptions of the current session
         self._unacknowledged = 0  # received, not yet acknowledged: what a clean stop waits for
         self._count_lock = threading.Lock()
         self.exit_code = 0  # 1 once a thread gave up (``fail``): the process exits for its supervisor to restart it
@@ -77,6 +78,7 @@ class Bridge:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_unsubscribe = lambda *args: self.unsubscribed.set()
+        client.on_subscribe = lambda *args: self.subscribed.set()
         return client
 
     def _connect_properties(self) -> Properties | None:
@@ -97,6 +99,7 @@ class Bridge:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self.stop.is_set():
             log.warning("bridge lost the broker (%s); reconnecting", reason)
 

@@ -86,7 +86,7 @@ def bridge(settings) -> Iterator[Bridge]:
     instance = Bridge("mqtt://127.0.0.1:1883", client_id=f"bridge-{uuid.uuid4().hex[:8]}")
     instance.start()
     assert instance.connected.wait(10), "bridge did not connect"
-    time.sleep(0.2)  # the SUBACK
+    assert instance.subscribed.wait(10), "bridge did not subscribe"  # before it, a hello reaches no one
     yield instance
     instance.shutdown()
 

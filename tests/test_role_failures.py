@@ -42,6 +42,8 @@ def _bridge(client_id: str) -> Bridge:
     bridge = Bridge("mqtt://127.0.0.1:1883", client_id=client_id)
     bridge.start()
     assert bridge.connected.wait(10), "bridge did not connect"
+    # A hello published before the SUBACK reaches no subscriber and is gone (FakeAgent does not re-send).
+    assert bridge.subscribed.wait(10), "bridge did not subscribe"
     return bridge
 
 
