@@ -32,28 +32,24 @@ def log_failed_login(sender: Any, credentials: dict[str, Any], request: Any = No
     if getattr(request, "aegis_login_refused", False):
         return
     counters.AUTH_FAILURES.labels("password").inc()
-    log.warning(
-        "auth_failed",
-        extra={
-            "event": "auth_failed",
-            "scheme": "password",
-            "username": str(credentials.get("username", ""))[:150],
-            "client": client_address(request) if request is not None else "",
-            "path": request.path if request is not None else "",
-        },
-    )
+    _log_password_event("auth_failed", str(credentials.get("username", "")), request)
 
 
 def log_lockout(request: Any, username: str) -> None:
     counters.RATE_LIMITED.labels("login").inc()
+    _log_password_event("rate_limit", username, request)
+
+
+def _log_password_event(event: str, username: str, request: Any) -> None:
+    """One ``auth_failed`` or ``rate_limit`` line of a password login: who tried, from where, at which path."""
     log.warning(
-        "rate_limit",
+        event,
         extra={
-            "event": "rate_limit",
+            "event": event,
             "scheme": "password",
             "username": username[:150],
-            "client": client_address(request),
-            "path": request.path,
+            "client": client_address(request) if request is not None else "",
+            "path": request.path if request is not None else "",
         },
     )
 
