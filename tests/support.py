@@ -31,6 +31,15 @@ def envelope(message_type: str, **fields: Any) -> bytes:
     return json.dumps({"v": 1, "id": uuid.uuid4().hex, "ts": ts, "type": message_type, **fields}).encode()
 
 
+def broker_reachable(address: tuple[str, int] = ("127.0.0.1", 1883)) -> bool:
+    """Whether the machine's MQTT broker (the bridge tests' default) accepts TCP connections."""
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -48,7 +47,7 @@ from tests.bad_input_corpus import (
     bodies,
     body_with,
 )
-from tests.support import envelope, wait_for
+from tests.support import broker_reachable, envelope, wait_for
 
 API = "/api/v1"
 REFUSED = {400, 413}
@@ -339,14 +338,6 @@ def test_an_http_report_over_the_protocols_message_size_is_a_413_and_stores_noth
 
 
 # --- the bridge: the same corpus through Mosquitto ------------------------------------------
-
-
-def broker_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 1883), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 @pytest.mark.skipif(not broker_reachable(), reason="no MQTT broker on 127.0.0.1:1883")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import socket
 import threading
 import time
 import uuid
@@ -22,17 +21,9 @@ from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task, TaskEvent
-from tests.support import envelope, wait_for
+from tests.support import broker_reachable, envelope, wait_for
 
 BROKER = ("127.0.0.1", 1883)
-
-
-def broker_reachable() -> bool:
-    try:
-        socket.create_connection(BROKER, timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 pytestmark = [

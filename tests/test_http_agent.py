@@ -7,7 +7,6 @@ inbox nobody reads. An MQTT agent next to it still gets its work pushed.
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,16 +23,7 @@ from tasks import actions as task_actions
 from tasks.engine.submit import JobSpec
 from tasks.models import Job, JobState, Task
 from tests.roles import Roles, request
-from tests.support import wait_for
-
-
-def broker_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 1883), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
+from tests.support import broker_reachable, wait_for
 
 pytestmark = [
     pytest.mark.postgres,

@@ -8,9 +8,6 @@ connections among them, and then asks the operator API and the agent API.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import psycopg
 import pytest
 from django.contrib.auth.models import User
@@ -18,20 +15,11 @@ from django.db import connection
 
 from ops import actions as ops_actions
 from ops.audit import Actor
-from tests.roles import Roles, request
+from tests.roles import request
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 REQUESTS = 24  # three times what the pool can hold
-
-
-@pytest.fixture
-def roles(tmp_path: Path) -> Iterator[Roles]:
-    started = Roles(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def _terminate_backends() -> int:

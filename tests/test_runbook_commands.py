@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,21 +25,12 @@ from django.test import override_settings
 
 from ops.models import RoleHeartbeat
 from registry.models import AgentCredential, CredentialKind
-from tests.roles import ROOT, Roles, role_env
+from tests.roles import ROOT, role_env
 from tests.support import free_port, wait_for
 
 # What .env.example and the Kubernetes ConfigMap set: the public name and localhost, not 127.0.0.1.
 PRODUCTION_HOSTS = "aegis.example.org,localhost"
 SYSTEMD = ROOT / "deploy" / "systemd"
-
-
-@pytest.fixture
-def roles(tmp_path: Path) -> Iterator[Roles]:
-    started = Roles(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def unit_command(unit: str) -> list[str]:
