@@ -142,10 +142,16 @@ class Roles:
 
 
 def request(
-    base_url: str, method: str, path: str, body: Any = None, token: str = "", timeout: float = 30
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str = "",
+    timeout: float = 30,
+    extra_headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
     """One HTTP request as curl would send it; returns the status and the decoded JSON body (or the text)."""
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json", **(extra_headers or {})}
     data = None
     if body is not None:
         data = json.dumps(body).encode()

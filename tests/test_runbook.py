@@ -10,11 +10,8 @@ dropped MQTT message.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +28,7 @@ from broker import pki
 from broker.mosquitto import BrokerLayout
 from broker.protocol import agent_topic
 from tests import runbook
-from tests.roles import Roles, role_env
+from tests.roles import Roles, request, role_env
 from tests.support import free_port, wait_for
 
 AGENT_ID = "runbook-agent"
@@ -66,21 +63,8 @@ class Stack:
 
 
 def call(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Accept": "application/json"})
     # The test stands in for nginx: TLS ends there and it tells daphne so (TRUSTED_PROXIES below).
-    defaults = {"Content-Type": "application/json", "X-Forwarded-Proto": "https"}
-    for name, value in (defaults | (headers or {})).items():
-        request.add_header(name, value)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # nosec B310 (loopback)
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode(errors="replace")
+    return request(url, method, "", body, extra_headers={"X-Forwarded-Proto": "https", **(headers or {})})
 
 
 @pytest.fixture
