@@ -265,6 +265,8 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
+# Times with seconds everywhere in the admin (aegis_site/formats/en/formats.py).
+FORMAT_MODULE_PATH = ["aegis_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(DATA_DIR / "static")))

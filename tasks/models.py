@@ -12,13 +12,21 @@ class JobMode(models.TextChoices):
 
 
 class JobState(models.TextChoices):
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    PAUSED = "paused"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    ABORTED = "aborted"
+    """The labels are what operators read (admin, dashboard, API docs): ``tasks.outcomes`` shows them."""
+
+    SCHEDULED = "scheduled", "scheduled"
+    RUNNING = "running", "running"
+    PAUSED = "paused", "paused"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    CANCELED = "canceled", "canceled"
+    ABORTED = "aborted", "aborted"
+
+
+def states_help(states: type[models.TextChoices], note: str = "") -> str:
+    """A state field's description in the API docs: each value, with its label where the two differ."""
+    words = [value if value == label else f"{value} ({label})" for value, label in states.choices]
+    return f"One of: {', '.join(words)}.{note}"
 
 
 ACTIVE_JOB_STATES = (JobState.SCHEDULED, JobState.RUNNING)
@@ -53,10 +61,15 @@ class Job(models.Model):
     abort_min_finished = models.PositiveIntegerField(default=1)
     # State, with counters kept in the same transactions as the task transitions so
     # that roll-up and abort checks never count a large job's rows.
-    state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.SCHEDULED)
+    state = models.CharField(
+        max_length=10,
+        choices=JobState.choices,
+        default=JobState.SCHEDULED,
+        help_text=states_help(JobState, " A job ends failed when any of its tasks failed or timed out (tasks_failed)."),
+    )
     tasks_total = models.PositiveIntegerField(default=0)
     tasks_succeeded = models.PositiveIntegerField(default=0)
-    tasks_failed = models.PositiveIntegerField(default=0)
+    tasks_failed = models.PositiveIntegerField(default=0, help_text="Tasks that failed or timed out, together.")
     tasks_canceled = models.PositiveIntegerField(default=0)
     rate_window_start = models.DateTimeField(null=True, blank=True)
     rate_window_assigned = models.PositiveIntegerField(default=0)
@@ -102,13 +115,15 @@ class Job(models.Model):
 
 
 class TaskState(models.TextChoices):
-    QUEUED = "queued"
-    ASSIGNED = "assigned"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    CANCELED = "canceled"
+    """Labels as for ``JobState``; a job counts failed and timed-out tasks together as failed."""
+
+    QUEUED = "queued", "queued"
+    ASSIGNED = "assigned", "assigned"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
+    TIMED_OUT = "timed_out", "timed out"
+    CANCELED = "canceled", "canceled"
 
 
 HELD_STATES = (TaskState.ASSIGNED, TaskState.RUNNING)
@@ -126,7 +141,12 @@ class Task(models.Model):
     )
     pinned = models.BooleanField(default=False, help_text="Mode 'each': only this agent may run the task.")
     kind = models.CharField(max_length=100)
-    state = models.CharField(max_length=10, choices=TaskState.choices, default=TaskState.QUEUED)
+    state = models.CharField(
+        max_length=10,
+        choices=TaskState.choices,
+        default=TaskState.QUEUED,
+        help_text=states_help(TaskState, " A job counts failed and timed out together as failed."),
+    )
     priority = models.SmallIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)

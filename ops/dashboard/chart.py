@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ops.dashboard.fleet import Minute, Throughput
+from tasks.outcomes import failed_text
 
 WIDTH = 600
 HEIGHT = 120
@@ -29,7 +30,8 @@ class Bar:
 
 
 def _title(minute: Minute) -> str:
-    return f"{minute.start:%H:%M} UTC: {minute.succeeded} succeeded, {minute.failed} failed, {minute.canceled} canceled"
+    failed = failed_text(minute.failed, minute.timed_out)
+    return f"{minute.start:%H:%M} UTC: {minute.succeeded} succeeded, {failed}, {minute.canceled} canceled"
 
 
 def bars(throughput: Throughput, width: int = WIDTH, height: int = HEIGHT) -> list[Bar]:

@@ -20,7 +20,9 @@ from django.db.models.functions import Trunc
 from broker.models import OutboxMessage
 from ops.models import AuditEvent, RoleHeartbeat
 from registry.models import AdminState, Agent, Connectivity
+from tasks import outcomes
 from tasks.engine import clock
+from tasks.engine.stuck import GROUPS as STUCK_GROUPS
 from tasks.models import OPEN_JOB_STATES, Job, Task, TaskState
 
 QUEUE_CAP = 100_000
@@ -28,6 +30,7 @@ HELD_CAP = 100_000
 OUTBOX_CAP = 10_000
 OPEN_JOBS_CAP = 1_000
 THROUGHPUT_CAP = 50_000  # finished tasks read for the chart; beyond it the chart covers the most recent ones
+STUCK_CAP = 1_000  # tasks the reconciliation link counts (the reconciliation page's own cap)
 PRIORITY_PROBES = 32  # distinct queued priorities probed for the oldest queued task
 JOBS_SHOWN = 10
 AUDIT_SHOWN = 10
@@ -140,8 +143,9 @@ def queue_state(now: datetime) -> Queue:
 class Minute:
     start: datetime
     succeeded: int = 0
-    failed: int = 0
+    failed: int = 0  # includes timed out, as a job's failed count does
     canceled: int = 0
+    timed_out: int = 0  # the timed-out part of ``failed``
 
     @property
     def total(self) -> int:
@@ -168,6 +172,15 @@ class Throughput:
     @property
     def failed(self) -> int:
         return sum(m.failed for m in self.minutes)
+
+    @property
+    def timed_out(self) -> int:
+        return sum(m.timed_out for m in self.minutes)
+
+    @property
+    def failed_text(self) -> str:
+        """'3 failed (3 timed out)', the words of the job pages."""
+        return outcomes.failed_text(self.failed, self.timed_out)
 
     @property
     def canceled(self) -> int:
@@ -208,6 +221,8 @@ def throughput(now: datetime) -> Throughput:
             continue
         index = min(max(int((minute - window_start).total_seconds() // 60), 0), WINDOW_MINUTES - 1)
         buckets[index][outcome] = buckets[index].get(outcome, 0) + n
+        if state == TaskState.TIMED_OUT:
+            buckets[index]["timed_out"] = buckets[index].get("timed_out", 0) + n
     minutes = [Minute(window_start + timedelta(minutes=i), **counts) for i, counts in enumerate(buckets)]
     return Throughput(minutes=minutes, counted_since=since or window_start, capped=since is not None)
 
@@ -217,6 +232,15 @@ class JobProgress:
     """A job's bar from its counters (kept in the task transitions' transactions, so never a count of its tasks)."""
 
     job: Job
+    timed_out: int | None = None
+
+    @property
+    def state_label(self) -> str:
+        return outcomes.label(self.job.state)
+
+    @property
+    def outcome(self) -> outcomes.JobOutcome:
+        return outcomes.job_outcome(self.job, self.timed_out)
 
     def _percent(self, part: int) -> float:
         return round(100.0 * part / self.job.tasks_total, 1) if self.job.tasks_total else 0.0
@@ -251,7 +275,10 @@ class OpenJobs:
 def open_jobs() -> OpenJobs:
     jobs = Job.objects.filter(state__in=OPEN_JOB_STATES)
     rows = jobs.defer("payload", "target_agent_ids", "target_labels", "target_capabilities").order_by("-id")
-    shown = [JobProgress(job) for job in rows[:JOBS_SHOWN]]
+    page = list(rows[:JOBS_SHOWN])
+    # One GROUP BY for the shown jobs' timed-out tasks; always run, so the page's query count never varies.
+    timed_out = outcomes.timed_out_counts([job.pk for job in page] or [0])
+    shown = [JobProgress(job, timed_out.get(job.pk, 0)) for job in page]
     total = CappedCount(len(shown), OPEN_JOBS_CAP)
     if len(shown) == JOBS_SHOWN:
         total = capped_count(jobs, OPEN_JOBS_CAP)
@@ -314,6 +341,18 @@ def health(now: datetime) -> Health:
     return Health(roles=roles, outbox_backlog=backlog)
 
 
+def stuck_tasks(now: datetime) -> CappedCount:
+    """Tasks the reconciliation page lists (any of its groups, each task once), counted up to ``STUCK_CAP``.
+
+    One statement over the held tasks (the partial lease index), bounded by the cap.
+    """
+    finds = [group.find(now) for group in STUCK_GROUPS]
+    union = finds[0]
+    for more in finds[1:]:
+        union = union | more
+    return capped_count(union.values("pk"), STUCK_CAP)
+
+
 @dataclass(frozen=True)
 class Dashboard:
     now: datetime
@@ -323,6 +362,7 @@ class Dashboard:
     jobs: OpenJobs | None  # None: the viewer may not see jobs (tasks.view_job)
     audit: list[AuditEvent] | None  # None: the viewer may not see the audit log (ops.view_auditevent)
     health: Health
+    stuck: CappedCount  # what the reconciliation page lists
 
 
 def build(now: datetime | None = None, *, with_jobs: bool = True, with_audit: bool = True) -> Dashboard:
@@ -336,4 +376,5 @@ def build(now: datetime | None = None, *, with_jobs: bool = True, with_audit: bo
         jobs=open_jobs() if with_jobs else None,
         audit=recent_audit() if with_audit else None,
         health=health(now),
+        stuck=stuck_tasks(now),
     )

@@ -48,7 +48,8 @@ def page_urls() -> dict[str, str | None]:
         "queued": f"{tasks}?state__exact=queued" if tasks else None,
         "assigned": f"{tasks}?state__exact=assigned" if tasks else None,
         "running": f"{tasks}?state__exact=running" if tasks else None,
-        "failed": f"{tasks}?state__exact=failed" if tasks else None,
+        # Failed as the dashboard counts it: failed and timed out.
+        "failed": f"{tasks}?state__in=failed,timed_out" if tasks else None,
         "jobs": jobs,
         "open_jobs": f"{jobs}?state__exact=running" if jobs else None,
         "audit": optional_url("admin:ops_auditevent_changelist"),

@@ -280,3 +280,45 @@ def test_jobs_and_audit_rows_show_with_their_view_permissions(client, seeded):
 
     assert f'data-job="{job.pk}"' in section(page, "dash-jobs")
     assert "data-audit=" in section(page, "dash-audit")
+
+
+def test_timed_out_tasks_count_as_failed_and_say_so(admin_client, make_agent, spec, frozen_clock, operator):
+    """One vocabulary (issue 15 item 3): the failed tile, the open job's row and the chart say "(N timed out)"."""
+    make_agent("node-1")
+    job = submit(spec, operator, frozen_clock, mode="any", task_count=3, max_attempts=1, delivery_timeout_s=5)
+    task_actions.claim_tasks("node-1", 2)
+    frozen_clock.advance(10)
+    task_actions.expire_leases()
+
+    page = admin_client.get(reverse("admin:index")).content.decode()
+
+    assert tiles(page)["failed"] == "2"
+    throughput = section(page, "dash-throughput")
+    assert "failed (2 timed out)</span>" in throughput
+    assert "2 failed (2 timed out)" in throughput  # the busiest bar's title
+    assert "failed (error or timed out)" in throughput  # the legend
+    failed_url = re.search(r'href="([^"]+)" data-count="failed"', page).group(1)
+    listed = admin_client.get(html.unescape(failed_url)).context["cl"].result_list
+    assert sorted(task.state for task in listed) == ["timed_out", "timed_out"]
+    jobs = section(page, "dash-jobs")
+    assert f'data-job="{job.pk}"' in jobs
+    assert "2 failed (2 timed out)" in jobs
+    assert ">running</span>" in jobs
+
+
+def test_reconciliation_link_shows_how_many_tasks_are_stuck(admin_client, make_agent, spec, frozen_clock, operator):
+    make_agent("node-1")
+    make_agent("node-2")
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    assert "Reconciliation: no task whose state contradicts reality" in section(page, "dash-queue")
+
+    submit(spec, operator, frozen_clock, mode="any", task_count=3)
+    finish("node-1", "running", 2)
+    finish("node-2", "running", 1)
+    registry_actions.mark_offline("node-1", "keepalive timeout")
+    frozen_clock.advance(3600)  # every lease expired too: each task still counts once
+
+    queue = section(admin_client.get(reverse("admin:index")).content.decode(), "dash-queue")
+
+    assert re.search(r'<strong data-count="stuck">3</strong> tasks whose state contradicts reality', queue)
+    assert reverse("admin:tasks_task_reconcile") in queue

@@ -1,7 +1,8 @@
 """What a job's page shows beyond its columns: tasks per state, rollout state, failures by error, first tasks.
 
 A fixed number of queries whatever the job's size, each narrowed by the ``(job, state)``
-index: one GROUP BY for the counts, one for the failures, one page of tasks.
+index: one GROUP BY for the counts, one for the failures, one page of tasks and one for
+their attempt reasons. The words (state labels, "3 failed (3 timed out)") are ``tasks.outcomes``'.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from django.db.models import Count
 from django.db.models.fields.json import KT
 from django.urls import reverse
 
+from tasks import outcomes
 from tasks.admin.job_display import progress_bar
+from tasks.admin.task_display import attempt_html, attempt_reasons, duration_text, outcome_summary
 from tasks.engine import clock
 from tasks.engine.claim import assigned_in_window
 from tasks.engine.jobs import exceeds_failure_threshold
@@ -46,6 +49,37 @@ class FailureGroup:
     message: str | None
     count: int
     url: str
+
+    @property
+    def label(self) -> str:
+        return outcomes.label(self.state)
+
+
+@dataclass(frozen=True)
+class StateCount:
+    """One cell of the counts row: the state's label, its tasks, the filtered task list."""
+
+    state: str
+    count: int
+    url: str
+    part_of: str = ""  # "failed": the job's failed count includes this column
+
+    @property
+    def label(self) -> str:
+        return outcomes.label(self.state)
+
+    @property
+    def sub_label(self) -> str:
+        """Under the "failed" heading: "error" (the agent reported a failure) and "timed out"."""
+        return "error" if self.state == TaskState.FAILED else self.label
+
+
+def count_cells(job_id: int, counts: dict[str, int]) -> list[StateCount]:
+    cells = []
+    for state in TaskState.values:
+        part_of = "failed" if state in FAILED_STATES else ""
+        cells.append(StateCount(state, counts.get(state, 0), task_list_url(job=job_id, state__exact=state), part_of))
+    return cells
 
 
 def failures_by_error(job_id: int) -> list[FailureGroup]:
@@ -119,26 +153,59 @@ def rollout_of(job: Job, counts: dict[str, int], now: datetime) -> Rollout:
     )
 
 
-def first_tasks(job_id: int) -> list[Task]:
-    return list(
+@dataclass(frozen=True)
+class TaskRow:
+    task: Task
+    duration: str
+    outcome: Any
+    attempt: Any
+
+
+def first_tasks(job_id: int, now: datetime) -> list[TaskRow]:
+    tasks = list(
         Task.objects.filter(job_id=job_id)
-        .only("id", "job", "agent", "state", "attempt", "max_attempts", "not_before", "updated_at")
+        .only(
+            "id",
+            "job",
+            "agent",
+            "state",
+            "attempt",
+            "max_attempts",
+            "not_before",
+            "cancel_requested_at",
+            "result",
+            "error",
+            "created_at",
+            "assigned_at",
+            "started_at",
+            "finished_at",
+            "updated_at",
+        )
         .order_by("id")[:TASKS_SHOWN]
     )
+    reasons = attempt_reasons(tasks)
+    return [
+        TaskRow(task, duration_text(task, now), outcome_summary(task), attempt_html(task, reasons.get(task.pk)))
+        for task in tasks
+    ]
 
 
 def detail_context(job: Job) -> dict[str, Any]:
     counts = counts_by_state(job.pk)
+    now = clock.now()
+    outcome = outcomes.job_outcome(job, counts.get(TaskState.TIMED_OUT, 0))
     return {
-        "progress_bar": progress_bar(job, wide=True),
+        "outcome": outcome,
+        "state_label": outcomes.label(job.state),
+        "progress_bar": progress_bar(job, wide=True, timed_out=outcome.timed_out),
         "can_pause": job.state in (JobState.SCHEDULED, JobState.RUNNING),
         "can_resume": job.state == JobState.PAUSED,
         "can_cancel": job.state in OPEN_JOB_STATES,
         "can_retry": bool(job.tasks_failed) and job.state != JobState.CANCELED,
-        "counts": [(state, label, counts[state]) for state, label in TaskState.choices],
-        "rollout": rollout_of(job, counts, clock.now()),
+        "counts": count_cells(job.pk, counts),
+        "rollout": rollout_of(job, counts, now),
         "failures": failures_by_error(job.pk),
-        "tasks": first_tasks(job.pk),
+        "tasks": first_tasks(job.pk, now),
         "tasks_shown": TASKS_SHOWN,
         "all_tasks_url": task_list_url(job=job.pk),
     }

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
@@ -20,7 +21,7 @@ from django.utils.safestring import SafeString
 
 from ops.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each, whole_number
 from ops.audit import Actor
-from tasks import actions
+from tasks import actions, outcomes
 from tasks.admin import job_detail, job_views
 from tasks.admin.job_display import progress_bar, state_badge
 from tasks.models import Job, JobMode
@@ -32,6 +33,18 @@ class KindFilter(InputFilter):
     title = "kind"
     parameter_name = "kind"
     lookup = "kind"
+
+
+class JobChangeList(ChangeList):
+    """Counts the timed-out tasks of the page's jobs that failed at all, in one query (``(job, state)`` index)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        jobs = list(self.result_list)
+        timed_out = outcomes.timed_out_counts([job.pk for job in jobs if job.tasks_failed])
+        for job in jobs:
+            job.timed_out = timed_out.get(job.pk, 0)
+        self.result_list = jobs
 
 
 def _pretty_json(value: Any) -> SafeString:
@@ -63,12 +76,16 @@ class JobAdmin(ReadOnlyAdmin):
         mode_fields = ("task_count",) if obj is not None and obj.mode == JobMode.ANY else ("continuous",)
         policy = ("priority", "max_attempts", "backoff", "timeouts", "not_before", "idempotency_key")
         return [
-            # State, progress and finish time live in the "Progress" section, which live updates refresh.
-            (None, {"fields": ("kind", "created_by", "created_at")}),
+            # State, progress, failures and tasks come first (the template's form_top, refreshed live);
+            # the job's specification follows, its policies folded away.
+            ("Job", {"fields": ("kind", "created_by", "created_at")}),
             ("Target", {"fields": ("mode", "target_summary", *mode_fields)}),
-            ("Policy", {"fields": policy}),
-            ("Rollout policy", {"fields": ("in_flight_summary", "rate_per_minute", "abort_rule")}),
             ("Payload", {"fields": ("payload_pretty",)}),
+            ("Policy", {"fields": policy, "classes": ("collapse",)}),
+            (
+                "Rollout policy",
+                {"fields": ("in_flight_summary", "rate_per_minute", "abort_rule"), "classes": ("collapse",)},
+            ),
         ]
 
     # --- who may do what ---------------------------------------------------------------
@@ -78,6 +95,9 @@ class JobAdmin(ReadOnlyAdmin):
         return admin.ModelAdmin.has_add_permission(self, request)
 
     # --- list --------------------------------------------------------------------------
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return JobChangeList
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         # Payloads are up to 256 KiB each; only the detail page reads one (one query, one row).
@@ -105,7 +125,21 @@ class JobAdmin(ReadOnlyAdmin):
 
     @admin.display(description="progress")
     def progress(self, job: Job) -> SafeString:
-        return progress_bar(job)
+        """The bar, then '2/3 finished' and the failures split: '3 failed (3 timed out)'."""
+        timed_out = getattr(job, "timed_out", None)
+        if timed_out is None and job.tasks_failed:  # outside the changelist: this job alone
+            timed_out = outcomes.timed_out_counts([job.pk]).get(job.pk, 0)
+        outcome = outcomes.job_outcome(job, timed_out)
+        failed = (
+            format_html(', <span class="job-failed-text">{}</span>', outcome.failed_text) if job.tasks_failed else ""
+        )
+        return format_html(
+            '{} <span class="job-progress-text">{}/{} finished{}</span>',
+            progress_bar(job, timed_out=timed_out),
+            outcome.finished,
+            outcome.total,
+            failed,
+        )
 
     # --- detail ------------------------------------------------------------------------
 

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks import actions
+from tasks.admin.task_display import attempt_reasons, duration_text
+from tasks.engine import clock
 from tasks.engine.control import RETRYABLE_STATES
 from tasks.engine.errors import NotFound
 from tasks.models import HELD_STATES, TERMINAL_STATES, JobState, Task, TaskEvent, TaskState
+from tasks.outcomes import label
 
 TIMELINE_LIMIT = 200  # a task reporting progress every second would otherwise fill the page with history
 
@@ -55,8 +58,8 @@ class TimelineEntry:
     def transition(self) -> str:
         event = self.event
         if event.from_state and event.to_state and event.from_state != event.to_state:
-            return f"{event.from_state} → {event.to_state}"
-        return event.to_state or event.from_state
+            return f"{label(event.from_state)} → {label(event.to_state)}"
+        return label(event.to_state or event.from_state) if (event.to_state or event.from_state) else ""
 
 
 def timeline(task_id: int) -> tuple[list[TimelineEntry], bool]:
@@ -76,6 +79,9 @@ def context(task: Task) -> dict[str, Any]:
     entries, truncated = timeline(task.pk)
     return {
         "explanation": explanation,
+        "state_label": label(task.state),
+        "attempt_reason": attempt_reasons([task])[task.pk].text,
+        "duration": duration_text(task, clock.now()),
         "controls": Controls.of(task),
         "payload_json": pretty(task.job.payload),
         "progress_json": pretty(task.progress),

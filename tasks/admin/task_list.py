@@ -10,15 +10,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince, timeuntil
+from django.utils.timezone import localtime
 
 from ops.adminkit import InputFilter, whole_number
+from tasks import outcomes
+from tasks.admin.task_display import attempt_html, attempt_reasons, duration_text, outcome_summary
 from tasks.engine import clock
 from tasks.models import HELD_STATES, Task, TaskState
 
@@ -42,9 +47,26 @@ def agent_link(agent_id: str | None) -> SafeString | str:
     return format_html('<a href="{}">{}</a>', reverse("admin:registry_agent_change", args=[agent_id]), agent_id)
 
 
+def exact(moment: datetime) -> str:
+    """The admin's one time format, with seconds (``DATETIME_FORMAT``, aegis_site/formats)."""
+    return date_format(localtime(moment), "DATETIME_FORMAT")
+
+
 def state_badge(task: Task) -> SafeString:
     pending = " (cancel pending)" if task.cancel_requested_at and task.state in HELD_STATES else ""
-    return format_html('<span class="task-badge task-{}">{}</span>{}', task.state, task.state, pending)
+    return format_html("{}{}", outcomes.badge(task.state, "task"), pending)
+
+
+class TaskChangeList(ChangeList):
+    """Adds each listed task's attempt reason, read for the whole page in one query (no query per row)."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        tasks = list(self.result_list)
+        reasons = attempt_reasons(tasks)
+        for task in tasks:
+            task.attempt_reason = reasons.get(task.pk)
+        self.result_list = tasks
 
 
 @admin.display(description="job", ordering="job_id")
@@ -63,14 +85,27 @@ def agent_column(task: Task) -> SafeString | str:
 
 
 @admin.display(description="attempt")
-def attempt_column(task: Task) -> str:
-    return f"{task.attempt}/{task.max_attempts}"
+def attempt_column(task: Task) -> SafeString:
+    reason = getattr(task, "attempt_reason", None)
+    if reason is None:  # outside the changelist (no page-wide query): ask for this task alone
+        reason = attempt_reasons([task]).get(task.pk)
+    return attempt_html(task, reason)
 
 
 @admin.display(description="age", ordering="id")
-def age_column(task: Task) -> str:
+def age_column(task: Task) -> SafeString:
     # created_at is written by the database clock (auto_now_add), not the engine's.
-    return relative(task.created_at, timezone.now())
+    return format_html('<time title="{}">{}</time>', exact(task.created_at), relative(task.created_at, timezone.now()))
+
+
+@admin.display(description="duration")
+def duration_column(task: Task) -> str:
+    return duration_text(task, clock.now())  # started and finished times are the engine clock's
+
+
+@admin.display(description="result / error")
+def outcome_column(task: Task) -> SafeString | str:
+    return outcome_summary(task)
 
 
 @admin.display(description="waits until / lease")

@@ -31,12 +31,15 @@ from tasks.admin.task_list import (
     AttemptFilter,
     JobFilter,
     KindFilter,
+    TaskChangeList,
     age_column,
     agent_column,
     agent_link,
     attempt_column,
+    duration_column,
     job_column,
     job_link,
+    outcome_column,
     state_column,
     timing_column,
 )
@@ -49,7 +52,18 @@ BULK_LIMIT = 1000  # one action call per task: "select all" over millions of row
 class TaskAdmin(ReadOnlyAdmin):
     change_list_template = "admin/tasks/task/change_list.html"
     change_form_template = "admin/tasks/task/change_form.html"
-    list_display = ("id", job_column, "kind", state_column, agent_column, attempt_column, age_column, timing_column)
+    list_display = (
+        "id",
+        job_column,
+        "kind",
+        state_column,
+        agent_column,
+        attempt_column,
+        age_column,
+        duration_column,
+        outcome_column,
+        timing_column,
+    )
     list_display_links = ("id",)
     list_filter = ("state", KindFilter, AgentFilter, JobFilter, AttemptFilter, AgeFilter)
     list_select_related = False
@@ -84,6 +98,9 @@ class TaskAdmin(ReadOnlyAdmin):
     @admin.display(description="agent")
     def agent_ref(self, task: Task) -> str:
         return agent_link(task.agent_id)
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[TaskChangeList]:
+        return TaskChangeList
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Task], search_term: str

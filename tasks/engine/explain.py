@@ -1,9 +1,9 @@
-"""Why a task is not running yet, in words an operator can act on."""
+"""Why a task is not running yet, or what happens next to one held by an agent, in words an operator can act on."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.db.models import Count
 
@@ -11,6 +11,7 @@ from registry.models import AdminState, Agent, Connectivity
 from tasks.engine.claim import free_capacity, rate_tokens
 from tasks.engine.targeting import Target, agent_matches
 from tasks.models import HELD_STATES, Job, JobState, Task, TaskState
+from tasks.outcomes import label
 
 _SAMPLE = 5000  # agents examined for an 'any' task; enough to name the reason on any real fleet
 
@@ -25,13 +26,15 @@ class Explanation:
 
 
 def explain(task: Task, now: datetime) -> Explanation:
+    if task.state in HELD_STATES:
+        return _held(task, now)
     if task.state != TaskState.QUEUED:
-        return Explanation(f"task_{task.state}", _held_or_done(task))
+        return Explanation(f"task_{task.state}", f"finished: {label(task.state)}")
     job = task.job
     if job.state == JobState.PAUSED:
         return Explanation("job_paused", f"waiting: job {job.pk} is paused")
     if job.state not in (JobState.SCHEDULED, JobState.RUNNING):
-        return Explanation("job_closed", f"not running: job {job.pk} is {job.state}")
+        return Explanation("job_closed", f"not running: job {job.pk} is {label(job.state)}")
     if task.not_before > now:
         why = "retry backoff" if task.attempt else "not-before time"
         return Explanation("not_before", f"waiting until {task.not_before.isoformat()} ({why})")
@@ -43,10 +46,55 @@ def explain(task: Task, now: datetime) -> Explanation:
     return _any(job)
 
 
-def _held_or_done(task: Task) -> str:
-    if task.state in HELD_STATES:
-        return f"{task.state} on agent {task.agent_id} (attempt {task.attempt})"
-    return f"finished: {task.state}"
+def _clock(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).strftime("%H:%M:%S UTC") if moment else "an unknown time"
+
+
+def _after_lease(task: Task) -> str:
+    """What lease expiry does to this task: requeue it while attempts are left, else end it timed out."""
+    if task.cancel_requested_at is not None:
+        return "the task ends canceled (a cancel is pending)"
+    if task.attempt < task.max_attempts:
+        return f"the task is requeued (attempt {task.attempt + 1} of {task.max_attempts})"
+    return f"the task ends timed out (attempt {task.attempt} of {task.max_attempts} was its last)"
+
+
+def _held(task: Task, now: datetime) -> Explanation:
+    """Assigned or running: on which agent, and, when that agent is offline or draining, what happens next."""
+    state = label(task.state)
+    where = f"{state} on agent {task.agent_id} (attempt {task.attempt} of {task.max_attempts})"
+    agent = Agent.objects.filter(pk=task.agent_id).first() if task.agent_id else None
+    lease = task.lease_expires_at
+    expired = lease is not None and lease <= now
+    lease_text = (
+        f"the lease expired at {_clock(lease)}; the dispatcher ends the attempt on its next pass, then"
+        if expired
+        else f"the lease expires at {_clock(lease)}, then"
+    )
+    if agent is not None and agent.connectivity != Connectivity.ONLINE:
+        return Explanation(
+            "held_by_offline_agent",
+            f"{where}: agent {agent.pk} is offline since {_clock(agent.last_seen_at)}; "
+            f"{lease_text} {_after_lease(task)}. The reconciliation page can end the attempt now.",
+        )
+    if agent is not None and agent.admin_state == AdminState.DRAINING:
+        return Explanation(
+            "held_by_draining_agent",
+            f"{where}: agent {agent.pk} is draining, it finishes this task and takes no new one; "
+            f"should it not, {lease_text} {_after_lease(task)}.",
+        )
+    if agent is not None and agent.admin_state == AdminState.DISABLED:
+        return Explanation(
+            "held_by_disabled_agent",
+            f"{where}: agent {agent.pk} is disabled; {lease_text} {_after_lease(task)}.",
+        )
+    if lease is None:
+        return Explanation(f"task_{task.state}", where)
+    waiting = "accept" if task.state == TaskState.ASSIGNED else "report"
+    return Explanation(
+        f"task_{task.state}",
+        f"{where}; should the agent not {waiting} in time, {lease_text} {_after_lease(task)}",
+    )
 
 
 def _rollout_limit(job: Job, now: datetime) -> Explanation | None:

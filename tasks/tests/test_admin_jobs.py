@@ -391,7 +391,7 @@ def test_detail_shows_counts_rollout_failures_and_tasks(admin_client, make_agent
     response = admin_client.get(detail_url(job))
 
     page = response.content.decode()
-    counts = {state: count for state, _, count in response.context["counts"]}
+    counts = {cell.state: cell.count for cell in response.context["counts"]}
     assert (counts["failed"], counts["succeeded"], counts["assigned"]) == (4, 1, assigned)
     assert counts["queued"] == 60 - 5 - assigned
     rollout = response.context["rollout"]
@@ -559,3 +559,57 @@ def test_staff_with_add_permission_can_launch(fleet):
     job = Job.objects.get()
     assert response["Location"] == detail_url(job)
     assert audit_of(creator, "job.submit") == [str(job.pk)]
+
+
+# --- one vocabulary (issue 15 item 3) and the task table's columns (item 4) ---------------------------------------
+
+
+def test_a_job_whose_tasks_timed_out_reads_the_same_everywhere_on_its_page(
+    admin_client, make_agent, spec, operator, frozen_clock
+):
+    make_agent("a-1", max_concurrency=10)
+    job, _ = actions.submit_job(spec(mode="any", task_count=3, max_attempts=1, delivery_timeout_s=5), operator)
+    actions.claim_tasks("a-1", 3)
+    frozen_clock.advance(10)
+    actions.expire_leases()
+    job.refresh_from_db()
+    assert (job.state, job.tasks_failed) == (JobState.FAILED, 3)
+
+    page = admin_client.get(detail_url(job)).content.decode()
+
+    assert '<span class="job-badge job-badge-failed" id="job-state">failed</span>' in page
+    assert "3 of 3 tasks finished: 0 succeeded, 3 failed (3 timed out), 0 canceled" in page
+    assert 'id="job-count-failed-total">failed: 3</th>' in page
+    assert re.search(r'id="job-count-failed"><a [^>]*>0</a>', page)
+    assert re.search(r'id="job-count-timed_out"><a [^>]*>3</a>', page)
+    assert page.count('<span class="job-badge job-badge-timed_out">timed out</span>') == 4  # 3 tasks, 1 failure group
+    assert ">timed_out<" not in page
+    assert "failed (error or timed out)" in page  # the legend
+    assert "delivery_timeout: not accepted in time" in page  # the tasks' error summary
+
+    listing = admin_client.get(reverse("admin:tasks_job_changelist")).content.decode()
+    assert "3/3 finished, " in listing
+    assert "3 failed (3 timed out)" in listing
+    assert '<span class="job-badge job-badge-failed">failed</span>' in listing
+
+
+def test_job_page_puts_progress_failures_and_tasks_before_the_policy(admin_client, make_agent, spec, operator):
+    make_agent("a-1")
+    job, _ = actions.submit_job(spec(target_agent_ids=["a-1"]), operator)
+
+    page = admin_client.get(detail_url(job)).content.decode()
+
+    order = [page.index(marker) for marker in ('id="job-progress"', 'id="job-tasks"', 'id="job-rollout"', ">Policy<")]
+    assert order == sorted(order), order
+    policy = page[page.index(">Policy<") - 400 : page.index(">Policy<")]
+    assert "collapse" in policy and "<details>" in policy  # folded away until opened
+
+
+def test_job_state_filter_shows_the_labels(admin_client):
+    page = admin_client.get(reverse("admin:tasks_job_changelist")).content.decode()
+    task_page = admin_client.get(reverse("admin:tasks_task_changelist")).content.decode()
+
+    assert "?state__exact=timed_out" in task_page
+    assert re.search(r'state__exact=timed_out"[^>]*>timed out</a>', task_page)
+    assert "Timed Out" not in task_page
+    assert re.search(r'state__exact=succeeded"[^>]*>succeeded</a>', page)

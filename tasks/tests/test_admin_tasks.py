@@ -232,7 +232,7 @@ def test_detail_explains_a_held_task_too(admin_client, spec, make_agent, frozen_
 
     page = admin_client.get(detail(task.pk)).content.decode()
 
-    assert f"running on agent node-1 (attempt {task.attempt})" in region(page, "task-explain")
+    assert f"running on agent node-1 (attempt {task.attempt} of {task.max_attempts})" in region(page, "task-explain")
 
 
 def test_detail_shows_payload_progress_result_and_error_as_indented_json(admin_client, spec, make_agent, frozen_clock):
@@ -501,3 +501,67 @@ def test_agent_links_survive_an_agent_id_with_dots(admin_client, spec, make_agen
 
     assert reverse("admin:registry_agent_change", args=["rack.1-node"]) in page
     assert Agent.objects.filter(pk="rack.1-node").exists()
+
+
+# --- what operators look for first (issue 15 item 4): duration, result or error, why this attempt -------------------
+
+
+def test_list_shows_duration_result_and_the_reason_of_each_attempt(admin_client, spec, make_agent, frozen_clock):
+    make_agent("node-1")
+    done = running_task(spec, "node-1")
+    frozen_clock.advance(3.4)
+    send("node-1", "succeeded", done, result={"exit_code": 0, "stdout": "x" * 200})
+    retried = running_task(spec, "node-1", max_attempts=3, execution_timeout_s=30, backoff_base_s=1)
+    frozen_clock.advance(31)
+    actions.expire_leases()  # attempt 1 timed out: queued again
+    frozen_clock.advance(5)
+    actions.claim_tasks("node-1", 10)
+    by_operator = failed_task(spec, "node-1")
+    actions.retry_task(by_operator.pk, Actor("alice"))
+
+    page = admin_client.get(changelist()).content.decode()
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr>.*?/tasks/task/(\d+)/change/.*?</tr>", page, re.S)}
+
+    assert "ran 3.4 s" in rows[done.pk]
+    assert 'class="task-outcome task-outcome-result"' in rows[done.pk]
+    full = json.dumps({"exit_code": 0, "stdout": "x" * 200}, separators=(", ", ": "))
+    assert f'title="{html.escape(full)}"' in rows[done.pk]  # the whole result on hover, cut in the row
+    assert "…</span>" in rows[done.pk]
+    assert "first attempt" in rows[done.pk]
+    assert "2/3" in rows[retried.pk]
+    assert "retried after execution timeout" in rows[retried.pk]
+    assert "waited " in rows[retried.pk] and "not started yet" in rows[retried.pk]
+    assert "retried by alice" in rows[by_operator.pk]
+    assert "E: boom" in rows[by_operator.pk]
+
+
+def test_list_reads_the_attempt_reasons_in_one_query_for_the_page(admin_client, spec, make_agent, frozen_clock):
+    make_agent("node-1", max_concurrency=50)
+
+    def queries() -> int:
+        admin_client.get(changelist())
+        with CaptureQueriesContext(connection) as captured:
+            admin_client.get(changelist())
+        return len(captured.captured_queries)
+
+    submit(spec, mode="any", task_count=2, max_attempts=3, delivery_timeout_s=5, backoff_base_s=0)
+    actions.claim_tasks("node-1", 50)
+    frozen_clock.advance(6)
+    actions.expire_leases()
+    few = queries()
+    submit(spec, mode="any", task_count=20, max_attempts=3, delivery_timeout_s=5, backoff_base_s=0)
+    actions.claim_tasks("node-1", 50)
+    frozen_clock.advance(6)
+    actions.expire_leases()
+
+    assert queries() == few
+
+
+def test_times_show_seconds(admin_client, spec, make_agent, frozen_clock):
+    make_agent("node-1")
+    task = running_task(spec, "node-1")
+
+    page = admin_client.get(detail(task.pk)).content.decode()
+
+    assert "2026-01-01 12:00:00" in page  # assigned and started: the frozen clock, to the second
+    assert "a.m." not in page and "p.m." not in page

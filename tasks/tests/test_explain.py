@@ -322,9 +322,72 @@ def test_finished_task_says_its_final_state(single, operator, frozen_clock, end)
     explanation = actions.explain_task(single.pk)
 
     assert explanation.code == f"task_{end}"
-    assert end in explanation.message
+    assert explanation.message == f"finished: {end.replace('_', ' ')}"  # the state's label: "timed out"
 
 
 def test_explain_of_unknown_task_raises_not_found(db):
     with pytest.raises(NotFound):
         actions.explain_task(987654)
+
+
+# --- held by an agent that is offline or draining: what happens next ------------------------------------------------
+
+
+def test_task_on_an_offline_agent_says_since_when_and_what_the_lease_expiry_does(make_agent, submit, frozen_clock):
+    make_agent("edge-1")
+    (task,) = submit(target_agent_ids=["edge-1"], max_attempts=3, execution_timeout_s=300)
+    actions.claim_tasks("edge-1", 1)
+    send("edge-1", "accepted", task.pk, 1)
+    frozen_clock.advance(4)
+    registry_actions.mark_offline("edge-1", "keepalive timeout")
+
+    explanation = actions.explain_task(task.pk)
+
+    assert explanation.code == "held_by_offline_agent"
+    assert explanation.message == (
+        "running on agent edge-1 (attempt 1 of 3): agent edge-1 is offline since 12:00:00 UTC; "
+        "the lease expires at 12:05:00 UTC, then the task is requeued (attempt 2 of 3). "
+        "The reconciliation page can end the attempt now."
+    )
+
+
+def test_last_attempt_on_an_offline_agent_says_it_ends_timed_out(make_agent, submit, frozen_clock):
+    make_agent("edge-1")
+    (task,) = submit(target_agent_ids=["edge-1"], max_attempts=1, delivery_timeout_s=30)
+    actions.claim_tasks("edge-1", 1)
+    registry_actions.mark_offline("edge-1", "keepalive timeout")
+    frozen_clock.advance(45)  # past the lease: the dispatcher has not handled it yet
+
+    message = actions.explain_task(task.pk).message
+
+    assert message.startswith("assigned on agent edge-1 (attempt 1 of 1): agent edge-1 is offline since 12:00:00 UTC;")
+    assert "the lease expired at 12:00:30 UTC; the dispatcher ends the attempt on its next pass" in message
+    assert message.endswith(
+        "then the task ends timed out (attempt 1 of 1 was its last). The reconciliation page can end the attempt now."
+    )
+
+
+def test_task_on_a_draining_agent_says_it_finishes_there(make_agent, submit, operator, frozen_clock):
+    make_agent("edge-2")
+    (task,) = submit(target_agent_ids=["edge-2"], max_attempts=2, execution_timeout_s=60)
+    actions.claim_tasks("edge-2", 1)
+    send("edge-2", "accepted", task.pk, 1)
+    registry_actions.set_admin_state("edge-2", AdminState.DRAINING, operator)
+
+    explanation = actions.explain_task(task.pk)
+
+    assert explanation.code == "held_by_draining_agent"
+    assert "agent edge-2 is draining, it finishes this task and takes no new one" in explanation.message
+    assert "the lease expires at 12:01:00 UTC, then the task is requeued (attempt 2 of 2)" in explanation.message
+
+
+def test_task_on_an_online_agent_says_when_its_lease_runs_out(single):
+    actions.claim_tasks("a1", 10)
+
+    explanation = actions.explain_task(single.pk)
+
+    assert explanation.code == "task_assigned"
+    assert explanation.message == (
+        "assigned on agent a1 (attempt 1 of 1); should the agent not accept in time, "
+        "the lease expires at 12:00:30 UTC, then the task ends timed out (attempt 1 of 1 was its last)"
+    )
