@@ -18,9 +18,12 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
-## Run the control plane on SQLite (web + dispatcher), printing an admin login.
-run: migrate
-	$(BIN)/python manage.py run_all
+## Run every role on SQLite (web, dispatcher, bridge, embedded broker, 3 simulated agents), printing an admin
+## login; run_all migrates first. `make run PORT=8001 BROKER_PORT=18831` for other ports. Ctrl-C stops it.
+PORT ?= 8000
+BROKER_PORT ?= 18830
+run: install
+	@$(BIN)/python manage.py run_all --port $(PORT) --broker-port $(BROKER_PORT)
 
 ## The whole test suite: lint, types, then every test on SQLite and on PostgreSQL.
 ## The browser tests (tests/browser) run once, in the SQLite pass: they start their own

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-from aegis_agent import __version__
+from aegis_agent import __version__, logs
 from aegis_agent.agent import Agent
 from aegis_agent.config import ConfigError, load
 
@@ -29,7 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        logs.configure(args.log_level)  # LOG_FORMAT: plain or json, the control plane's lines
+    except ValueError as exc:
+        print(f"aegis_agent: {exc}", file=sys.stderr)
+        return 2
     overrides = {
         "agent_id": args.agent_id,
         "host": args.host,

@@ -207,6 +207,9 @@ class Agent:
             log.warning("disconnected from broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if message.topic not in (self.topics.inbox, wire.BROADCAST_TOPIC):  # never read as a command to run
+            log.debug("ignored a message on %s, not this agent's inbox", message.topic)
+            return
         try:
             parsed = wire.parse_inbox(message.payload)
         except wire.ProtocolError as exc:

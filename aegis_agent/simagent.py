@@ -150,6 +150,12 @@ class SimAgent:
 
     def on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         fleet = self.fleet
+        if message.topic not in (self.topics.inbox, wire.BROADCAST_TOPIC):
+            # Not a topic this agent subscribed to (a broker that sends retained messages of other clients'
+            # subscriptions, as amqtt did): never read as a command to run.
+            fleet.stats.ignored += 1
+            log.debug("%s ignored a message on %s, not its inbox", self.agent_id, message.topic)
+            return
         try:
             parsed = wire.parse_inbox(message.payload)
         except wire.ProtocolError as exc:

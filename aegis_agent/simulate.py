@@ -24,12 +24,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from aegis_agent import connection, wire
+from aegis_agent import connection, logs, wire
 from aegis_agent.config import AGENT_ID_RE
 from aegis_agent.multiplex import Multiplexer
 from aegis_agent.simagent import FleetStats, SimAgent
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("aegis_agent.simulate")  # not ``__main__`` under ``python -m``
 
 
 class Fleet:
@@ -189,8 +189,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
+        logs.configure(args.log_level)  # LOG_FORMAT: plain or json, the control plane's lines
         fleet = Fleet(
             args.count,
             host=args.host,

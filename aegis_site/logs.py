@@ -131,3 +131,14 @@ def route_twisted_log() -> None:
     from twisted.logger import STDLibLogObserver, globalLogPublisher
 
     globalLogPublisher.addObserver(STDLibLogObserver(name="twisted"))  # type: ignore[arg-type]  # zope provider
+
+
+def use_format(log_format: str) -> None:
+    """Switch the root logger's handlers to ``plain`` or ``json`` after ``LOGGING`` was applied.
+
+    ``manage.py run_all`` logs in the format it gives its roles (plain when ``LOG_FORMAT`` is unset, although
+    the settings' default is JSON), so that the whole all-in-one stream is one format.
+    """
+    formatter = plain_formatter() if log_format == "plain" else json_formatter()
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(formatter)

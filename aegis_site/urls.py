@@ -1,11 +1,16 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from aegis_site.api import errors
 from ops.health.views import ComprehensiveView, LivenessView, ReadinessView
 from ops.metrics import views as metrics_views
 
+# The admin's "View site" link: the interactive API docs (a staff session is logged in there too), not "/".
+admin.site.site_url = "/api/docs/"
+
 urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False), name="root"),  # make run's address, bare
     path("admin/", admin.site.urls),
     path("api/", include("aegis_site.api.urls")),
     path("healthz", LivenessView.as_view(), name="healthz"),

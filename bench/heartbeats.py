@@ -273,7 +273,7 @@ class _connection_closed:
         connection.close()
 
 
-_STATS_LINE = re.compile(r"^(\S+ \S+) INFO __main__ online=(\d+) (\{.*\})$")
+_STATS_LINE = re.compile(r"^(\S+) INFO aegis_agent\.simulate online=(\d+) (\{.*\})$")  # LOG_FORMAT=plain
 
 
 def _simulator_counts(log: str) -> list[tuple[float, int, int]]:
@@ -282,7 +282,7 @@ def _simulator_counts(log: str) -> list[tuple[float, int, int]]:
     for line in log.splitlines():
         match = _STATS_LINE.match(line)
         if match:
-            at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            at = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
             counters = json.loads(match.group(3).replace("'", '"'))
             rows.append((at, int(match.group(2)), int(counters["heartbeats"])))
     return rows

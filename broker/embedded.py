@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 log = logging.getLogger("aegis.broker")
 
@@ -21,10 +22,31 @@ def broker_config(host: str, port: int) -> dict[str, object]:
     }
 
 
-async def serve(host: str, port: int, stop: asyncio.Event) -> None:
+def broker_class() -> type[Any]:
     from amqtt.broker import Broker
+    from amqtt.session import Session
 
-    broker = Broker(broker_config(host, port))
+    class EmbeddedBroker(Broker):
+        """amqtt, sending a client only the retained messages of its own subscriptions.
+
+        amqtt 0.12 sends every client that connects the retained messages that match *any* client's
+        subscriptions (its connection handler loops over all of the broker's subscription filters): a restarted
+        simulated agent received the other agents' retained ``status`` (matched by the bridge's
+        ``aegis/agents/+/status``) and logged each as an invalid inbox message.
+        """
+
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Session
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], [])
+            if any(holder.client_id == session.client_id for holder, _qos in holders):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return EmbeddedBroker
+
+
+async def serve(host: str, port: int, stop: asyncio.Event) -> None:
+    broker = broker_class()(broker_config(host, port))
     await broker.start()
     log.info("embedded MQTT broker listening on %s:%d (MQTT 3.1.1, anonymous, no TLS)", host, port)
     try:

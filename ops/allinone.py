@@ -6,10 +6,12 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess  # nosec B404  # starts this project's own role processes
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -58,22 +60,58 @@ def restrict_data_files() -> None:
             file.chmod(0o600)
 
 
-# Roles that exit non-zero when they cannot do their job (ROLE_MAX_FAILED_STEPS): restarted, like a supervisor would.
-RESTARTED_ROLES = frozenset({"dispatcher", "bridge"})
+# A role that exits (crashed, killed, or gave up: ROLE_MAX_FAILED_STEPS) is started again after a backoff that doubles
+# with each exit in a row, up to RESTART_BACKOFF_CAP; one that ran RESTART_RESET_AFTER seconds starts from 1 s again.
+# It is restarted for as long as run_all runs (a dev server's supervisor, like supervisord's autorestart or
+# compose's restart: always): every exit and every restart is a log line, the other roles keep running.
 RESTART_BACKOFF_CAP = 30.0
+RESTART_RESET_AFTER = 30.0
+# Stopped after every other role: the bridge unsubscribes and the agents publish "offline" through it.
+STOPPED_LAST = ("broker",)
+
+
+def exit_description(returncode: int) -> str:
+    """``status 1``, or ``signal SIGKILL`` for a negative ``returncode``."""
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"status {returncode}"
+
+
+def _die_with_parent() -> None:  # pragma: no cover  # runs in the forked child, before exec
+    """Linux: the role gets SIGTERM should run_all itself die without stopping it (SIGKILL, an OOM kill)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died between fork and prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
 class Supervisor:
-    """Starts the roles; restarts a bridge or dispatcher that exited non-zero (with backoff); stops them all on
-    SIGTERM/SIGINT or when another role dies."""
+    """Starts the roles, restarts any that exits (with backoff), stops them all on SIGTERM/SIGINT (exit status 0).
+
+    Each role runs in a process group of its own: Ctrl-C at the terminal reaches run_all only, which then stops
+    the roles in order (the broker last) instead of all at once.
+    """
 
     commands: dict[str, list[str]]
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     stopping: bool = False
-    restarts: dict[str, int] = field(default_factory=dict)
+    force: bool = False  # a second SIGTERM/SIGINT: kill what is still running
+    restarts: dict[str, int] = field(default_factory=dict)  # restarts per role since run_all started
+    failures: dict[str, int] = field(default_factory=dict)  # exits in a row, each after less than RESTART_RESET_AFTER
+    started_at: dict[str, float] = field(default_factory=dict)
     restart_at: dict[str, float] = field(default_factory=dict)
+    stop_timeout: float = 10.0  # per stop phase: the roles, then the broker
+    clock: Callable[[], float] = time.monotonic
 
     def start(self) -> None:
         for name in self.commands:
@@ -81,73 +119,107 @@ class Supervisor:
 
     def start_role(self, name: str) -> None:
         command = self.commands[name]
-        self.procs[name] = subprocess.Popen(command, cwd=Path(settings.BASE_DIR), env={**os.environ, **self.env})  # noqa: S603  # nosec B603  # argv from role_commands(), no shell
-        log.info("started %s (pid %d): %s", name, self.procs[name].pid, " ".join(command))
+        self.procs[name] = subprocess.Popen(  # noqa: S603  # nosec B603  # argv from role_commands(), no shell
+            command,
+            cwd=Path(settings.BASE_DIR),
+            env={**os.environ, **self.env},
+            process_group=0,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self.started_at[name] = self.clock()
+        log.info("started %s", name, extra={"pid": self.procs[name].pid, "command": " ".join(command)})
 
-    def check(self, name: str, proc: subprocess.Popen[bytes]) -> int | None:
-        """None while the role runs or waits for its restart; an exit code when everything must stop."""
+    def check(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        """Start a role whose restart is due; schedule the restart of one that exited."""
+        now = self.clock()
         if name in self.restart_at:
-            if time.monotonic() >= self.restart_at.pop(name):
+            if now >= self.restart_at[name]:
+                del self.restart_at[name]
                 self.start_role(name)
-            return None
+            return
         if proc.poll() is None:
-            return None
-        if name in RESTARTED_ROLES and proc.returncode not in (0, None):
-            self.restarts[name] = self.restarts.get(name, 0) + 1
-            delay = min(2.0 ** (self.restarts[name] - 1), RESTART_BACKOFF_CAP)
-            log.error("%s exited with %s; restarting it in %.0fs", name, proc.returncode, delay)
-            self.restart_at[name] = time.monotonic() + delay
-            return None
-        log.error("%s exited with %s; stopping everything", name, proc.returncode)
-        return proc.returncode or 1
+            return
+        ran = now - self.started_at[name]
+        if ran >= RESTART_RESET_AFTER:
+            self.failures[name] = 0
+        self.failures[name] = self.failures.get(name, 0) + 1
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        delay = min(2.0 ** (self.failures[name] - 1), RESTART_BACKOFF_CAP)
+        log.error(
+            "%s exited (%s) after %.0fs; restarting it in %.0fs",
+            name,
+            exit_description(proc.returncode),
+            ran,
+            delay,
+            extra={"pid": proc.pid, "restarts": self.restarts[name]},
+        )
+        self.restart_at[name] = now + delay
+
+    def on_signal(self, signum: int, _frame: object = None) -> None:
+        if self.stopping:
+            self.force = True
+        self.stopping = True
 
     def run(self) -> int:
+        """Until SIGTERM/SIGINT (or ``stopping`` set by the caller); 0 once every role has stopped."""
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
             for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: setattr(self, "stopping", True))
+                signal.signal(signum, self.on_signal)
         self.start()
-        exit_code = 0
         while not self.stopping:
             for name, proc in list(self.procs.items()):
-                code = self.check(name, proc)
-                if code is not None:
-                    exit_code = code
-                    self.stopping = True
-                    break
+                self.check(name, proc)
             time.sleep(0.2)
         self.stop()
-        return exit_code
+        return 0
 
-    def stop(self, timeout: float = 10.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + timeout
-        for name, proc in self.procs.items():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", name)
-                proc.kill()
+    def stop(self) -> None:
+        """SIGTERM to every role, the broker after the others; SIGKILL to one still running after ``stop_timeout``."""
+        log.info("stopping every role")
+        self.restart_at.clear()
+        last = [name for name in self.procs if name in STOPPED_LAST]
+        for group in ([name for name in self.procs if name not in STOPPED_LAST], last):
+            for name in group:
+                if self.procs[name].poll() is None:
+                    self.procs[name].terminate()
+            deadline = time.monotonic() + self.stop_timeout
+            while any(self.procs[name].poll() is None for name in group):
+                if self.force or time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+            for name in group:
+                if self.procs[name].poll() is None:
+                    log.warning("%s did not stop in time; killing it", name, extra={"pid": self.procs[name].pid})
+                    self.procs[name].kill()
+                    self.procs[name].wait()
+        log.info("every role stopped")
 
 
 EMBEDDED_BROKER_PORT = 18830
+# What each role's stream looks like without LOG_FORMAT: one readable line per record (aegis_site/logs.py).
+LOG_FORMAT = "plain"
 
 
-def role_commands(host: str, port: int, agents: int) -> tuple[dict[str, list[str]], dict[str, str]]:
+def role_commands(
+    host: str, port: int, agents: int, broker_port: int = EMBEDDED_BROKER_PORT
+) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The command of every role, and the environment they share.
 
-    Without ``MQTT_URL`` an embedded broker (amqtt, MQTT 3.1.1) is started on
-    loopback and every role is pointed at it.
+    Without ``MQTT_URL`` an embedded broker (amqtt, MQTT 3.1.1) is started on loopback, ``broker_port``,
+    and every role is pointed at it. Every role logs in run_all's own format (``LOG_FORMAT``, plain when unset).
+    With a generated development key, the roles read it from its file (``SECRET_KEY_FILE``): the same key, and
+    the ``aegis.W001`` warning about it only once, from run_all.
     """
     python, manage = sys.executable, str(Path(settings.BASE_DIR) / "manage.py")
     commands: dict[str, list[str]] = {}
-    env: dict[str, str] = {"LOG_FORMAT": os.environ.get("LOG_FORMAT", "plain")}
+    env: dict[str, str] = {"LOG_FORMAT": os.environ.get("LOG_FORMAT", LOG_FORMAT)}
+    if getattr(settings, "SECRET_KEY_IS_GENERATED", False):
+        env["SECRET_KEY_FILE"] = str(Path(settings.DATA_DIR) / ".dev_secret_key")
     mqtt_url = settings.MQTT_URL
     if not mqtt_url:
-        mqtt_url = f"mqtt://127.0.0.1:{EMBEDDED_BROKER_PORT}"
+        mqtt_url = f"mqtt://127.0.0.1:{broker_port}"
         env |= {"MQTT_URL": mqtt_url, "MQTT_PROTOCOL": "3.1.1"}
-        commands["broker"] = [python, manage, "run_embedded_broker", "--port", str(EMBEDDED_BROKER_PORT)]
+        commands["broker"] = [python, manage, "run_embedded_broker", "--port", str(broker_port)]
     commands["web"] = [python, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "aegis_site.asgi:application"]
     commands["dispatcher"] = [python, manage, "run_dispatcher"]
     commands["bridge"] = [python, manage, "run_bridge"]
@@ -158,3 +230,14 @@ def role_commands(host: str, port: int, agents: int) -> tuple[dict[str, list[str
         commands["agents"] += ["--host", broker.hostname or "127.0.0.1", "--port", str(broker.port or 1883)]
         commands["agents"] += ["--mqtt-version", mqtt_version, "--duration-ms", "1500", "--heartbeat-s", "5"]
     return commands, env
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Something already listens on ``host:port`` (another ``make run``?): the role would restart forever."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as daphne and amqtt bind
+            probe.bind((host.strip("[]"), port))
+    except OSError:
+        return True
+    return False

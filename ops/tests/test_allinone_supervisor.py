@@ -1,4 +1,4 @@
-"""run_all's supervisor restarts a bridge or dispatcher that gave up, and stops everything when another role dies."""
+"""run_all's supervisor restarts any role that exits (with backoff), and stops them all only when told to."""
 
 from __future__ import annotations
 
@@ -12,32 +12,137 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ops.allinone import Supervisor
+from ops.allinone import RESTART_BACKOFF_CAP, RESTART_RESET_AFTER, Supervisor, exit_description
 from tests.support import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
 FAILS = [sys.executable, "-c", "import sys; sys.exit(1)"]
 SLEEPS = [sys.executable, "-c", "import time; time.sleep(60)"]
+IGNORES_SIGTERM = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+)
 
 
-def test_a_role_that_gave_up_is_restarted_and_the_others_keep_running():
-    supervisor = Supervisor({"dispatcher": FAILS, "web": SLEEPS})
-    runner = threading.Thread(target=supervisor.run, daemon=True)
-    runner.start()
+def exits_on_sigterm(marker: Path, name: str) -> list[str]:
+    """A role that writes its name to ``marker`` when SIGTERM arrives, then exits."""
+    code = (
+        "import signal, sys, time\n"
+        f"def stop(*_):\n    open({str(marker)!r}, 'a').write({name!r} + '\\n'); sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    return [sys.executable, "-c", code]
+
+
+class Running:
+    """``Supervisor.run`` on a thread (the test's main thread keeps its signal handlers); ``result``: its return."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor, self.result = supervisor, None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.result = self.supervisor.run()
+
+    def stop(self) -> int | None:
+        self.supervisor.stopping = True
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        return self.result
+
+
+def test_a_role_that_exits_is_restarted_and_the_others_keep_running():
+    supervisor = Supervisor({"agents": FAILS, "web": SLEEPS})
+    running = Running(supervisor)
     try:
-        wait_for(lambda: supervisor.restarts.get("dispatcher", 0) >= 2, "two restarts", timeout=60)
-        assert supervisor.procs["web"].poll() is None
+        wait_for(lambda: "web" in supervisor.procs, "the roles started", timeout=30)
+        web = supervisor.procs["web"]
+        wait_for(lambda: supervisor.restarts.get("agents", 0) >= 2, "two restarts of the agents", timeout=60)
+        assert supervisor.procs["web"] is web
+        assert web.poll() is None
     finally:
-        supervisor.stopping = True
-        runner.join(30)
-    assert supervisor.procs["web"].poll() is not None  # stopped with the rest
+        assert running.stop() == 0  # stopped on request: exit status 0
+    assert web.poll() is not None  # stopped with the rest
 
 
-def test_any_other_role_dying_stops_everything():
+def test_any_role_is_restarted_a_dead_web_role_included():
     supervisor = Supervisor({"web": FAILS, "bridge": SLEEPS})
-    assert supervisor.run() == 1
+    running = Running(supervisor)
+    try:
+        wait_for(lambda: supervisor.restarts.get("web", 0) >= 2, "two restarts of the web role", timeout=60)
+        assert supervisor.procs["bridge"].poll() is None
+    finally:
+        assert running.stop() == 0
     assert supervisor.procs["bridge"].poll() is not None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_backoff_doubles_up_to_a_cap_and_starts_over_after_a_healthy_run():
+    clock = Clock()
+    supervisor = Supervisor({"agents": FAILS}, clock=clock)
+    exited = subprocess.Popen(FAILS)
+    exited.wait()
+
+    def exits_after(seconds: float) -> float:
+        supervisor.started_at["agents"] = clock.now - seconds
+        supervisor.check("agents", exited)
+        return supervisor.restart_at.pop("agents") - clock.now
+
+    assert [exits_after(0.5) for _ in range(7)] == [1, 2, 4, 8, 16, RESTART_BACKOFF_CAP, RESTART_BACKOFF_CAP]
+    assert exits_after(RESTART_RESET_AFTER) == 1  # it ran long enough: a new crash starts from 1 s
+    assert exits_after(0.5) == 2
+    assert supervisor.restarts["agents"] == 9
+
+
+def test_a_restart_waits_for_its_backoff():
+    clock = Clock()
+    supervisor = Supervisor({"agents": SLEEPS}, clock=clock)
+    exited = subprocess.Popen(FAILS)
+    exited.wait()
+    supervisor.procs["agents"] = exited
+    supervisor.started_at["agents"] = clock.now
+    supervisor.check("agents", exited)  # first exit: 1 s
+    clock.now += 0.9
+    supervisor.check("agents", exited)
+    assert supervisor.procs["agents"] is exited  # not yet
+    clock.now += 0.2
+    supervisor.check("agents", exited)
+    try:
+        assert supervisor.procs["agents"] is not exited
+        assert supervisor.procs["agents"].poll() is None
+    finally:
+        supervisor.stop()
+
+
+def test_stopping_ends_the_broker_last_and_kills_a_role_that_ignores_sigterm(tmp_path):
+    marker = tmp_path / "stopped"
+    ignores = [sys.executable, "-c", IGNORES_SIGTERM]
+    commands = {"broker": exits_on_sigterm(marker, "broker"), "agents": exits_on_sigterm(marker, "agents")}
+    supervisor = Supervisor(commands | {"stubborn": ignores}, stop_timeout=2)
+    for name, command in supervisor.commands.items():
+        supervisor.procs[name] = subprocess.Popen(command, stdout=subprocess.PIPE)
+    for proc in supervisor.procs.values():
+        assert proc.stdout.readline() == b"ready\n"  # its SIGTERM handler is set
+    supervisor.stop()
+    assert marker.read_text().split() == ["agents", "broker"]
+    assert supervisor.procs["stubborn"].returncode == -signal.SIGKILL
+    for proc in supervisor.procs.values():
+        proc.stdout.close()
+
+
+def test_exits_are_described_by_status_or_signal():
+    assert exit_description(1) == "status 1"
+    assert exit_description(-9) == "signal SIGKILL"
 
 
 def test_make_run_keeps_the_sqlite_files_and_data_dir_private(tmp_path):
