@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support import free_port, wait_for
 
@@ -219,3 +220,27 @@ def test_make_run_passes_port_and_broker_port_on():
     )
     assert result.returncode == 0, result.stderr
     assert "manage.py run_all --port 8123 --broker-port 18999" in result.stdout
+
+
+def test_a_system_check_error_is_a_log_line_and_nothing_starts(tmp_path):
+    command = [sys.executable, "manage.py", "run_all", "--port", str(free_port()), "--broker-port", str(free_port())]
+    env = user_env(tmp_path / "data", JWT_SIGNING_KEY="short")
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert any(
+        " ERROR aegis.allinone JWT_SIGNING_KEY is 5 bytes" in line and "check=aegis.E003" in line for line in lines
+    )
+    assert " CRITICAL aegis.allinone system check errors; not starting checks=aegis.E003" in result.stderr
+    assert "started " not in result.stderr
+    assert all(PLAIN_LINE.match(line) for line in lines), result.stderr
+
+
+@pytest.mark.django_db
+def test_view_site_leads_to_the_api_docs_and_the_bare_address_to_the_admin(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("operator", password="unused-password-1"))
+    index = client.get("/admin/")
+    assert b'<a href="/api/docs/">View site</a>' in index.content
+    assert client.get("/api/docs/").status_code == 200
+    root = client.get("/")
+    assert (root.status_code, root["Location"]) == (302, "/admin/")
