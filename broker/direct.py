@@ -38,6 +38,7 @@ class DirectPublisher:
         self.client.on_disconnect = self._on_disconnect
         self._lock = threading.Lock()
         self._in_flight: list[tuple[int, mqtt.MQTTMessageInfo]] = []
+        self._stopping = False
 
     def start(self) -> None:
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
@@ -46,6 +47,7 @@ class DirectPublisher:
     def stop(self) -> None:
         outbox.set_direct_sink(None)
         self.flush(timeout=2.0)
+        self._stopping = True  # the disconnect below is no lost broker
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -58,7 +60,8 @@ class DirectPublisher:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, *args: object) -> None:
         outbox.set_direct_sink(None)  # until it is back, the bridge publishes what the dispatcher writes
-        log.warning("dispatcher's publisher lost the broker; the bridge publishes meanwhile")
+        if not self._stopping:
+            log.warning("dispatcher's publisher lost the broker; the bridge publishes meanwhile")
 
     def publish(self, messages: Sequence[OutboxMessage]) -> None:
         """The commit hook: publish at QoS 1 now, mark sent in ``flush``."""

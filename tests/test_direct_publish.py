@@ -17,6 +17,7 @@ from broker.models import OutboxMessage
 from broker.protocol import task_assign
 from tasks import actions
 from tasks.dispatcher import Dispatcher
+from tests.support import wait_for
 from tests.test_bridge import FakeAgent, broker_reachable
 
 
@@ -37,6 +38,20 @@ def direct(settings) -> Iterator[DirectPublisher]:
     yield instance
     instance.stop()
     assert outbox.direct_sink() is None
+
+
+@pytest.mark.skipif(not broker_reachable(), reason="no MQTT broker on 127.0.0.1:1883")
+def test_a_clean_stop_is_not_logged_as_a_lost_broker(settings, caplog) -> None:
+    """Stopping the dispatcher (make run's Ctrl-C) disconnects its publisher: no warning about a lost broker."""
+    settings.MQTT_URL = "mqtt://127.0.0.1:1883"
+    instance = DirectPublisher(client_id=f"dispatcher-{uuid.uuid4().hex[:8]}")
+    instance.start()
+    try:
+        wait_for(lambda: outbox.direct_sink() is not None, "the dispatcher's publisher connected", timeout=10)
+    finally:
+        instance.stop()
+    assert outbox.direct_sink() is None
+    assert "lost the broker" not in caplog.text
 
 
 @pytest.fixture
