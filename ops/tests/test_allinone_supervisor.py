@@ -40,7 +40,8 @@ class Running:
     """``Supervisor.run`` on a thread (the test's main thread keeps its signal handlers); ``result``: its return."""
 
     def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor, self.result = supervisor, None
+        self.supervisor = supervisor
+        self.result: int | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
