@@ -141,7 +141,7 @@ class AgentAdmin(AgentOperationsAdmin):
         context["can_operate"] = self.has_operate_permission(request)
         context["can_issue_credentials"] = self.has_issue_credentials_permission(request)
         context["can_revoke_credentials"] = self.has_revoke_credentials_permission(request)
-        context["operations"] = self.detail_buttons()
+        context["operations"] = self.detail_buttons(agent)
         return super().change_view(request, object_id, form_url, context)
 
 

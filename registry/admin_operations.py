@@ -52,6 +52,10 @@ OPERATIONS: dict[str, tuple[str, Step, str]] = {
 }
 
 
+# The admin state each state-changing operation leads to: the detail page offers it only to agents not in it.
+TARGET_STATE = {"drain": AdminState.DRAINING, "disable": AdminState.DISABLED, "enable": AdminState.ACTIVE}
+
+
 class AgentOperationsAdmin(ReadOnlyAdmin):
     def has_issue_credentials_permission(self, request: HttpRequest) -> bool:
         return self.has_operate_permission(request) and request.user.has_perm("registry.add_agentcredential")
@@ -258,8 +262,14 @@ class AgentOperationsAdmin(ReadOnlyAdmin):
         add_never_cache_headers(response)
         return response
 
-    def detail_buttons(self) -> list[tuple[str, str]]:
-        return [(operation, label) for operation, (label, _, _) in OPERATIONS.items()]
+    def detail_buttons(self, agent: Agent | None = None) -> list[tuple[str, str]]:
+        """The buttons that change something for this agent: no "Enable" on an active one, no "Drain" twice."""
+        current = agent.admin_state if agent is not None else None
+        return [
+            (operation, label)
+            for operation, (label, _, _) in OPERATIONS.items()
+            if current is None or TARGET_STATE.get(operation) != current
+        ]
 
 
 def parse_edit(name: str, labels_text: str) -> tuple[str, dict[str, str]]:

@@ -240,10 +240,33 @@ def test_detail_shows_tasks_events_credentials_audit_and_buttons(operator_user, 
     assert ">agent.register<" in page  # recent audit rows
     assert '<span class="aegis-load aegis-load-plain">2/4</span>' in page
     assert 'id="agent-detail" data-live="agents tasks"' in page
-    for operation in ("drain", "disable", "enable", "ping"):
+    for operation in ("drain", "disable", "ping"):
         assert operate_url("node-1", operation) in page
+    assert operate_url("node-1", "enable") not in page  # node-1 is active: enabling it would change nothing
     assert rotate_url("node-1") in page
     assert bundle_url("node-1") in page
+
+
+@pytest.mark.parametrize(
+    ("agent_id", "offered"),
+    [
+        ("node-1", ["drain", "disable", "ping"]),
+        ("node-2", ["disable", "enable", "ping"]),
+        ("edge-9", ["drain", "enable", "ping"]),
+    ],
+)
+def test_detail_offers_only_the_state_changes_that_change_something(operator_client, fleet, agent_id, offered):
+    page = operator_client.get(change_url(agent_id)).content.decode()
+
+    shown = re.findall(rf"/admin/registry/agent/{agent_id}/operate/([a-z]+)/", page)
+    assert shown == offered
+
+
+def test_detail_shows_audit_data_as_json(admin_client, fleet):
+    page = admin_client.get(change_url("node-2")).content.decode()
+
+    assert '<pre class="aegis-json">{\n  &quot;previous&quot;: &quot;active&quot;\n}</pre>' in page
+    assert "{&#x27;previous&#x27;" not in page  # not the Python repr
 
 
 def test_detail_shows_the_disconnect_reason(operator_client, fleet):

@@ -29,10 +29,19 @@
     return document.getElementById("live-status");
   }
 
+  // What the indicator says in each state: its colour alone must not be the only sign (a red "LIVE" misled).
+  const WORDS = {
+    connecting: "connecting…",
+    connected: "live",
+    disconnected: "disconnected — retrying",
+    refused: "disconnected — log in again",
+  };
+
   function setState(state, text) {
     const el = indicator();
     if (el) {
       el.dataset.state = state;
+      el.textContent = WORDS[state] || state;
       el.title = "Live updates: " + text;
     }
   }
