@@ -23,7 +23,7 @@ from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
 from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each, whole_number
-from tasks import actions
+from tasks import actions, outcomes
 from tasks.admin import reconcile, task_detail
 from tasks.admin.task_list import (
     AgeFilter,
@@ -211,13 +211,21 @@ def _operate(model_admin: TaskAdmin, request: HttpRequest, task_id: int) -> Http
 
 @admin.register(TaskEvent)
 class TaskEventAdmin(ReadOnlyAdmin):
-    list_display = ("id", "task_id", "kind", "attempt", "from_state", "to_state", "agent_id", "created_at")
+    list_display = ("id", "task_id", "kind", "attempt", "transition", "agent_id", "created_at")
     list_filter = ("kind",)
     show_facets = ShowFacets.NEVER
     search_fields = ("agent_id",)  # the lookup is get_search_results': exact, index-backed
     search_help_text = "A task id, an agent id or a message id (exact)."
     raw_id_fields = ("task",)
     ordering = ("-id",)
+
+    @admin.display(description="transition")
+    def transition(self, event: TaskEvent) -> str:
+        """'running → timed out', in the state labels (the columns hold the values)."""
+        if event.from_state and event.to_state and event.from_state != event.to_state:
+            return f"{outcomes.label(event.from_state)} → {outcomes.label(event.to_state)}"
+        state = event.to_state or event.from_state
+        return outcomes.label(state) if state else "-"
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[TaskEvent], search_term: str) -> Any:
         """Exact matches only: task id (task_events_task_idx), agent id (task_events_agent_idx), message id

@@ -56,3 +56,18 @@ def test_a_job_in_a_state_the_pages_do_not_know_renders_grey_by_its_label(
     assert '<span class="job-badge job-badge-archived">archived</span>' in listing
     assert '<span class="job-badge job-badge-archived" id="job-state">archived</span>' in page
     assert ".job-badge { display: inline-block;" in page  # the grey default every unknown state gets
+
+
+def test_the_task_event_list_shows_transitions_by_label(
+    admin_client: Any, spec: Any, operator: Any, make_agent: Any, frozen_clock: Any
+) -> None:
+    make_agent("a-1")
+    job, _ = actions.submit_job(spec(target_agent_ids=["a-1"], max_attempts=1, delivery_timeout_s=5), operator)
+    actions.claim_tasks("a-1", 1)
+    frozen_clock.advance(10)
+    actions.expire_leases()
+
+    page = admin_client.get(reverse("admin:tasks_taskevent_changelist")).content.decode()
+
+    assert '<td class="field-transition">assigned → timed out</td>' in page
+    assert "timed_out" not in page.split('id="result_list"')[1].split("</table>")[0]
