@@ -62,7 +62,7 @@ def test_the_task_event_list_shows_transitions_by_label(
     admin_client: Any, spec: Any, operator: Any, make_agent: Any, frozen_clock: Any
 ) -> None:
     make_agent("a-1")
-    job, _ = actions.submit_job(spec(target_agent_ids=["a-1"], max_attempts=1, delivery_timeout_s=5), operator)
+    actions.submit_job(spec(target_agent_ids=["a-1"], max_attempts=1, delivery_timeout_s=5), operator)
     actions.claim_tasks("a-1", 1)
     frozen_clock.advance(10)
     actions.expire_leases()
