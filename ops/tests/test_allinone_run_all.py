@@ -51,6 +51,12 @@ class RunAll:
         """The pid of every start of ``role``, from the supervisor's ``started ... pid=`` lines."""
         return [int(pid) for name, pid in STARTED.findall(self.output()) if name == role]
 
+    def announced(self, start: int) -> bool:
+        """The simulator said "all N agents online" after the ``start``-th start of the agents role."""
+        output = self.output()
+        starts = [match.end() for match in STARTED.finditer(output) if match.group(1) == "agents"]
+        return len(starts) >= start and f"all {AGENTS} agents online" in output[starts[start - 1] :]
+
     def alive(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"run_all exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
@@ -135,13 +141,13 @@ def test_a_killed_agents_process_is_restarted_while_the_web_role_keeps_answering
         login = f"http://127.0.0.1:{running.port}/admin/login/"
         start = datetime.now(UTC)
         wait_for(lambda: running.alive() and http_status(login) == 200, "the admin login page", timeout=120)
+        wait_for(lambda: running.alive() and running.announced(1), "the simulator's agents online", timeout=90)
         wait_for(
             lambda: running.alive() and running.agents_online_since(start) == AGENTS, "the agents online", timeout=90
         )
         (web,) = running.started("web")
         (agents,) = running.started("agents")
 
-        killed_at = datetime.now(UTC)
         os.kill(agents, signal.SIGKILL)
         wait_for(lambda: gone(agents), "the agents process gone", timeout=30)
         assert http_status(login) == 200  # the web role answers while the agents are down
@@ -151,10 +157,13 @@ def test_a_killed_agents_process_is_restarted_while_the_web_role_keeps_answering
         restarted = running.started("agents")[1]
         assert restarted != agents
         assert psutil.Process(restarted).is_running()
-        # Online again in the database, from a message of the new process (the old one's stopped at the kill).
+        # The new process connected its agents (a line after its start: the killed one writes nothing more) ...
+        wait_for(lambda: running.alive() and running.announced(2), "the restarted agents online", timeout=90)
+        # ... and the bridge applies their messages: online in the database, seen after that.
+        announced = datetime.now(UTC)
         wait_for(
-            lambda: running.alive() and running.agents_online_since(killed_at) == AGENTS,
-            "the restarted agents online again",
+            lambda: running.alive() and running.agents_online_since(announced) == AGENTS,
+            "the restarted agents online in the database",
             timeout=90,
         )
         assert running.started("web") == [web]  # never restarted: it kept running
