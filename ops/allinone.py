@@ -214,7 +214,7 @@ def role_commands(
     commands: dict[str, list[str]] = {}
     env: dict[str, str] = {"LOG_FORMAT": os.environ.get("LOG_FORMAT", LOG_FORMAT)}
     if getattr(settings, "SECRET_KEY_IS_GENERATED", False):
-        env["SECRET_KEY_FILE"] = str(Path(settings.DATA_DIR) / ".dev_secret_key")
+        env["SECRET_KEY_FILE"] = str(Path(settings.DATA_DIR).resolve() / ".dev_secret_key")
     mqtt_url = settings.MQTT_URL
     if not mqtt_url:
         mqtt_url = f"mqtt://127.0.0.1:{broker_port}"

@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ops.allinone import RESTART_BACKOFF_CAP, RESTART_RESET_AFTER, Supervisor, exit_description
+from ops.allinone import RESTART_BACKOFF_CAP, RESTART_RESET_AFTER, Supervisor, exit_description, role_commands
 from tests.support import free_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,3 +189,22 @@ def ready(port: int) -> bool:
             return bool(answer.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
+
+
+def test_the_roles_share_run_alls_log_format_broker_port_and_development_key(settings, monkeypatch, tmp_path):
+    monkeypatch.delenv("LOG_FORMAT", raising=False)
+    settings.MQTT_URL, settings.MQTT_CA_FILE = "", ""
+    settings.SECRET_KEY_IS_GENERATED, settings.DATA_DIR = True, tmp_path
+    commands, env = role_commands("127.0.0.1", 8001, 3, broker_port=18831)
+    assert env["LOG_FORMAT"] == "plain"
+    assert env["SECRET_KEY_FILE"] == str(tmp_path / ".dev_secret_key")  # the roles warn about no key of theirs
+    assert env["MQTT_URL"] == "mqtt://127.0.0.1:18831"
+    assert commands["broker"][-2:] == ["--port", "18831"]
+    assert commands["agents"][commands["agents"].index("--port") + 1] == "18831"
+    assert "8001" in commands["web"]
+
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    settings.SECRET_KEY_IS_GENERATED = False
+    _commands, env = role_commands("127.0.0.1", 8001, 3)
+    assert env["LOG_FORMAT"] == "json"
+    assert "SECRET_KEY_FILE" not in env
