@@ -253,8 +253,12 @@ class TaskStateCountsSerializer(serializers.Serializer):
     assigned = serializers.IntegerField()
     running = serializers.IntegerField()
     succeeded = serializers.IntegerField()
-    failed = serializers.IntegerField()
-    timed_out = serializers.IntegerField()
+    failed = serializers.IntegerField(
+        help_text="Failed: the agent reported an error, or an operator ended the attempt of an offline agent."
+    )
+    timed_out = serializers.IntegerField(
+        help_text="Timed out (label 'timed out'). The job's tasks_failed counts failed and timed out together."
+    )
     canceled = serializers.IntegerField()
 
 
