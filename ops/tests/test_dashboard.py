@@ -322,3 +322,11 @@ def test_reconciliation_link_shows_how_many_tasks_are_stuck(admin_client, make_a
 
     assert re.search(r'<strong data-count="stuck">3</strong> tasks whose state contradicts reality', queue)
     assert reverse("admin:tasks_task_reconcile") in queue
+
+
+def test_audit_rows_show_their_time_to_the_second(admin_client, seeded, frozen_clock):
+    audit = section(admin_client.get(reverse("admin:index")).content.decode(), "dash-audit")
+
+    times = re.findall(r'<span class="when" title="[^"]* ago">([^<]*)</span>', audit)
+    assert times
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", when) for when in times), times
