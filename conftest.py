@@ -66,7 +66,14 @@ def make_agent(db: Any) -> Any:
 @pytest.fixture
 def spec() -> Any:
     def make(**fields: Any) -> JobSpec:
+        """A spec that passes the submit checks whatever the fleet (tasks/tests/test_submit_checks.py tests them):
+        an untargeted spec says target_all, and a target that matches no agent or agents without the kind are
+        allowed, so engine tests can set up any job."""
         fields.setdefault("kind", "echo")
+        untargeted = not any(fields.get(name) for name in ("target_agent_ids", "target_labels", "target_capabilities"))
+        fields.setdefault("target_all", untargeted)
+        fields.setdefault("allow_no_agents", True)
+        fields.setdefault("allow_unsupported_kind", True)
         fields.setdefault("backoff_base_s", 10.0)
         fields.setdefault("backoff_cap_s", 100.0)
         return JobSpec(**fields)

@@ -107,7 +107,8 @@ def _seed(count: int, agents: int = 1) -> list[str]:
         Agent.objects.update_or_create(
             pk=name, defaults={"max_concurrency": 1_000_000, "connectivity": Connectivity.ONLINE}
         )
-    actions.submit_job(JobSpec(kind="bench", mode="any", task_count=count), Actor.system("bench"))
+    spec = JobSpec(kind="bench", mode="any", task_count=count, target_all=True, allow_no_agents=True)
+    actions.submit_job(spec, Actor.system("bench"))
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE tasks")
         cursor.execute("VACUUM ANALYZE task_events")

@@ -13,9 +13,10 @@ from django.db import IntegrityError, transaction
 
 from ops.audit import Actor, record
 from registry.models import Agent
+from tasks.engine import checks, clock, control, expiry, reconcile, reports, stuck, submit, wakeup
 from tasks.engine import claim as claim_engine
-from tasks.engine import clock, control, expiry, reconcile, reports, stuck, submit, wakeup
 from tasks.engine.claim import Assignment
+from tasks.engine.control import RetryAllowance
 from tasks.engine.db import atomic_with_retry
 from tasks.engine.errors import InvalidTransition, NotFound
 from tasks.engine.explain import Explanation, explain
@@ -31,15 +32,21 @@ log = logging.getLogger("aegis.tasks")
 
 
 def submit_job(spec: JobSpec, actor: Actor) -> tuple[Job, bool]:
-    """Create a job and its tasks. With an idempotency key already used, return that job and ``False``."""
+    """Create a job and its tasks, after the submit rules (``tasks.engine.checks``: ``SpecRefused``).
+
+    With an idempotency key already used: that job and ``False`` when it was submitted
+    with the same specification (its fingerprint), ``IdempotencyConflict`` when not.
+    Jobs from before fingerprints were stored (an empty one) count as the same.
+    """
+    fingerprint = checks.fingerprint(spec)
     if spec.idempotency_key:
-        existing = Job.objects.filter(idempotency_key=spec.idempotency_key).first()
+        existing = _same_request(spec, fingerprint)
         if existing is not None:
             return existing, False
     try:
-        job = _create(spec, actor)
+        job = _create(spec, actor, fingerprint)
     except IntegrityError:
-        existing = Job.objects.filter(idempotency_key=spec.idempotency_key).first() if spec.idempotency_key else None
+        existing = _same_request(spec, fingerprint) if spec.idempotency_key else None
         if existing is None:
             raise
         return existing, False
@@ -47,10 +54,23 @@ def submit_job(spec: JobSpec, actor: Actor) -> tuple[Job, bool]:
     return job, True
 
 
+def _same_request(spec: JobSpec, fingerprint: str) -> Job | None:
+    existing = Job.objects.filter(idempotency_key=spec.idempotency_key).first()
+    if existing is not None and existing.spec_fingerprint and existing.spec_fingerprint != fingerprint:
+        raise checks.IdempotencyConflict(spec.idempotency_key or "", existing.pk)
+    return existing
+
+
 @atomic_with_retry
-def _create(spec: JobSpec, actor: Actor) -> Job:
+def _create(spec: JobSpec, actor: Actor, fingerprint: str) -> Job:
     now = clock.now()
-    job = submit.create_job(spec, actor.user_id, now)
+    agents = matching_agents(spec.target)
+    checks.check_target(spec)
+    submit.check_explicit_agents(spec)  # an unknown id is its own error, before "matches no agent"
+    checks.enforce(spec, agents)
+    job = submit.create_job(
+        spec, actor.user_id, now, agents=agents if spec.mode == JobMode.EACH else None, fingerprint=fingerprint
+    )
     record(actor, "job.submit", "job", job.pk, kind=job.kind, mode=job.mode, tasks=job.tasks_total)
     # Tasks pinned to agents named by id: the dispatcher claims for those agents first, without looking.
     wakeup.notify_on_commit(agents=job.target_agent_ids if job.mode == JobMode.EACH else ())
@@ -134,23 +154,52 @@ def resume_job(job_id: int, actor: Actor) -> Job:
 
 
 @atomic_with_retry
-def retry_failed(job_id: int, actor: Actor, task_ids: list[int] | None = None) -> int:
-    """Queue the job's failed and timed-out tasks (or the given subset of them) again."""
+def retry_job_tasks(
+    job_id: int, actor: Actor, task_ids: list[int] | None = None, reset_backoff: bool = False
+) -> RetryAllowance:
+    """Queue the job's failed and timed-out tasks (or the given subset of them) again; what they were given."""
     job = control.lock_job(job_id)
     if job.state == JobState.CANCELED:
         raise InvalidTransition(f"job {job_id} is canceled; clone it instead")
-    count = control.retry_tasks(job, task_ids, actor.label, clock.now())
-    record(actor, "job.retry_failed", "job", job_id, tasks=count, subset=task_ids)
+    allowance = control.retry_tasks(job, task_ids, actor.label, clock.now(), reset_backoff=reset_backoff)
+    record(
+        actor,
+        "job.retry_failed",
+        "job",
+        job_id,
+        tasks=allowance.retried,
+        subset=task_ids,
+        reset_backoff=reset_backoff,
+        attempts=allowance.attempts_allowed,
+    )
     wakeup.notify_on_commit()
-    return count
+    return allowance
+
+
+def retry_failed(job_id: int, actor: Actor, task_ids: list[int] | None = None, reset_backoff: bool = False) -> int:
+    """``retry_job_tasks``, answering how many tasks were queued again."""
+    return retry_job_tasks(job_id, actor, task_ids, reset_backoff).retried
+
+
+def preview_retry(job_id: int, reset_backoff: bool = False) -> RetryAllowance:
+    """What ``retry_job_tasks(job_id)`` would give the job's failed tasks now, without writing."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return control.retry_allowance(job, list(control.retryable_tasks(job, None)), reset_backoff)
 
 
 @atomic_with_retry
-def retry_task(task_id: int, actor: Actor) -> Task:
-    task = control.retry_task(task_id, actor.label, clock.now())
-    record(actor, "task.retry", "task", task_id)
+def retry_task_explained(task_id: int, actor: Actor, reset_backoff: bool = False) -> tuple[Task, RetryAllowance]:
+    """Queue a failed, timed-out or canceled task again; the task and what the retry gave it."""
+    task, allowance = control.retry_task(task_id, actor.label, clock.now(), reset_backoff=reset_backoff)
+    record(actor, "task.retry", "task", task_id, reset_backoff=reset_backoff, attempts=allowance.attempts_allowed)
     wakeup.notify_on_commit()
-    return task
+    return task, allowance
+
+
+def retry_task(task_id: int, actor: Actor, reset_backoff: bool = False) -> Task:
+    return retry_task_explained(task_id, actor, reset_backoff)[0]
 
 
 @atomic_with_retry
@@ -178,13 +227,16 @@ def preview_job(spec: JobSpec) -> JobPreview:
     """What ``submit_job(spec)`` would create now, without writing anything (so nothing is audited either).
 
     Mode ``any`` lists the agents that could take its tasks at once (online and
-    active), since those tasks are not pinned to the agents that match.
+    active), since those tasks are not pinned to the agents that match. The submit
+    rules that depend on the fleet (no matching agent, the kind) are warnings here;
+    an empty target without ``target_all`` is refused as on submit.
     """
+    checks.check_target(spec)
     submit.check_explicit_agents(spec)
-    agents = matching_agents(spec.target)
-    if spec.mode == JobMode.ANY:
-        agents = [agent for agent in agents if agent.is_dispatchable]
-    return build_preview(spec, [agent.pk for agent in agents])
+    matched = matching_agents(spec.target)
+    warnings = checks.assess(spec, matched).warnings
+    agents = [agent for agent in matched if agent.is_dispatchable] if spec.mode == JobMode.ANY else matched
+    return build_preview(spec, [agent.pk for agent in agents], warnings)
 
 
 def add_agent_to_continuous_jobs(agent: Agent) -> list[int]:

@@ -21,6 +21,7 @@ class JobState(models.TextChoices):
     FAILED = "failed", "failed"
     CANCELED = "canceled", "canceled"
     ABORTED = "aborted", "aborted"
+    EMPTY = "empty", "no tasks"
 
 
 def states_help(states: type[models.TextChoices], note: str = "") -> str:
@@ -45,6 +46,11 @@ class Job(models.Model):
     mode = models.CharField(max_length=4, choices=JobMode.choices, default=JobMode.EACH)
     task_count = models.PositiveIntegerField(default=1, help_text="For mode 'any': how many tasks.")
     continuous = models.BooleanField(default=False, help_text="Mode 'each': agents that match later get a task too.")
+    target_all = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="The submitter asked for every agent of the fleet (the target is empty on purpose).",
+    )
     # Policy.
     priority = models.SmallIntegerField(default=0, help_text="Higher runs first.")
     max_attempts = models.PositiveSmallIntegerField(default=3)
@@ -54,6 +60,13 @@ class Job(models.Model):
     execution_timeout_s = models.PositiveIntegerField(default=600)
     not_before = models.DateTimeField(null=True, blank=True)
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True)
+    spec_fingerprint = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="sha256 of the submitted specification (idempotency).",
+    )
     max_in_flight = models.PositiveIntegerField(null=True, blank=True, help_text="Rollout: tasks at once (count).")
     max_in_flight_percent = models.PositiveSmallIntegerField(null=True, blank=True)
     rate_per_minute = models.PositiveIntegerField(null=True, blank=True, help_text="Rollout: assignments per minute.")
@@ -150,6 +163,11 @@ class Task(models.Model):
     priority = models.SmallIntegerField(default=0)
     attempt = models.PositiveSmallIntegerField(default=0)
     max_attempts = models.PositiveSmallIntegerField(default=3)
+    backoff_from_attempt = models.PositiveSmallIntegerField(
+        default=0,
+        db_default=0,
+        help_text="Retry delays grow from here: a retry with reset_backoff sets it to the attempts so far.",
+    )
     not_before = models.DateTimeField()
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)

@@ -23,7 +23,7 @@ from tasks.models import TERMINAL_STATES, Job, JobState, Task, TaskEvent
 
 DURATION_RE = re.compile(r"\A\s*(\d+)\s*([dhm])\s*\Z")
 UNITS = {"d": "days", "h": "hours", "m": "minutes"}
-FINISHED_JOB_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED, JobState.ABORTED)
+FINISHED_JOB_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED, JobState.ABORTED, JobState.EMPTY)
 DEFAULT_BATCH_SIZE = 1000
 
 

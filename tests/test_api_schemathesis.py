@@ -64,7 +64,7 @@ def credentials(db: Any, in_test_transaction: None, monkeypatch: pytest.MonkeyPa
     registry_actions.register_agent("schema-agent", Actor("tester"), capabilities=["echo"], max_concurrency=5)
     _credential, agent_token = registry_actions.issue_token("schema-agent", Actor("tester"))
     actions.submit_job(JobSpec(kind="echo", target_agent_ids=["schema-agent"]), Actor.of_user(admin))
-    actions.submit_job(JobSpec(kind="echo", mode="any", task_count=3), Actor.of_user(admin))
+    actions.submit_job(JobSpec(kind="echo", mode="any", task_count=3, target_all=True), Actor.of_user(admin))
     return {"operator": operator_token, "agent": agent_token}
 
 

@@ -100,7 +100,8 @@ def make_agents(count: int, max_concurrency: int, prefix: str = "worker") -> lis
 def test_5000_tasks_claimed_by_8_threads_are_each_claimed_exactly_once(frozen_clock: FakeClock) -> None:
     total, batch = 5000, 50
     agent_ids = make_agents(THREADS, max_concurrency=100_000)
-    job, _ = actions.submit_job(JobSpec(kind="echo", mode=JobMode.ANY, task_count=total), Actor("tester"))
+    spec = JobSpec(kind="echo", mode=JobMode.ANY, task_count=total, target_all=True)
+    job, _ = actions.submit_job(spec, Actor("tester"))
 
     def claim_and_finish(agent_id: str) -> Callable[[], list[Assignment]]:
         def work() -> list[Assignment]:
@@ -160,6 +161,7 @@ def test_dispatchers_expiry_agents_and_operators_at_once_neither_fail_nor_break_
         fields.setdefault("execution_timeout_s", 40)
         fields.setdefault("backoff_base_s", 1.0)
         fields.setdefault("backoff_cap_s", 4.0)
+        fields.setdefault("target_all", True)
         return actions.submit_job(JobSpec(**fields), operator)[0].pk
 
     bulk = submit(task_count=300, max_attempts=3)
@@ -317,7 +319,14 @@ def test_dispatchers_expiry_agents_and_operators_at_once_neither_fail_nor_break_
 
 
 def test_same_idempotency_key_from_8_threads_at_once_makes_one_job(frozen_clock: FakeClock) -> None:
-    spec = JobSpec(kind="echo", mode=JobMode.ANY, task_count=20, idempotency_key="deploy-2026-01-01")
+    spec = JobSpec(
+        kind="echo",
+        mode=JobMode.ANY,
+        task_count=20,
+        idempotency_key="deploy-2026-01-01",
+        target_all=True,
+        allow_no_agents=True,
+    )
 
     def submit() -> tuple[int, bool]:
         job, created = actions.submit_job(spec, Actor("tester"))
@@ -345,7 +354,8 @@ def test_claims_waiting_on_a_rate_limited_job_count_into_one_rate_window(frozen_
     """
     operator = Actor("tester")
     make_agents(3, max_concurrency=10)
-    job, _ = actions.submit_job(JobSpec(kind="echo", mode=JobMode.ANY, task_count=10, rate_per_minute=4), operator)
+    spec = JobSpec(kind="echo", mode=JobMode.ANY, task_count=10, rate_per_minute=4, target_all=True)
+    job, _ = actions.submit_job(spec, operator)
     claimed: dict[str, int] = {}
 
     def second_dispatcher() -> None:

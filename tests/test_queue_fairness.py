@@ -45,6 +45,8 @@ ROLLOUTS = [
 
 def _submit(priority: int, rollout: tuple[str, int] | None, count: int, **fields: object) -> Job:
     limits = {rollout[0]: rollout[1]} if rollout else {}
+    fields.setdefault("target_all", not fields.get("target_labels"))
+    fields.setdefault("allow_no_agents", True)
     spec = JobSpec(kind="echo", mode=JobMode.ANY, task_count=count, priority=priority, **limits, **fields)
     return actions.submit_job(spec, OPERATOR)[0]
 
@@ -171,7 +173,7 @@ def test_a_rollout_spreads_over_every_eligible_agent(frozen_clock: FakeClock) ->
 def test_a_finished_rollout_task_wakes_the_dispatcher_for_the_agent_of_the_next_one(frozen_clock: FakeClock) -> None:
     """Refill on report: the NOTIFY names the agent the rollout's next task is pinned to, not only the reporter."""
     agent_ids = _agents([1, 1, 1])
-    actions.submit_job(JobSpec(kind="echo", max_in_flight=1), OPERATOR)
+    actions.submit_job(JobSpec(kind="echo", max_in_flight=1, target_all=True), OPERATOR)
     [first] = [a for assignments in actions.claim_for_agents(agent_ids, 1).values() for a in assignments]
     reporter = Task.objects.get(pk=first.task_id).agent_id
     following = Task.objects.filter(state=TaskState.QUEUED).order_by("pk").first()

@@ -38,7 +38,7 @@ from ops.audit import Actor
 from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
-from tasks.engine import clock
+from tasks.engine import checks, clock
 from tasks.engine.claim import rate_burst
 from tasks.engine.errors import InvalidTransition
 from tasks.engine.reports import REPORT_KINDS, Report
@@ -239,7 +239,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.sent: list[tuple[str, Report]] = []
         self.stored_message_ids: set[str] = set()
         self.message_seq = 0
-        self.keys: dict[str, int] = {}
+        self.keys: dict[str, tuple[int, str]] = {}  # key: (its job, the spec's fingerprint)
 
     def teardown(self) -> None:
         clock.set_clock(None)
@@ -381,6 +381,9 @@ class QueueMachine(RuleBasedStateMachine):
             mode=mode,
             task_count=count,
             target_agent_ids=target_ids,
+            target_all=not target_ids,
+            allow_no_agents=True,  # the machine explores every job, the checks are tested on their own
+            allow_unsupported_kind=True,
             max_attempts=max_attempts,
             priority=priority,
             backoff_base_s=5.0,
@@ -395,13 +398,18 @@ class QueueMachine(RuleBasedStateMachine):
             abort_failure_ratio=abort[0] if abort else None,
             abort_min_finished=abort[1] if abort else 1,
         )
+        if key in self.keys and self.keys[key][1] != checks.fingerprint(spec):
+            with pytest.raises(checks.IdempotencyConflict) as conflict:
+                actions.submit_job(spec, self.actor)
+            assert conflict.value.details["existing_job"] == self.keys[key][0], "a reused key names its job"
+            return
         job, created = actions.submit_job(spec, self.actor)
         if key in self.keys:
-            assert (created, job.pk) == (False, self.keys[key]), "an idempotency key must return its first job"
+            assert (created, job.pk) == (False, self.keys[key][0]), "an idempotency key must return its first job"
             return
         assert created
         if key:
-            self.keys[key] = job.pk
+            self.keys[key] = (job.pk, checks.fingerprint(spec))
         expected_total = count if mode == JobMode.ANY else len(target_ids or self.agent_ids)
         assert job.tasks_total == expected_total
         self.job_ids.append(job.pk)

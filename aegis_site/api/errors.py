@@ -3,7 +3,9 @@
     {"error": {"code": "not_found", "message": "Task 12 does not exist.", "fields": {...}}}
 
 ``code`` is stable (clients branch on it), ``message`` is for people, ``fields``
-only on validation errors (the serializer's per-field messages). Domain errors
+only on validation errors (the serializer's per-field messages). A body with
+fields the endpoint does not take (``aegis_site.api.strict``) says so in the
+message too, naming them: ``"The request is not valid: unknown field 'target'."`` Domain errors
 of the engine and registry map to 404/409/400 here, so views just call actions.
 """
 
@@ -20,8 +22,10 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from aegis_site.api.authentication import client_address
 from aegis_site.api.exceptions import Conflict, TooLarge
+from aegis_site.api.strict import READ_ONLY_FIELD, UNKNOWN_FIELD
 from ops.metrics import counters
 from registry.actions import EnrolmentRefused
+from tasks.engine.checks import SpecRefused
 from tasks.engine.errors import InvalidTarget, InvalidTransition, NotFound
 
 log = logging.getLogger("aegis.api")
@@ -53,6 +57,8 @@ def _translate(exc: Exception) -> Exception:
         return exceptions.NotFound(str(exc) or "Not found.")
     if isinstance(exc, InvalidTransition):
         return Conflict(str(exc), code=exc.code)
+    if isinstance(exc, SpecRefused):
+        return exceptions.ValidationError({exc.field: [str(exc)]}, code=exc.code)
     if isinstance(exc, InvalidTarget):
         return exceptions.ValidationError({"target": [str(exc)]}, code=exc.code)
     if isinstance(exc, EnrolmentRefused):
@@ -65,6 +71,8 @@ def _translate(exc: Exception) -> Exception:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    details = getattr(exc, "details", None)  # a domain error's ids for clients: {"existing_job": 12, ...}
+    refused = exc if isinstance(exc, SpecRefused) else None
     exc = _translate(exc)
     response = drf_exception_handler(exc, context)
     if response is None:
@@ -83,11 +91,34 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             code = codes
     if isinstance(exc, exceptions.ValidationError):
         fields = response.data if isinstance(response.data, dict) else {"non_field_errors": response.data}
-        response.data = body("invalid", "The request is not valid.", fields)
+        message = str(refused) if refused is not None else _invalid_message(exc.get_codes())
+        response.data = body(refused.code if refused is not None else "invalid", message, fields)
     else:
         detail = getattr(exc, "detail", None)
         response.data = body(code, str(detail) if detail is not None else str(exc))
+    if isinstance(details, dict) and details:
+        response.data["error"].update(details)
     return response
+
+
+def _invalid_message(codes: Any) -> str:
+    """``"The request is not valid."``, naming the unknown and read-only fields sent (dotted paths when nested)."""
+    named: dict[str, list[str]] = {UNKNOWN_FIELD: [], READ_ONLY_FIELD: []}
+    stack: list[tuple[str, Any]] = [("", codes)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), value) for key, value in item.items())
+        elif isinstance(item, list):
+            stack.extend((path, entry) for entry in item)
+        elif item in named:
+            named[item].append(path)
+    parts = [
+        f"{what} field{'s' if len(paths) > 1 else ''} {', '.join(repr(path) for path in sorted(paths))}"
+        for what, paths in (("unknown", named[UNKNOWN_FIELD]), ("read-only", named[READ_ONLY_FIELD]))
+        if paths
+    ]
+    return f"The request is not valid: {'; '.join(parts)}." if parts else "The request is not valid."
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

@@ -246,7 +246,9 @@ def test_a_personal_token_authenticates_as_its_user_until_revoked():
     with_token = bearer(issued["token"])
 
     listed = with_token.get("/api/v1/jobs/")
-    created = with_token.post("/api/v1/jobs/", {"kind": "echo", "mode": "any"}, format="json")
+    created = with_token.post(
+        "/api/v1/jobs/", {"kind": "echo", "mode": "any", "target_all": True, "allow_no_agents": True}, format="json"
+    )
     assert listed.status_code == 200
     assert created.status_code == 201, created.json()
     assert created.json()["created_by"] == "ops"

@@ -36,7 +36,8 @@ def ids() -> dict[str, set[int]]:
 def test_a_backup_taken_during_writes_restores_every_row_committed_before_it(make_agent: Any, tmp_path: Path) -> None:
     make_agent("load-1")
     actor = Actor("tester")
-    submit_job(JobSpec(kind="echo", mode="any", task_count=3000), actor)  # 3,000 tasks and 3,000 events
+    # 3,000 tasks and 3,000 events
+    submit_job(JobSpec(kind="echo", mode="any", task_count=3000, target_all=True), actor)
     before = ids()
     assert len(before["tasks"]) == 3000
     assert len(before["events"]) >= 3000
@@ -48,7 +49,7 @@ def test_a_backup_taken_during_writes_restores_every_row_committed_before_it(mak
     def keep_writing() -> None:
         try:
             while not stop.is_set():
-                job, _ = submit_job(JobSpec(kind="echo", mode="any", task_count=20), actor)
+                job, _ = submit_job(JobSpec(kind="echo", mode="any", task_count=20, target_all=True), actor)
                 written.append(job.pk)
         except BaseException as exc:  # surfaced below
             errors.append(exc)

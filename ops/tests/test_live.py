@@ -102,7 +102,7 @@ def test_staff_socket_hears_of_an_agent_drained_through_the_action(staff_cookie,
 
 def test_staff_socket_hears_of_tasks_and_jobs_when_an_agent_reports(staff_cookie, make_agent):
     make_agent("node-1")
-    task_actions.submit_job(JobSpec(kind="echo", mode="any", task_count=1), OPERATOR)
+    task_actions.submit_job(JobSpec(kind="echo", mode="any", task_count=1, target_all=True), OPERATOR)
     (assignment,) = task_actions.claim_tasks("node-1", 1)
 
     def succeed() -> None:

@@ -92,10 +92,16 @@ def test_detail_and_unknown_agent(fleet, admin_client):
 
 
 def test_patch_changes_labels_and_admin_state_but_not_presence(fleet, admin_client):
-    answer = admin_client.patch(
+    refused = admin_client.patch(
         "/api/v1/agents/web-1/",
         {"labels": {"role": "api"}, "admin_state": "draining", "connectivity": "offline", "version": "evil"},
         format="json",
+    )
+    assert refused.status_code == 400  # not the operator's to set: refused, not quietly dropped
+    assert refused.json()["error"]["fields"] == {"connectivity": ["Unknown field."], "version": ["Unknown field."]}
+    assert Agent.objects.get(pk="web-1").labels == {"role": "web", "zone": "a"}
+    answer = admin_client.patch(
+        "/api/v1/agents/web-1/", {"labels": {"role": "api"}, "admin_state": "draining"}, format="json"
     )
     assert answer.status_code == 200, answer.content
     agent = Agent.objects.get(pk="web-1")

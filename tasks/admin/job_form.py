@@ -63,13 +63,19 @@ class JobForm(forms.Form):
         required=False,
         label="Agent ids",
         widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
-        help_text="Only these agents, separated by commas, spaces or new lines. Empty: any agent.",
+        help_text="Only these agents, separated by commas, spaces or new lines.",
     )
     target_capabilities = forms.CharField(
         required=False,
         label="Capabilities",
         widget=forms.TextInput(attrs={"size": 60}),
         help_text="The agent must offer all of these, separated by commas.",
+    )
+    target_all = forms.BooleanField(
+        required=False,
+        label="Target every agent of the fleet",
+        help_text="Tick to launch a job without agent ids, labels or capabilities: it goes to every agent. "
+        "Without a target and without this, nothing is launched.",
     )
     mode = forms.ChoiceField(choices=JobMode.choices, initial=JobMode.EACH)
     task_count = forms.IntegerField(required=False, initial=1, help_text="Mode 'any' only: how many tasks.")
@@ -95,7 +101,21 @@ class JobForm(forms.Form):
         help_text="Do not start before this time (server time zone).",
     )
     idempotency_key = forms.CharField(
-        required=False, max_length=200, help_text="Launching the same key again shows the existing job."
+        required=False,
+        max_length=200,
+        help_text="Launching the same job with the same key again shows the existing job; "
+        "another job with a used key is refused.",
+    )
+    # The answers to the submit checks (tasks.engine.checks): shown with the check's warning.
+    allow_no_agents = forms.BooleanField(
+        required=False,
+        label="Launch although no agent matches",
+        help_text="The job is created with no tasks (mode each) or its tasks wait for an agent (mode any).",
+    )
+    allow_unsupported_kind = forms.BooleanField(
+        required=False,
+        label="Launch although agents do not offer the kind",
+        help_text="Their tasks will fail: the kind is not among their capabilities.",
     )
 
     def clean_payload(self) -> Any:
@@ -191,6 +211,7 @@ def initial_from_job(job: Job) -> dict[str, Any]:
         "mode": job.mode,
         "task_count": job.task_count if job.mode == JobMode.ANY else 1,
         "continuous": job.continuous,
+        "target_all": job.target_all,
         "priority": job.priority,
         "max_attempts": job.max_attempts,
         "backoff_base_s": job.backoff_base_s,
@@ -217,6 +238,9 @@ def request_body(form: JobForm, labels: BaseLabelRowFormSet) -> dict[str, Any]:
         "target_capabilities": _split(data["target_capabilities"], _LIST_SEPARATORS),
         "mode": data["mode"],
         "continuous": data["continuous"],
+        "target_all": data["target_all"],
+        "allow_no_agents": data["allow_no_agents"],
+        "allow_unsupported_kind": data["allow_unsupported_kind"],
         "priority": data["priority"] if data["priority"] is not None else 0,
     }
     for name in _OPTIONAL:

@@ -21,7 +21,8 @@ from ops.adminkit import actor_of
 from registry.models import AdminState, Agent, Connectivity
 from tasks import actions
 from tasks.admin import job_form
-from tasks.engine.errors import EngineError
+from tasks.engine import checks
+from tasks.engine.errors import EngineError, InvalidTarget
 from tasks.engine.preview import JobPreview, Wave
 from tasks.engine.submit import JobSpec
 from tasks.models import Job
@@ -54,6 +55,22 @@ class PreviewView:
     @property
     def waves(self) -> list[Wave]:
         return self.preview.waves[:PREVIEW_WAVES_SHOWN]
+
+    @property
+    def warnings(self) -> list[checks.Warning]:
+        """What the submit checks found, but the fleet-wide notice (the agent count line says that)."""
+        return [warning for warning in self.preview.warnings if warning.code != checks.FLEET_WIDE]
+
+    def warns(self, code: str) -> bool:
+        return self.preview.warning(code) is not None
+
+    @property
+    def no_agents(self) -> bool:
+        return self.warns(checks.NO_MATCHING_AGENT)
+
+    @property
+    def kind_not_offered(self) -> bool:
+        return self.warns(checks.KIND_NOT_OFFERED)
 
 
 def preview_view(preview: JobPreview) -> PreviewView:
@@ -120,8 +137,20 @@ def _preview(spec: JobSpec, form: job_form.JobForm) -> PreviewView | None:
     try:
         return preview_view(actions.preview_job(spec))
     except EngineError as exc:
-        form.add_error("target_agent_ids", str(exc))
+        _refused(form, exc)
         return None
+
+
+def _refused(form: job_form.JobForm, exc: EngineError) -> None:
+    """The engine's refusal as a form error on the field that answers it (the API names the same field)."""
+    if isinstance(exc, checks.SpecRefused):
+        form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+    elif isinstance(exc, checks.IdempotencyConflict):
+        form.add_error("idempotency_key", str(exc))
+    elif isinstance(exc, InvalidTarget):
+        form.add_error("target_agent_ids", str(exc))
+    else:
+        form.add_error(None, str(exc))
 
 
 def _launch(
@@ -130,7 +159,7 @@ def _launch(
     try:
         job, created = actions.submit_job(spec, actor_of(request))
     except EngineError as exc:
-        form.add_error("target_agent_ids", str(exc))
+        _refused(form, exc)
         return None
     if created:
         model_admin.message_user(request, f"Launched job {job.pk} with {job.tasks_total} tasks.", messages.SUCCESS)

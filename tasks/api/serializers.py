@@ -119,7 +119,7 @@ class JobCreateSerializer(serializers.Serializer):
         child=serializers.RegexField(AGENT_ID_PATTERN, max_length=63),
         required=False,
         max_length=MAX_TARGET_AGENTS,
-        help_text="Only these agents (each must exist). Empty: any agent.",
+        help_text="Only these agents (each must exist).",
     )
     target_labels = LabelSelectorField(required=False, help_text="Label selector: {key: value | [values]}.")
     target_capabilities = serializers.ListField(
@@ -127,6 +127,20 @@ class JobCreateSerializer(serializers.Serializer):
         required=False,
         max_length=MAX_CAPABILITIES,
         help_text="The agent must offer all of these.",
+    )
+    target_all = serializers.BooleanField(
+        default=False,
+        help_text="Every agent of the fleet, on purpose. Required when no target is given (no agent ids, labels or "
+        "capabilities); refused together with one.",
+    )
+    allow_no_agents = serializers.BooleanField(
+        default=False,
+        help_text="Launch even though the target matches no agent now (continuous jobs need not say so). "
+        "Not stored on the job.",
+    )
+    allow_unsupported_kind = serializers.BooleanField(
+        default=False,
+        help_text="Launch even though matching agents do not offer the kind (their capabilities). Not stored.",
     )
     mode = serializers.ChoiceField(
         choices=JobMode.choices,
@@ -151,7 +165,8 @@ class JobCreateSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         allow_blank=True,
-        help_text="Submitting the same key again returns the existing job (200) instead of a new one.",
+        help_text="Submitting the same key again with the same specification returns the existing job (200) "
+        "instead of a new one; with a different specification it is a 409 naming that job.",
     )
     max_in_flight = serializers.IntegerField(
         min_value=1, max_value=MAX_ROLLOUT, required=False, allow_null=True, help_text="Rollout: tasks at once."
@@ -220,6 +235,7 @@ class JobSerializer(serializers.ModelSerializer):
             "mode",
             "task_count",
             "continuous",
+            "target_all",
             "priority",
             "max_attempts",
             "backoff_base_s",
@@ -287,7 +303,19 @@ class CancelSerializer(serializers.Serializer):
     )
 
 
-class RetryFailedSerializer(serializers.Serializer):
+class NoBodySerializer(serializers.Serializer):
+    """The operation takes no parameters: an empty object or no body (any field is refused as unknown)."""
+
+
+class RetrySerializer(serializers.Serializer):
+    reset_backoff = serializers.BooleanField(
+        default=False,
+        help_text="The retried tasks' delays between attempts start again from backoff_base_s. "
+        "Without it they continue to grow from the attempt number.",
+    )
+
+
+class RetryFailedSerializer(RetrySerializer):
     task_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_ID),
         required=False,
@@ -297,14 +325,43 @@ class RetryFailedSerializer(serializers.Serializer):
     )
 
 
-class RetryFailedResultSerializer(serializers.Serializer):
+class BackoffRangeSerializer(serializers.Serializer):
+    min_s = serializers.FloatField()
+    max_s = serializers.FloatField()
+
+
+class RetryAllowanceSerializer(serializers.Serializer):
+    """What a retry gives the tasks: each gets the job's max_attempts more attempts, numbered on from the last."""
+
     retried = serializers.IntegerField(help_text="How many tasks were queued again.")
+    more_attempts = serializers.IntegerField(help_text="Attempts each retried task gets: the job's max_attempts.")
+    attempts_allowed = serializers.CharField(
+        help_text="The attempt numbers now allowed, e.g. '5-7' (several ranges when the tasks had run "
+        "different numbers of attempts; empty when nothing was retried)."
+    )
+    next_attempt = serializers.IntegerField(allow_null=True, help_text="The lowest next attempt number.")
+    max_attempts = serializers.IntegerField(allow_null=True, help_text="The highest attempt number now allowed.")
+    reason = serializers.CharField(help_text="Why this many: e.g. '3 more attempts: the job's max_attempts'.")
+    reset_backoff = serializers.BooleanField()
+    next_backoff = BackoffRangeSerializer(
+        allow_null=True,
+        help_text="The wait after the next attempt if it fails too (jitter picks a value in the range).",
+    )
+
+
+class RetryFailedResultSerializer(RetryAllowanceSerializer):
     job = JobDetailSerializer()
 
 
 class WaveSerializer(serializers.Serializer):
     wave = serializers.IntegerField(help_text="1 for the first wave.")
     tasks = serializers.IntegerField()
+
+
+class PreviewWarningSerializer(serializers.Serializer):
+    code = serializers.CharField(help_text="fleet_wide, no_matching_agent, kind_not_offered or kind_unknown.")
+    message = serializers.CharField()
+    agents = serializers.ListField(child=serializers.CharField(), help_text="The agents concerned (the first 1000).")
 
 
 class JobPreviewSerializer(serializers.Serializer):
@@ -323,6 +380,12 @@ class JobPreviewSerializer(serializers.Serializer):
     )
     wave_count = serializers.IntegerField()
     waves = WaveSerializer(many=True, help_text="The first 1000 waves.")
+    target_all = serializers.BooleanField(help_text="The job targets every agent of the fleet.")
+    warnings = PreviewWarningSerializer(
+        many=True,
+        help_text="What the submit checks found: fleet_wide, no_matching_agent, kind_not_offered (certain "
+        "failures; submit refuses them without allow_no_agents / allow_unsupported_kind), kind_unknown.",
+    )
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -389,6 +452,20 @@ class TaskDetailSerializer(TaskSerializer):
     @extend_schema_field(serializers.BooleanField(help_text="More than 500 events: only the first 500 are listed."))
     def get_events_truncated(self, task: Task) -> bool:
         return len(self._events(task)) > MAX_EVENTS
+
+
+class TaskRetriedSerializer(TaskDetailSerializer):
+    """The task queued again, and what the retry gave it (``retry``)."""
+
+    retry = serializers.SerializerMethodField()
+
+    class Meta(TaskDetailSerializer.Meta):
+        fields = (*TaskDetailSerializer.Meta.fields, "retry")
+        read_only_fields = fields
+
+    @extend_schema_field(RetryAllowanceSerializer)
+    def get_retry(self, task: Task) -> dict[str, Any]:
+        return RetryAllowanceSerializer(self.context["allowance"]).data
 
 
 class ExplanationSerializer(serializers.Serializer):

@@ -22,9 +22,12 @@ from tasks.api.serializers import (
     JobDetailSerializer,
     JobPreviewSerializer,
     JobSerializer,
+    NoBodySerializer,
     RetryFailedResultSerializer,
     RetryFailedSerializer,
+    RetrySerializer,
     TaskDetailSerializer,
+    TaskRetriedSerializer,
     TaskSerializer,
 )
 from tasks.models import Job, Task
@@ -67,7 +70,17 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         request=JobCreateSerializer,
         responses={
             201: JobDetailSerializer,
-            200: OpenApiResponse(JobDetailSerializer, description="The idempotency key was used: the existing job."),
+            200: OpenApiResponse(
+                JobDetailSerializer, description="The idempotency key was used with the same specification: that job."
+            ),
+            400: OpenApiResponse(
+                description="Not valid, or refused by a submit check (code target_required, target_all_with_target, "
+                "no_matching_agent, kind_not_offered; the error names the field that would allow it)."
+            ),
+            409: OpenApiResponse(
+                description="idempotency_conflict: the key was used by another specification; the error holds "
+                "existing_job and idempotency_key."
+            ),
         },
     )
     def create(self, request: Request) -> Response:
@@ -96,28 +109,35 @@ class JobViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
         force = _valid(CancelSerializer, request)["force"]
         return self._detail(actions.cancel_job(pk, Actor.of_user(request.user), force=force))
 
-    @extend_schema(request=None, responses=JobDetailSerializer, summary="Stop assigning the job's tasks.")
+    @extend_schema(request=NoBodySerializer, responses=JobDetailSerializer, summary="Stop assigning the job's tasks.")
     @action(detail=True, methods=["post"])
     def pause(self, request: Request, pk: int) -> Response:
+        _valid(NoBodySerializer, request)
         return self._detail(actions.pause_job(pk, Actor.of_user(request.user)))
 
-    @extend_schema(request=None, responses=JobDetailSerializer, summary="Assign a paused job's tasks again.")
+    @extend_schema(
+        request=NoBodySerializer, responses=JobDetailSerializer, summary="Assign a paused job's tasks again."
+    )
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: int) -> Response:
+        _valid(NoBodySerializer, request)
         return self._detail(actions.resume_job(pk, Actor.of_user(request.user)))
 
     @extend_schema(
         request=RetryFailedSerializer,
         responses=RetryFailedResultSerializer,
-        summary="Queue the job's failed and timed-out tasks (or some of them) again.",
+        summary="Queue the job's failed and timed-out tasks (or some of them) again, each with the job's "
+        "max_attempts more attempts; the answer says which attempt numbers that allows and why.",
     )
     @action(detail=True, methods=["post"], url_path="retry-failed")
     def retry_failed(self, request: Request, pk: int) -> Response:
-        task_ids = _valid(RetryFailedSerializer, request).get("task_ids")
-        retried = actions.retry_failed(pk, Actor.of_user(request.user), task_ids=task_ids)
+        body = _valid(RetryFailedSerializer, request)
+        allowance = actions.retry_job_tasks(
+            pk, Actor.of_user(request.user), task_ids=body.get("task_ids"), reset_backoff=body["reset_backoff"]
+        )
         job = self.get_queryset().get(pk=pk)
         context = self.get_serializer_context()
-        return Response({"retried": retried, "job": JobDetailSerializer(job, context=context).data})
+        return Response({**allowance.as_dict(), "job": JobDetailSerializer(job, context=context).data})
 
 
 class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -157,12 +177,18 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         return self._detail(task.pk)
 
     @extend_schema(
-        request=None, responses=TaskDetailSerializer, summary="Queue a failed, timed-out or canceled task again."
+        request=RetrySerializer,
+        responses=TaskRetriedSerializer,
+        summary="Queue a failed, timed-out or canceled task again with the job's max_attempts more attempts "
+        "(retry: which attempt numbers that allows and why).",
     )
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: int) -> Response:
-        task = actions.retry_task(pk, Actor.of_user(request.user))
-        return self._detail(task.pk)
+        reset_backoff = _valid(RetrySerializer, request)["reset_backoff"]
+        task, allowance = actions.retry_task_explained(pk, Actor.of_user(request.user), reset_backoff=reset_backoff)
+        task = self.get_queryset().get(pk=task.pk)
+        context = {**self.get_serializer_context(), "allowance": allowance.as_dict()}
+        return Response(TaskRetriedSerializer(task, context=context).data)
 
     @extend_schema(responses=ExplanationSerializer, summary="Why the task is not running (yet).")
     @action(detail=True, methods=["get"])

@@ -104,9 +104,11 @@ def _final_fields(job: Job, now: datetime) -> dict[str, object]:
         return {}  # the abort decides
     job.finished_at = now
     if job.state in OPEN_JOB_STATES:
-        if job.tasks_failed:
+        if not job.tasks_total:
+            job.state = JobState.EMPTY  # nothing ran: never "succeeded, 0 of 0"
+        elif job.tasks_failed:
             job.state = JobState.FAILED
-        elif job.tasks_succeeded or not job.tasks_total:
+        elif job.tasks_succeeded:
             job.state = JobState.SUCCEEDED
         else:
             job.state = JobState.CANCELED

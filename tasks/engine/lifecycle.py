@@ -51,7 +51,10 @@ def end_attempt(
         task.finished_at = now
     elif retryable and task.attempt < task.max_attempts:
         task.state = TaskState.QUEUED
-        delay = backoff_delay(task.attempt, job.backoff_base_s, job.backoff_cap_s)
+        # Counted from the last retry that reset the backoff (0: from the first attempt).
+        delay = backoff_delay(
+            task.attempt - getattr(task, "backoff_from_attempt", 0), job.backoff_base_s, job.backoff_cap_s
+        )
         task.not_before = now + timedelta(seconds=delay)
         if not task.pinned:
             task.agent_id = None

@@ -9,11 +9,14 @@ flight at once, or what may be assigned in one minute.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from tasks.engine.submit import JobSpec
 from tasks.models import JobMode
+
+if TYPE_CHECKING:
+    from tasks.engine.checks import Warning
 
 MAX_LISTED = 1000  # agent ids and waves listed in a preview; the counts are always complete
 
@@ -41,6 +44,11 @@ class JobPreview:
     paced_by: str
     wave_count: int
     waves: list[Wave]  # at most MAX_LISTED
+    warnings: list[Warning] = field(default_factory=list)  # the submit rules' findings (tasks.engine.checks)
+    target_all: bool = False
+
+    def warning(self, code: str) -> Warning | None:
+        return next((warning for warning in self.warnings if warning.code == code), None)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +59,8 @@ class JobPreview:
             "paced_by": self.paced_by,
             "wave_count": self.wave_count,
             "waves": [wave.as_dict() for wave in self.waves],
+            "target_all": self.target_all,
+            "warnings": [warning.as_dict() for warning in self.warnings],
         }
 
 
@@ -90,7 +100,7 @@ def waves(task_count: int, size: int | None, limit: int = MAX_LISTED) -> tuple[i
     return count, listed
 
 
-def build(spec: JobSpec, agent_ids: Sequence[str]) -> JobPreview:
+def build(spec: JobSpec, agent_ids: Sequence[str], warnings: Sequence[Warning] = ()) -> JobPreview:
     """The preview of ``spec`` given the agents it selects now.
 
     Mode ``each``: one task per selected agent. Mode ``any``: ``task_count`` tasks;
@@ -107,4 +117,6 @@ def build(spec: JobSpec, agent_ids: Sequence[str]) -> JobPreview:
         paced_by=paced_by,
         wave_count=wave_count,
         waves=listed,
+        warnings=list(warnings),
+        target_all=spec.target_all,
     )

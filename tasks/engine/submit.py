@@ -47,10 +47,20 @@ class JobSpec:
     rate_per_minute: int | None = None
     abort_failure_ratio: float | None = None
     abort_min_finished: int = 1
+    # Every agent of the fleet, on purpose: an empty target is refused without it (``tasks.engine.checks``).
+    target_all: bool = False
+    # The submitter's answers to the checks (not part of the job): launch although the target matches no
+    # agent now, or although matched agents do not offer the kind.
+    allow_no_agents: bool = False
+    allow_unsupported_kind: bool = False
 
     @property
     def target(self) -> Target:
         return Target(self.target_agent_ids, self.target_labels, self.target_capabilities)
+
+    @property
+    def untargeted(self) -> bool:
+        return not (self.target_agent_ids or self.target_labels or self.target_capabilities)
 
 
 def check_explicit_agents(spec: JobSpec) -> None:
@@ -62,8 +72,18 @@ def check_explicit_agents(spec: JobSpec) -> None:
         raise InvalidTarget(f"unknown agent ids: {', '.join(unknown[:20])}")
 
 
-def create_job(spec: JobSpec, created_by_id: int | None, now: datetime) -> Job:
-    """Create the job row and materialise its tasks. Call inside a transaction."""
+def create_job(
+    spec: JobSpec,
+    created_by_id: int | None,
+    now: datetime,
+    agents: list[Agent] | None = None,
+    fingerprint: str = "",
+) -> Job:
+    """Create the job row and materialise its tasks. Call inside a transaction.
+
+    ``agents``: the target's agents when the caller looked them up already (``matching_agents``).
+    The submit rules (``tasks.engine.checks``) are the action's; this only builds what it is given.
+    """
     check_explicit_agents(spec)
     job = Job.objects.create(
         kind=spec.kind,
@@ -74,6 +94,8 @@ def create_job(spec: JobSpec, created_by_id: int | None, now: datetime) -> Job:
         mode=spec.mode,
         task_count=spec.task_count if spec.mode == JobMode.ANY else 0,
         continuous=spec.continuous and spec.mode == JobMode.EACH,
+        target_all=spec.target_all,
+        spec_fingerprint=fingerprint,
         priority=spec.priority,
         max_attempts=spec.max_attempts,
         backoff_base_s=spec.backoff_base_s,
@@ -91,7 +113,7 @@ def create_job(spec: JobSpec, created_by_id: int | None, now: datetime) -> Job:
     )
     agent_ids: list[str | None]
     if spec.mode == JobMode.EACH:
-        agent_ids = [agent.pk for agent in matching_agents(spec.target)]
+        agent_ids = [agent.pk for agent in (matching_agents(spec.target) if agents is None else agents)]
     else:
         agent_ids = [None] * spec.task_count
     add_tasks(job, agent_ids, now)

@@ -166,6 +166,7 @@ def test_launch_submits_the_job_and_audits_it_as_the_operator(admin_client, admi
         abort_min_finished=4,
         not_before="2030-01-02T03:04",
         idempotency_key="deploy-1.2",
+        allow_unsupported_kind="on",  # db-1 offers gpu only: its task will fail, and the operator says so
         _launch="Launch",
     )
 
@@ -192,21 +193,39 @@ def test_launch_submits_the_job_and_audits_it_as_the_operator(admin_client, admi
 
 
 def test_launch_of_mode_any_makes_task_count_tasks(admin_client, fleet):
-    admin_client.post(ADD, form_data(mode="any", task_count=6, _launch="Launch"))
+    admin_client.post(ADD, form_data(mode="any", task_count=6, target_all="on", _launch="Launch"))
 
     job = Job.objects.get()
     assert (job.mode, job.tasks_total, Task.objects.filter(agent__isnull=True).count()) == (JobMode.ANY, 6, 6)
 
 
 def test_launch_with_a_used_idempotency_key_shows_the_existing_job(admin_client, fleet):
-    admin_client.post(ADD, form_data(idempotency_key="once", _launch="Launch"))
+    admin_client.post(ADD, form_data(idempotency_key="once", target_agent_ids="web-1", _launch="Launch"))
     first = Job.objects.get()
 
-    response = admin_client.post(ADD, form_data(idempotency_key="once", kind="other", _launch="Launch"))
+    response = admin_client.post(ADD, form_data(idempotency_key="once", target_agent_ids="web-1", _launch="Launch"))
 
     assert response["Location"] == detail_url(first)
     assert Job.objects.count() == 1
     assert AuditEvent.objects.count() == 1
+
+
+def test_launch_of_another_job_with_a_used_idempotency_key_is_a_form_error_naming_the_job(admin_client, fleet):
+    admin_client.post(ADD, form_data(idempotency_key="once", target_agent_ids="web-1", _launch="Launch"))
+    first = Job.objects.get()
+
+    response = admin_client.post(
+        ADD, form_data(idempotency_key="once", kind="other", target_agent_ids="web-1", _launch="Launch")
+    )
+
+    assert response.status_code == 200
+    errors = response.context["form"].errors["idempotency_key"]
+    assert errors == [
+        f"The idempotency key 'once' was used by job {first.pk} with a different specification; nothing was "
+        "launched. Send the same body to get that job, or use a new key."
+    ]
+    assert "Nothing was launched" in response.content.decode()
+    assert Job.objects.count() == 1
 
 
 # --- create: errors -------------------------------------------------------------------------
@@ -554,7 +573,7 @@ def test_staff_with_add_permission_can_launch(fleet):
     client = login(creator)
 
     assert 'id="job-preview-button"' in client.get(ADD).content.decode()
-    response = client.post(ADD, form_data(_launch="1"))
+    response = client.post(ADD, form_data(target_agent_ids="web-1", _launch="1"))
 
     job = Job.objects.get()
     assert response["Location"] == detail_url(job)

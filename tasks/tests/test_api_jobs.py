@@ -98,7 +98,8 @@ def test_fields_left_out_take_the_server_defaults(api, make_agent, settings):
     settings.TASK_DEFAULT_MAX_ATTEMPTS = 7
     settings.TASK_DEFAULT_EXECUTION_TIMEOUT = 1234
 
-    response = api.post(JOBS, {"kind": "echo", "mode": "any", "task_count": 3}, format="json")
+    body = {"kind": "echo", "mode": "any", "task_count": 3, "target_all": True, "allow_no_agents": True}
+    response = api.post(JOBS, body, format="json")
 
     assert response.status_code == 201, response.json()
     job = Job.objects.get()
@@ -143,7 +144,8 @@ def test_every_spec_field_reaches_the_job(api, make_agent):
 
 
 def test_same_idempotency_key_returns_the_existing_job_with_200(api, make_agent):
-    body = {"kind": "echo", "mode": "any", "task_count": 2, "idempotency_key": "deploy-42"}
+    body = {"kind": "echo", "mode": "any", "task_count": 2, "idempotency_key": "deploy-42", "target_all": True}
+    body["allow_no_agents"] = True
     first = api.post(JOBS, body, format="json")
     second = api.post(JOBS, body, format="json")
 
@@ -469,7 +471,7 @@ def test_retry_failed_of_a_canceled_job_is_409_and_bad_ids_400(api, spec, operat
 
 def test_preview_lists_matching_agents_and_waves_and_creates_nothing(api, make_agent):
     for n in range(5):
-        make_agent(f"web-{n}", labels={"role": "web"})
+        make_agent(f"web-{n}", labels={"role": "web"}, capabilities=["deploy"])
     make_agent("db-1", labels={"role": "db"})
 
     response = api.post(
@@ -485,6 +487,8 @@ def test_preview_lists_matching_agents_and_waves_and_creates_nothing(api, make_a
         "paced_by": "in_flight",
         "wave_count": 3,
         "waves": [{"wave": 1, "tasks": 2}, {"wave": 2, "tasks": 2}, {"wave": 3, "tasks": 1}],
+        "target_all": False,
+        "warnings": [],
     }
     assert not Job.objects.exists()
     assert not Task.objects.exists()
@@ -497,7 +501,8 @@ def test_preview_of_mode_any_lists_only_agents_that_can_take_work_now(api, make_
     make_agent("b-offline", online=False)
     make_agent("c-draining", admin_state="draining")
 
-    response = api.post(f"{JOBS}preview/", {"kind": "echo", "mode": "any", "task_count": 7}, format="json")
+    body = {"kind": "echo", "mode": "any", "task_count": 7, "target_all": True}
+    response = api.post(f"{JOBS}preview/", body, format="json")
 
     body = response.json()
     assert (body["agents"], body["agent_count"], body["task_count"]) == (["a-online"], 1, 7)
@@ -507,6 +512,7 @@ def test_preview_of_mode_any_lists_only_agents_that_can_take_work_now(api, make_
 
 def test_preview_with_a_rate_makes_a_wave_per_minute(api):
     body = {"kind": "echo", "mode": "any", "task_count": 25, "rate_per_minute": 10, "max_in_flight": 20}
+    body["target_all"] = True
 
     response = api.post(f"{JOBS}preview/", body, format="json")
 
@@ -519,7 +525,7 @@ def test_preview_caps_the_listed_agents_but_counts_them_all(api, make_agent, mon
     for n in range(4):
         make_agent(f"a{n}")
 
-    body = api.post(f"{JOBS}preview/", {"kind": "echo"}, format="json").json()
+    body = api.post(f"{JOBS}preview/", {"kind": "echo", "target_all": True}, format="json").json()
 
     assert (body["agents"], body["agent_count"]) == (["a0", "a1"], 4)
 
@@ -610,7 +616,8 @@ def test_submitter_without_change_permission_cannot_cancel(spec, operator):
     job = submit(spec, operator, mode=JobMode.ANY)
     client = client_for(staff_user("submitter", perms=("tasks.add_job", "tasks.view_job")))
 
-    assert client.post(JOBS, {"kind": "echo", "mode": "any"}, format="json").status_code == 201
+    body = {"kind": "echo", "mode": "any", "target_all": True, "allow_no_agents": True}
+    assert client.post(JOBS, body, format="json").status_code == 201
     assert client.post(f"{JOBS}{job.pk}/cancel/").status_code == 403
 
 

@@ -11,6 +11,7 @@ from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState
 from tasks import actions
+from tasks.engine.checks import IdempotencyConflict
 from tasks.engine.errors import InvalidTarget, NotFound
 from tasks.engine.reports import Report
 from tasks.models import Job, JobMode, JobState, Task, TaskEvent, TaskState
@@ -36,13 +37,35 @@ def test_same_idempotency_key_returns_the_same_job_without_new_tasks(make_agent,
     make_agent("a2")
     job, created = actions.submit_job(spec(idempotency_key="deploy-42"), operator)
 
-    again, created_again = actions.submit_job(spec(idempotency_key="deploy-42", payload={"other": 1}), operator)
+    again, created_again = actions.submit_job(spec(idempotency_key="deploy-42"), operator)
 
     assert (created, created_again) == (True, False)
     assert again.pk == job.pk
     assert Job.objects.count() == 1
     assert Task.objects.count() == 2
     assert AuditEvent.objects.filter(action="job.submit").count() == 1
+
+
+def test_same_idempotency_key_with_another_specification_is_a_conflict_naming_the_job(make_agent, spec, operator):
+    make_agent("a1")
+    job, _ = actions.submit_job(spec(idempotency_key="deploy-42"), operator)
+
+    with pytest.raises(IdempotencyConflict) as conflict:
+        actions.submit_job(spec(idempotency_key="deploy-42", payload={"other": 1}), operator)
+
+    assert conflict.value.details == {"existing_job": job.pk, "idempotency_key": "deploy-42"}
+    assert f"used by job {job.pk} with a different specification" in str(conflict.value)
+    assert Job.objects.count() == 1
+
+
+def test_a_job_from_before_fingerprints_matches_any_body_with_its_key(make_agent, spec, operator):
+    make_agent("a1")
+    job, _ = actions.submit_job(spec(idempotency_key="old"), operator)
+    Job.objects.filter(pk=job.pk).update(spec_fingerprint="")  # as migration 0007 leaves older jobs
+
+    again, created = actions.submit_job(spec(idempotency_key="old", payload={"other": 1}), operator)
+
+    assert (again.pk, created) == (job.pk, False)
 
 
 def test_resubmitting_after_new_agents_appear_adds_no_tasks(make_agent, spec, operator, frozen_clock):

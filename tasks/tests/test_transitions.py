@@ -511,15 +511,16 @@ def test_job_with_only_canceled_tasks_is_canceled(two_agent_job, operator):
     assert job.finished_at is not None
 
 
-def test_job_with_zero_matching_agents_succeeds_at_once(make_agent, spec, operator, frozen_clock):
+def test_job_with_zero_matching_agents_ends_empty_at_once_never_succeeded(make_agent, spec, operator, frozen_clock):
     make_agent("a1", labels={"role": "db"})
 
-    job, created = actions.submit_job(spec(target_labels={"role": "web"}), operator)
+    job, created = actions.submit_job(spec(target_labels={"role": "web"}, allow_no_agents=True), operator)
 
     assert created
     job.refresh_from_db()
     assert job.tasks_total == 0
-    assert job.state == JobState.SUCCEEDED
+    assert job.state == JobState.EMPTY
+    assert job.get_state_display() == "no tasks"
     assert job.finished_at == frozen_clock()
     assert not Task.objects.filter(job=job).exists()
 
