@@ -95,6 +95,7 @@ def test_a_timed_out_job_reads_the_same_on_its_page(stack: Stack, admin_page: Pa
 
     # The job list says the same.
     page.goto(f"{stack.url}/admin/tasks/job/")
+    assert_not_clipped(page)
     row = page.locator("#result_list tbody tr", has=page.locator(f"a[href$='/job/{timed_out_job}/change/']"))
     expect(row.locator(".job-badge")).to_have_text("failed")
     expect(row).to_contain_text("2/2 finished, 2 failed (2 timed out)")
