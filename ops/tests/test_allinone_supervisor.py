@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -208,3 +209,18 @@ def test_the_roles_share_run_alls_log_format_broker_port_and_development_key(set
     _commands, env = role_commands("127.0.0.1", 8001, 3)
     assert env["LOG_FORMAT"] == "json"
     assert "SECRET_KEY_FILE" not in env
+
+
+def test_a_second_signal_kills_at_once_what_is_still_running():
+    supervisor = Supervisor({"stubborn": [sys.executable, "-c", IGNORES_SIGTERM]}, stop_timeout=600)
+    supervisor.procs["stubborn"] = subprocess.Popen(supervisor.commands["stubborn"], stdout=subprocess.PIPE)
+    assert supervisor.procs["stubborn"].stdout.readline() == b"ready\n"
+    supervisor.on_signal(signal.SIGINT)
+    assert (supervisor.stopping, supervisor.force) == (True, False)
+    supervisor.on_signal(signal.SIGINT)  # Ctrl-C again
+    assert supervisor.force
+    started = time.monotonic()
+    supervisor.stop()
+    assert time.monotonic() - started < 600  # did not wait for stop_timeout
+    assert supervisor.procs["stubborn"].returncode == -signal.SIGKILL
+    supervisor.procs["stubborn"].stdout.close()
