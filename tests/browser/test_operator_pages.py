@@ -264,6 +264,17 @@ def test_agent_list_fits_1440_px_and_ids_stay_on_one_line(stack: Stack, admin_pa
     screenshot(page, "operator-agent-list-1440")
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/admin/tasks/job/", "/admin/tasks/task/", "/admin/tasks/taskevent/", "/admin/ops/auditevent/"],
+)
+def test_the_other_lists_fit_1440_px_too(stack: Stack, admin_page: Page, timed_out_job: int, path: str) -> None:
+    """After the scenario above each list has rows with long values (times to the second, errors, audit data)."""
+    admin_page.goto(f"{stack.url}{path}")
+    expect(admin_page.locator("#result_list tbody tr").first).to_be_visible()
+    assert_not_clipped(admin_page)
+
+
 def button_style(page: Page, selector: str) -> dict[str, str]:
     """The computed look of a button, read in one evaluation (a live swap may replace it between two)."""
     expect(page.locator(selector)).to_be_visible()
