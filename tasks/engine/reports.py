@@ -62,6 +62,7 @@ _LOADED = (
     "attempt",
     "max_attempts",
     "cancel_requested_at",
+    "backoff_from_attempt",
     "job__backoff_base_s",
     "job__backoff_cap_s",
     "job__execution_timeout_s",
@@ -88,6 +89,7 @@ class _LockedTask:
     attempt: int
     max_attempts: int
     cancel_requested_at: datetime | None
+    backoff_from_attempt: int  # retry delays count from here (an operator's retry may reset them)
     job: JobPolicy
 
 
