@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods
 
 from ops.adminkit import actor_of
 from registry.models import AdminState, Agent, Connectivity
@@ -194,8 +194,15 @@ def _cancel(request: HttpRequest, job_id: int) -> str:
 
 
 def _retry_failed(request: HttpRequest, job_id: int) -> str:
-    count = actions.retry_failed(job_id, actor_of(request))
-    return f"Queued {count} failed tasks again."
+    reset_backoff = request.POST.get("reset_backoff") == "on"
+    allowance = actions.retry_job_tasks(job_id, actor_of(request), reset_backoff=reset_backoff)
+    if not allowance.retried:
+        return "No failed task to queue again."
+    return (
+        f"Queued {allowance.retried} failed task{'s' if allowance.retried != 1 else ''} again: "
+        f"{allowance.numbering} ({allowance.reason}); "
+        + ("the backoff starts again from the base." if reset_backoff else "the backoff goes on growing.")
+    )
 
 
 CONTROLS: dict[str, Callable[[HttpRequest, int], str]] = {
@@ -207,14 +214,19 @@ CONTROLS: dict[str, Callable[[HttpRequest, int], str]] = {
 
 
 def control_view(model_admin: admin.ModelAdmin, name: str) -> Callable[..., HttpResponse]:
-    """A POST-only view that runs one control on one job, then goes back to its page with a message."""
+    """A POST-only view that runs one control on one job, then goes back to its page with a message.
+
+    "Retry failed" answers GET too: a confirmation page that says what the retry gives.
+    """
     control = CONTROLS[name]
 
-    @require_POST
+    @require_http_methods(["GET", "POST"] if name == "retry-failed" else ["POST"])
     def view(request: HttpRequest, object_id: int) -> HttpResponse:
         if not model_admin.has_operate_permission(request):  # type: ignore[attr-defined]
             raise PermissionDenied
         get_object_or_404(Job.objects.only("pk"), pk=object_id)
+        if request.method == "GET":
+            return _retry_confirmation(model_admin, request, object_id)
         try:
             done = control(request, object_id)
         except EngineError as exc:
@@ -224,3 +236,18 @@ def control_view(model_admin: admin.ModelAdmin, name: str) -> Callable[..., Http
         return HttpResponseRedirect(reverse("admin:tasks_job_change", args=[object_id]))
 
     return view
+
+
+def _retry_confirmation(model_admin: admin.ModelAdmin, request: HttpRequest, job_id: int) -> HttpResponse:
+    """What "Retry failed" would do: how many tasks, their attempt numbering, the backoff with and without reset."""
+    job = Job.objects.get(pk=job_id)
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "title": f"Retry the failed tasks of job {job.pk}?",
+        "subtitle": None,
+        "opts": model_admin.opts,
+        "original": job,
+        "allowance": actions.preview_retry(job_id),
+        "reset": actions.preview_retry(job_id, reset_backoff=True),
+    }
+    return TemplateResponse(request, "admin/tasks/job/retry.html", context)
