@@ -144,7 +144,11 @@ def _preview(spec: JobSpec, form: job_form.JobForm) -> PreviewView | None:
 def _refused(form: job_form.JobForm, exc: EngineError) -> None:
     """The engine's refusal as a form error on the field that answers it (the API names the same field)."""
     if isinstance(exc, checks.SpecRefused):
-        form.add_error(exc.field if exc.field in form.fields else None, str(exc))
+        if exc.field in form.fields and exc.field.startswith("allow_"):
+            label = form.fields[exc.field].label
+            form.add_error(exc.field, f'{exc.reason} Tick "{label}" to launch it anyway.')
+        else:
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
     elif isinstance(exc, checks.IdempotencyConflict):
         form.add_error("idempotency_key", str(exc))
     elif isinstance(exc, InvalidTarget):

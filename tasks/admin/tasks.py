@@ -195,10 +195,11 @@ def _operate(model_admin: TaskAdmin, request: HttpRequest, task_id: int) -> Http
         raise PermissionDenied
     task = get_object_or_404(Task, pk=task_id)
     actor = actor_of(request)
+    reset_backoff = request.POST.get("reset_backoff") == "on"  # retry: delays start again from the base
     choices: dict[str, tuple[Callable[[int], object], str]] = {
         "_cancel": (lambda pk: actions.cancel_task(pk, actor), "Task {pk}: cancel sent."),
         "_force_cancel": (lambda pk: actions.cancel_task(pk, actor, force=True), "Task {pk} force canceled."),
-        "_retry": (lambda pk: actions.retry_task(pk, actor), "Task {pk} queued again."),
+        "_retry": (lambda pk: actions.retry_task(pk, actor, reset_backoff=reset_backoff), "Task {pk} queued again."),
     }
     chosen = next((name for name in choices if name in request.POST), None)
     if chosen is None:

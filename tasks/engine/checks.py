@@ -54,8 +54,9 @@ _NOT_THE_JOB = ("allow_no_agents", "allow_unsupported_kind", "idempotency_key")
 class SpecRefused(EngineError):
     """The submission breaks a rule above (HTTP 400 on ``field``)."""
 
-    def __init__(self, code: str, field: str, message: str, agents: Sequence[str] = ()) -> None:
-        super().__init__(message)
+    def __init__(self, code: str, field: str, message: str, agents: Sequence[str] = (), answer: str = "") -> None:
+        super().__init__(f"{message} {answer}" if answer else message)
+        self.reason = message  # without the API's answer (the admin names its checkbox instead)
         self.code = code
         self.field = field
         self.agents = list(agents)
@@ -136,7 +137,8 @@ def assess(spec: JobSpec, agents: Sequence[Agent]) -> Assessment:
             refusal = SpecRefused(
                 NO_MATCHING_AGENT,
                 "allow_no_agents",
-                f'{message} Send "allow_no_agents": true to launch it anyway.',
+                message,
+                answer='Send "allow_no_agents": true to launch it anyway.',
             )
         return Assessment(warnings, refusal)
     unknown = [agent.pk for agent in agents if not agent.capabilities]
@@ -162,8 +164,9 @@ def assess(spec: JobSpec, agents: Sequence[Agent]) -> Assessment:
             refusal = SpecRefused(
                 KIND_NOT_OFFERED,
                 "allow_unsupported_kind",
-                f'{message} Send "allow_unsupported_kind": true to launch it anyway.',
+                message,
                 lacking,
+                answer='Send "allow_unsupported_kind": true to launch it anyway.',
             )
     if unknown:
         warnings.append(

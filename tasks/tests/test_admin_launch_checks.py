@@ -65,7 +65,9 @@ def test_a_kind_the_agents_do_not_offer_is_warned_in_the_preview_and_refused_on_
     assert "Launch although agents do not offer the kind" in page  # the checkbox, shown with the warning
 
     refused = admin_client.post(ADD, form_data(kind="reboot", target_all="on", _launch="Launch"))
-    assert field_errors(refused, "allow_unsupported_kind")[0].startswith("3 of the 3 matching agents")
+    (error,) = field_errors(refused, "allow_unsupported_kind")
+    assert error.startswith("3 of the 3 matching agents")
+    assert error.endswith('Tick "Launch although agents do not offer the kind" to launch it anyway.')  # not the API's
     assert not Job.objects.exists()
 
     allowed = admin_client.post(
@@ -141,3 +143,14 @@ def test_retry_failed_confirmed_with_reset_backoff(admin_client, exhausted):
     task = Task.objects.get(job=exhausted)
     assert (task.state, task.max_attempts, task.backoff_from_attempt) == (TaskState.QUEUED, 6, 3)
     assert TaskEvent.objects.get(task=task, kind=TaskEventKind.RETRIED).data["reset_backoff"] is True
+
+
+def test_the_task_page_retry_can_reset_the_backoff(admin_client, exhausted):
+    task = Task.objects.get(job=exhausted)
+    page = admin_client.get(reverse("admin:tasks_task_change", args=[task.pk])).content.decode()
+    assert 'name="reset_backoff" id="task-reset-backoff"' in page
+
+    admin_client.post(reverse("admin:tasks_task_operate", args=[task.pk]), {"_retry": "1", "reset_backoff": "on"})
+
+    task.refresh_from_db()
+    assert (task.state, task.max_attempts, task.backoff_from_attempt) == (TaskState.QUEUED, 6, 3)
