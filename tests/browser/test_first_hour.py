@@ -1,0 +1,427 @@
+"""docs/first-hour.md, followed as a newcomer would: its clicks in a browser, its curl commands in a shell.
+
+Against the real ``run_all`` stack of the browser tests (three simulated agents). Each
+sentence the walkthrough promises on a page is looked up in the doc (``says``) and then
+on the page, so a page and its walkthrough cannot drift apart unnoticed. The doc's
+runnable shell blocks run with the real ``curl``, in one bash, with the stack's address
+and password put in for the documented ones (``SUBSTITUTIONS``); each output is compared
+with the one the doc shows under the command (tests/browser/first_hour_doc.py says how).
+Ids differ from the doc's when other browser tests ran first on the same stack: the
+checks read them from the page. Screenshots go to test-artifacts/browser/first-hour-*.png.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from tests.browser.conftest import log_in, screenshot
+from tests.browser.first_hour_doc import Shell, Step, compare, doc_text, flat, runnable_blocks, says
+from tests.browser.stack import AGENT_PREFIX, AGENTS, Stack
+from tests.support import wait_for
+
+AGENT_IDS = [f"{AGENT_PREFIX}{i}" for i in range(AGENTS)]
+LIVE_WAIT_MS = 60_000  # a task's two 10 s attempts and a backoff, on a loaded machine
+READ_AGAIN_S = 90.0  # how long a documented GET is run again until its documented output shows
+
+
+def substitutions(stack: Stack) -> dict[str, str]:
+    """The documented address and password file, and the test stack's: the only edits made to the doc's commands."""
+    return {
+        "http://127.0.0.1:8000": stack.url,
+        "var/admin_password.txt": str(stack.data_dir / "admin_password.txt"),
+    }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    output: str
+    problem: str | None  # how the output differs from the documented one (or the exit status), None: as documented
+
+
+def run_step(shell: Shell, step: Step, command: str) -> Outcome:
+    status, output = shell.run(command)
+    if status:
+        return Outcome(output, f"exit status {status}")
+    return Outcome(output, None if step.expected is None else compare(step.expected, output))
+
+
+def run_documented(shell: Shell, step: Step, command: str) -> Outcome:
+    """Run a step; a read (GET) of a documented state still to come (a job finishing) runs again, as the doc says."""
+    last = [run_step(shell, step, command)]
+    if last[0].problem is not None and step.is_read:
+
+        def as_documented() -> bool:
+            last[0] = run_step(shell, step, command)
+            return last[0].problem is None
+
+        with suppress(AssertionError):  # the assertion below says what differed
+            wait_for(as_documented, f"line {step.line}", timeout=READ_AGAIN_S, interval=0.5)
+    return last[0]
+
+
+def job_state(stack: Stack, job_id: int) -> str:
+    return str(stack.scalar("SELECT state FROM jobs WHERE id = ?", (job_id,)))
+
+
+def launched_job(page: Page, tasks: int) -> int:
+    """The job id from the launch message, which the walkthrough quotes (with its own numbering)."""
+    says(f"Launched job 1 with {AGENTS} tasks.")
+    page.wait_for_url(re.compile(r"/admin/tasks/job/\d+/change/"))
+    message = page.locator(".messagelist").inner_text()
+    found = re.search(rf"Launched job (\d+) with {tasks} tasks\.", message)
+    assert found, message
+    assert found.group(1) in page.url
+    return int(found.group(1))
+
+
+def open_add_job(page: Page, stack: Stack) -> None:
+    """'On the dashboard, in the Tasks box on the right, click Add next to Jobs.'"""
+    page.goto(f"{stack.url}/admin/")
+    page.locator("tr.model-job a.addlink").click()
+    page.wait_for_url(f"{stack.url}/admin/tasks/job/add/")
+
+
+# --- 1. make run -------------------------------------------------------------------------------------------------
+
+
+def test_make_run_prints_the_address_the_password_and_the_agents(stack: Stack) -> None:
+    printed = (stack.logs / "run_all.log").read_text()
+    doc = flat(doc_text())
+    documented = {
+        "Aegis Event Bus is starting: http://127.0.0.1:8000/admin/": f"Aegis Event Bus is starting: {stack.url}/admin/",
+        "Admin login: user 'admin', password '": f"Admin login: user 'admin', password '{stack.password}'",
+        "SECRET_KEY is not set: using a generated development key": "check=aegis.W001",
+        "started web pid=": "started web pid=",
+        "all 3 agents online after": f"all {AGENTS} agents online after",
+    }
+    for quote, line in documented.items():
+        assert quote in doc, f"docs/first-hour.md no longer shows: {quote!r}"
+        assert line in printed, f"run_all did not print {line!r}"
+    assert says("kept in `var/admin_password.txt`")
+    assert (stack.data_dir / "admin_password.txt").read_text().strip() == stack.password
+
+
+# --- 2, 3: log in, the dashboard, the first job ------------------------------------------------------------------
+
+
+def test_log_in_look_around_and_launch_an_echo_job(stack: Stack, browser_context: BrowserContext, page: Page) -> None:
+    browser_context.clear_cookies()
+    log_in(page, stack)  # the login form, admin and the printed password
+    page.wait_for_url(f"{stack.url}/admin/")
+
+    expect(page.locator("#dash-agents [data-count=online] .n")).to_have_text(str(AGENTS))
+    expect(page.locator("#dash-agents [data-count=offline] .n")).to_have_text("0")
+    says('"3 can take work"')
+    expect(page.locator("#dash-agents [data-count=dispatchable] .n")).to_have_text(str(AGENTS))
+    expect(page.locator("#dash-agents [data-count=dispatchable] .l")).to_have_text("can take work")
+    expect(page.locator("#dash-queue")).to_contain_text(says("Reconciliation: no task whose state contradicts reality"))
+    health = page.locator("#dash-health")
+    broker = health.locator("li[data-role=broker]")
+    expect(broker).to_have_text(says("Broker reachable (a bridge is connected)"), timeout=30_000)
+    for role in ("bridge", "dispatcher"):
+        expect(health.locator(f"li[data-role={role}]")).to_have_class("good", timeout=30_000)
+        expect(health.locator(f"li[data-role={role}]")).to_contain_text("1 running")
+    expect(page.locator("#live-status")).to_have_text(says("a green **live**").split("**")[1])
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "connected")
+    screenshot(page, "first-hour-1-dashboard")
+
+    page.goto(f"{stack.url}/admin/registry/agent/")
+    for agent_id in AGENT_IDS:
+        row = page.locator("#result_list tbody tr", has_text=agent_id)
+        expect(row).to_contain_text("online")
+        expect(row).to_contain_text("simulated=true")
+        for capability in ("echo", "noop", "sleep"):
+            expect(row).to_contain_text(capability)
+
+    # 3. Your first job, in the admin.
+    open_add_job(page, stack)
+    page.fill("#id_kind", "echo")
+    page.fill("#id_payload", '{"say": "hi"}')
+    page.fill("#id_labels-0-key", "simulated")
+    expect(page.locator("#id_labels-0-op")).to_have_value("=")
+    page.fill("#id_labels-0-value", "true")
+    jobs_before = stack.scalar("SELECT COUNT(*) FROM jobs")
+    page.click("[name=_preview]")
+    preview = page.locator("#job-preview")
+    expect(preview).to_contain_text(says("3 matching agents, 3 tasks. All are online and active."))
+    expect(preview).to_contain_text(says("Rollout: all tasks at once (no limit)."))
+    for agent_id in AGENT_IDS:
+        expect(preview.locator(f"li[data-agent='{agent_id}']")).to_have_text(f"{agent_id} online")
+    assert stack.scalar("SELECT COUNT(*) FROM jobs") == jobs_before, "the preview wrote a job"
+    screenshot(page, "first-hour-2-preview")
+
+    page.click("[name=_launch]")
+    job_id = launched_job(page, AGENTS)
+    # "Now watch, without reloading": the badge and the line change in place.
+    page.evaluate("window.__notReloaded = true")
+    expect(page.locator("#job-state")).to_have_text(says("**succeeded**").strip("*"), timeout=LIVE_WAIT_MS)
+    expect(page.locator("#job-outcome")).to_have_text(says("3 of 3 tasks finished: 3 succeeded, 0 failed, 0 canceled"))
+    assert page.evaluate("window.__notReloaded") is True, "the page was reloaded"
+    rows = page.locator("#job-task-table tbody tr")
+    expect(rows).to_have_count(AGENTS)
+    for index in range(AGENTS):
+        row = rows.nth(index)
+        expect(row.locator(".task-attempt")).to_have_text("1/3")
+        expect(row.locator(".task-attempt-reason")).to_have_text(says('"first attempt"').strip('"'))
+        expect(row.locator(".task-duration")).to_have_text(re.compile(r"^waited \d+\.\d s, ran \d+\.\d s$"))
+        expect(row).to_contain_text(says('`{"say": "hi"}`').strip("`"))
+    says('a duration like "waited 0.5 s, ran 1.5 s"')
+    assert job_state(stack, job_id) == "succeeded"
+    screenshot(page, "first-hour-3-echo-succeeded")
+
+
+# --- 5. mistakes it catches ----------------------------------------------------------------------------------------
+
+
+def test_the_form_catches_a_kind_nobody_runs_and_a_missing_target(stack: Stack, admin_page: Page) -> None:
+    page = admin_page
+    jobs_before = stack.scalar("SELECT COUNT(*) FROM jobs")
+
+    open_add_job(page, stack)
+    page.fill("#id_kind", "reboot")
+    page.fill("#id_target_agent_ids", "demo-0 demo-1 demo-2")
+    page.click("[name=_preview]")
+    warning = says(
+        "3 of the 3 matching agents do not offer the kind 'reboot' (it is not among their capabilities): their "
+        "tasks will fail: demo-0, demo-1, demo-2."
+    )
+    expect(page.locator("#job-preview-warnings li[data-code=kind_not_offered]")).to_have_text(warning)
+    checks = page.locator("#job-checks")
+    expect(checks.locator("h2")).to_have_text(says("**Launch anyway?**").strip("*"))
+    expect(checks).to_contain_text(says('"Launch although agents do not offer the kind"').strip('"'))
+    screenshot(page, "first-hour-4-reboot-preview")
+
+    page.click("[name=_launch]")
+    expect(page.locator(".errornote")).to_have_text(says("Please correct the errors below. Nothing was launched."))
+    refusal = page.locator(".field-allow_unsupported_kind .errorlist")
+    expect(refusal).to_contain_text(warning)
+    expect(refusal).to_contain_text(
+        says('Tick "Launch although agents do not offer the kind" to launch it anyway.\'').rstrip("'")
+    )
+    assert "/admin/tasks/job/add/" in page.url
+    screenshot(page, "first-hour-5-reboot-refused")
+
+    open_add_job(page, stack)
+    page.fill("#id_kind", "echo")
+    page.click("[name=_launch]")
+    expect(page.locator(".field-target_all .errorlist")).to_contain_text(
+        says("The job has no target (no agent ids, labels or capabilities): it would go to every agent of the fleet.")
+    )
+    expect(page.locator(".field-target_all label")).to_have_text(
+        says("**Target every agent of the fleet**").strip("*") + ":"
+    )
+    screenshot(page, "first-hour-6-no-target-refused")
+    page.check("#id_target_all")
+    page.click("[name=_preview]")
+    expect(page.locator("#job-preview-fleet")).to_have_text(says("Target: every agent of the fleet (3)."))
+    assert stack.scalar("SELECT COUNT(*) FROM jobs") == jobs_before, "a refused launch or a preview wrote a job"
+
+
+# --- 6, 7: a job that fails, explain, reading the failure, retry failed ------------------------------------------
+
+
+def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page) -> None:
+    page = admin_page
+    open_add_job(page, stack)
+    page.fill("#id_kind", "sleep")
+    page.fill("#id_payload", '{"seconds": 60}')
+    page.fill("#id_target_agent_ids", "demo-0, demo-1")
+    page.fill("#id_max_attempts", "2")
+    page.fill("#id_execution_timeout_s", "10")
+    for field in ("**Max attempts** `2`", "**Execution timeout (s)** `10`", 'Payload** `{"seconds": 60}`'):
+        says(field)
+    page.click("[name=_launch]")
+    says("Launched job 3 with 2 tasks.")
+    found = re.search(r"Launched job (\d+) with 2 tasks\.", page.locator(".messagelist").inner_text())
+    assert found, page.locator(".messagelist").inner_text()
+    job_id = int(found.group(1))
+    job_url = page.url
+
+    # Explain, while it runs: the first task of the table.
+    first = page.locator("#job-task-table tbody tr").first
+    task_id = int(first.get_attribute("data-task") or 0)
+    first.locator("td").first.get_by_role("link").click()
+    page.wait_for_url(re.compile(rf"/admin/tasks/task/{task_id}/change/"))
+    agent = stack.scalar("SELECT agent_id FROM tasks WHERE id = ?", (task_id,))
+    assert agent in ("demo-0", "demo-1"), agent
+    explain = page.locator("#task-explain")
+    documented = says(
+        "running on agent demo-0 (attempt 1 of 2); should the agent not report in time, the lease expires at "
+        "05:08:24 UTC, then the task is requeued (attempt 2 of 2)"
+    )
+    running = re.escape(documented).replace("demo\\-0", re.escape(agent)).replace("05:08:24", r"\d\d:\d\d:\d\d")
+    # The first attempt, or the second if this machine was slow to get here: both are what the doc says.
+    second = re.escape(says("then the task ends timed out (attempt 2 of 2 was its last)"))
+    expect(explain).to_have_text(
+        re.compile(rf"^({running}|running on agent {agent} \(attempt 2 of 2\).*{second})$"), timeout=LIVE_WAIT_MS
+    )
+    expect(page.locator("#task-summary")).to_contain_text(re.compile(r"State: running\s+attempt [12] of 2"))
+    says("State: running attempt 1 of 2 (first attempt);")
+    screenshot(page, "first-hour-7-explain-running")
+    expect(explain).to_have_text(says("finished: timed out"), timeout=LIVE_WAIT_MS)
+
+    # Reading the failure: back on the job's page.
+    page.locator("#task-fields").get_by_role(
+        "link", name=says("the **job 3** link").split("**")[1].replace("3", str(job_id)), exact=True
+    ).click()
+    page.wait_for_url(job_url)
+    expect(page.locator("#job-state")).to_have_text(says("the badge **failed**").split("**")[1])
+    expect(page.locator("#job-outcome")).to_have_text(
+        says("2 of 2 tasks finished: 0 succeeded, 2 failed (2 timed out), 0 canceled")
+    )
+    expect(page.locator("#job-count-failed-total")).to_have_text(says('"failed: 2"').strip('"'))
+    expect(page.locator("#job-count-failed")).to_have_text("0")
+    expect(page.locator("#job-count-timed_out")).to_have_text("2")
+    says('**timed out**, `execution_timeout`, "lease expired", 2')
+    failure = page.locator("#job-failures tbody tr")
+    expect(failure).to_have_count(1)
+    expect(failure.locator("td")).to_have_text(["timed out", "execution_timeout", "lease expired", "2"])
+    rows = page.locator("#job-task-table tbody tr")
+    expect(rows).to_have_count(2)
+    for index in range(2):
+        row = rows.nth(index)
+        expect(row.locator(".task-attempt")).to_have_text("2/2")
+        expect(row.locator(".task-attempt-reason")).to_have_text(says('"retried after execution timeout"').strip('"'))
+        expect(row.locator(".task-duration")).to_have_text(re.compile(r"^waited \d+\.\d s, ran 1\d\.\d s$"))
+        expect(row).to_contain_text(says("`execution_timeout: lease expired`").strip("`"))
+    says('"waited 12.1 s, ran 10.2 s"')
+    screenshot(page, "first-hour-8-job-failed")
+
+    page.goto(f"{stack.url}/admin/")
+    timed_out = stack.scalar("SELECT COUNT(*) FROM tasks WHERE state = 'timed_out'")
+    says('a **failed** tile that says "failed (2 timed out)"')
+    expect(page.locator("#dash-throughput [data-count=failed] .l")).to_have_text(f"failed ({timed_out} timed out)")
+
+    # 7. Retry failed: the confirmation page first.
+    page.goto(job_url)
+    page.locator("#job-controls").get_by_role("button", name=says("**Retry failed…**").strip("*")).click()
+    page.wait_for_url(re.compile(rf"/admin/tasks/job/{job_id}/retry-failed/"))
+    content = page.locator("#content")
+    expect(content.locator("h1")).to_have_text(says("Retry the failed tasks of job 3?").replace("3", str(job_id)))
+    expect(page.locator("#job-retry-count")).to_have_text(says("2 failed or timed-out tasks will be queued again."))
+    expect(page.locator("#job-retry-attempts")).to_have_text(
+        says(
+            "Attempt 3 of 4 next: 2 more attempts: the job's max_attempts (2); the attempts already made stay in "
+            "each task's history."
+        )
+    )
+    expect(page.locator("#job-retry-backoff")).to_have_text(
+        says(
+            "If the next attempt fails too, the task waits 10-20 s (the backoff goes on growing from the attempt "
+            "number); with the backoff reset, 2.5-5 s (from backoff base 5 s again)."
+        )
+    )
+    reset = says("**Reset the backoff: delays between the new attempts start again from the base**").strip("*")
+    expect(page.locator("label[for=id_reset_backoff]")).to_have_text(reset)
+    screenshot(page, "first-hour-9-retry-confirmation")
+    page.check("#id_reset_backoff")
+    page.locator("#job-retry-confirm").click()
+    assert says("**Retry 2 tasks**")
+    page.wait_for_url(job_url)
+    expect(page.locator(".messagelist")).to_contain_text(
+        says(
+            "Queued 2 failed tasks again: attempt 3 of 4 next (2 more attempts: the job's max_attempts); the backoff "
+            "starts again from the base."
+        )
+    )
+    expect(page.locator("#job-state")).to_have_text("running")
+    says("the badge is **running** again")
+    reasons = page.locator("#job-task-table .task-attempt-reason")
+    expect(reasons).to_have_text([says('"retried by admin"').strip('"')] * 2)
+    # The reset is recorded: the tasks' backoff counts from the attempts made before the retry.
+    reset_at = stack.query("SELECT backoff_from_attempt = attempt FROM tasks WHERE job_id = ?", (job_id,))
+    assert reset_at == [(1,), (1,)], reset_at
+    screenshot(page, "first-hour-10-retried")
+
+    # Clone: the form filled in from the job.
+    page.locator("#job-clone").click()
+    says("click **Clone** on its page")
+    page.wait_for_url(re.compile(rf"/admin/tasks/job/add/\?clone={job_id}"))
+    expect(page.locator("#id_kind")).to_have_value("sleep")
+    expect(page.locator("#id_payload")).to_have_value(re.compile(r'"seconds": 60'))
+    expect(page.locator("#id_target_agent_ids")).to_have_value(re.compile(r"^demo-0[,\s]+demo-1$"))
+    expect(page.locator("#id_max_attempts")).to_have_value("2")
+    expect(page.locator("#id_execution_timeout_s")).to_have_value("10")
+    says("(kind `sleep`, payload, agent ids, max attempts 2, execution timeout 10)")
+
+
+# --- 4, 5, 7: the curl blocks -------------------------------------------------------------------------------------
+
+
+def test_the_curl_commands_print_what_the_walkthrough_shows(stack: Stack) -> None:
+    text = doc_text()
+    blocks = runnable_blocks(text)
+    assert len(blocks) == 3, "sections 4, 5 and 7 each have one runnable block"
+    shell_blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    curl_blocks = [block for block in shell_blocks if "curl " in block]
+    assert len(curl_blocks) == len(blocks), "every shell block with curl is marked runnable"
+    table = substitutions(stack)
+    for documented in table:
+        assert documented in text, f"the substitution {documented!r} no longer appears in the doc"
+
+    checked = 0
+    with tempfile.TemporaryDirectory(prefix="aegis-first-hour-") as cwd:
+        shell = Shell(Path(cwd))
+        try:
+            for block in blocks:
+                for step in block:
+                    command = step.command
+                    for documented, actual in table.items():
+                        command = command.replace(documented, actual)
+                    outcome = run_documented(shell, step, command)
+                    assert outcome.problem is None, (
+                        f"docs/first-hour.md line {step.line}: {step.command}\n{outcome.problem}\n"
+                        f"printed: {outcome.output[:1500]}"
+                    )
+                    checked += step.expected is not None
+        finally:
+            shell.close()
+    assert checked >= 10, f"only {checked} documented outputs were checked"
+
+
+@pytest.mark.parametrize(
+    ("documented", "output", "problem"),
+    [
+        ('{"a": 1, …} 400', '{"a": 1, "b": 2} 400', None),
+        ('{"a": 1, …} 400', '{"a": 1, "b": 2} 409', "status: documented 400, got 409"),
+        ('{"a": 1}', '{"a": 1, "b": 2}', "not documented"),
+        ('{"a": "x … z"}', '{"a": "x y z"}', None),
+        ('{"a": "x … z"}', '{"a": "x y"}', "does not read"),
+        ('{"id": 2, "n": 3}', '{"id": 9, "n": 3}', None),
+        ('{"id": 2, "n": 3}', '{"id": 2, "n": 4}', "documented 3, got 4"),
+        ('{"l": ["a", …]}', '{"l": ["a", "b"]}', None),
+        ('{"l": ["a"]}', '{"l": ["a", "b"]}', "documented 1 items"),
+    ],
+)
+def test_documented_outputs_are_compared_strictly_where_they_are_not_elided(
+    documented: str, output: str, problem: str | None
+) -> None:
+    found = compare(documented, output)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+def test_the_shell_reports_a_failing_command_and_an_unexpected_output(stack: Stack) -> None:
+    """What the curl test sees of a broken command: a 401 instead of the documented list, a failed pipeline."""
+    with tempfile.TemporaryDirectory(prefix="aegis-first-hour-") as cwd:
+        shell = Shell(Path(cwd))
+        try:
+            status, output = shell.run(f"curl -s -w ' %{{http_code}}\\n' {stack.url}/api/v1/jobs/")
+            assert status == 0
+            assert compare('{"results": […]} 200', output) is not None  # 401: not logged in
+            status, _ = shell.run(
+                "JOB=$(curl -s http://127.0.0.1:1/ | python3 -c 'import json,sys; json.load(sys.stdin)')"
+            )
+            assert status != 0
+        finally:
+            shell.close()
