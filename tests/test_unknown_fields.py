@@ -49,7 +49,7 @@ def snapshot() -> tuple[Any, ...]:
         list(Agent.objects.order_by("pk").values_list("pk", "labels", "admin_state", "connectivity", "transport")),
         list(AgentCredential.objects.order_by("pk").values_list("pk", "revoked_at")),
         list(EnrolmentToken.objects.order_by("pk").values_list("pk", "name", "agent_id_prefix")),
-        ApiToken.objects.count(),
+        list(ApiToken.objects.order_by("pk").values_list("pk", "revoked_at")),
         AuditEvent.objects.count(),
     )
 
@@ -61,7 +61,8 @@ class World:
         self.user = User.objects.create_superuser("root", password=PASSWORD)
         self.operator = client_for(self.user)
         Agent.objects.create(pk="edge-1", max_concurrency=4, capabilities=["echo"])
-        _credential, token = registry_actions.issue_token("edge-1", Actor("tester"))
+        credential, token = registry_actions.issue_token("edge-1", Actor("tester"))
+        self.credential = credential.pk
         self.agent = APIClient()
         self.agent.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
         self.anonymous = APIClient()
@@ -79,6 +80,7 @@ class World:
         self.enrolment = enrolment.pk
         login = self.anonymous.post("/api/v1/auth/token/", {"username": "root", "password": PASSWORD}, format="json")
         self.refresh = login.json()["refresh"]
+        self.api_token = self.operator.post("/api/v1/me/tokens/", {"name": "script"}, format="json").json()["id"]
 
 
 # (method, path, who, a valid body) for every endpoint that reads a body.
@@ -107,18 +109,6 @@ CASES: dict[str, Case] = {
         lambda w: f"/api/v1/jobs/{w.failed_job}/retry-failed/",
         lambda w: w.operator,
         lambda w: {"reset_backoff": True},
-    ),
-    "post /api/v1/jobs/{id}/pause/": (
-        "post",
-        lambda w: f"/api/v1/jobs/{w.held_job}/pause/",
-        lambda w: w.operator,
-        lambda w: {},
-    ),
-    "post /api/v1/jobs/{id}/resume/": (
-        "post",
-        lambda w: f"/api/v1/jobs/{w.held_job}/resume/",
-        lambda w: w.operator,
-        lambda w: {},
     ),
     "post /api/v1/tasks/{id}/cancel/": (
         "post",
@@ -200,18 +190,36 @@ CASES: dict[str, Case] = {
     ),
 }
 
-# Job controls without parameters: no request body in the OpenAPI document, but a body with fields is refused.
-NO_PARAMETERS = {"post /api/v1/jobs/{id}/pause/", "post /api/v1/jobs/{id}/resume/"}
-# Endpoints that do not read a body at all (the OpenAPI document lists none): not in CASES.
-BODYLESS = {
-    "post /api/v1/agent/token/",
-    "post /api/v1/agents/{id}/credentials/{credential_id}/revoke/",
-    "post /api/v1/agents/{id}/disable/",
-    "post /api/v1/agents/{id}/drain/",
-    "post /api/v1/agents/{id}/enable/",
-    "post /api/v1/agents/{id}/rotate-token/",
-    "post /api/v1/enrolment-tokens/{id}/revoke/",
-    "post /api/v1/me/tokens/{id}/revoke/",
+
+# Controls that take no parameters (no request body in the OpenAPI document): a body with fields is refused too.
+Control = tuple[str, Callable[[World], str], Callable[[World], APIClient]]
+NO_PARAMETERS: dict[str, Control] = {
+    "post /api/v1/jobs/{id}/pause/": ("post", lambda w: f"/api/v1/jobs/{w.held_job}/pause/", lambda w: w.operator),
+    "post /api/v1/jobs/{id}/resume/": ("post", lambda w: f"/api/v1/jobs/{w.held_job}/resume/", lambda w: w.operator),
+    "post /api/v1/agent/token/": ("post", lambda w: "/api/v1/agent/token/", lambda w: w.agent),
+    "post /api/v1/agents/{id}/credentials/{credential_id}/revoke/": (
+        "post",
+        lambda w: f"/api/v1/agents/edge-1/credentials/{w.credential}/revoke/",
+        lambda w: w.operator,
+    ),
+    "post /api/v1/agents/{id}/disable/": ("post", lambda w: "/api/v1/agents/edge-1/disable/", lambda w: w.operator),
+    "post /api/v1/agents/{id}/drain/": ("post", lambda w: "/api/v1/agents/edge-1/drain/", lambda w: w.operator),
+    "post /api/v1/agents/{id}/enable/": ("post", lambda w: "/api/v1/agents/edge-1/enable/", lambda w: w.operator),
+    "post /api/v1/agents/{id}/rotate-token/": (
+        "post",
+        lambda w: "/api/v1/agents/edge-1/rotate-token/",
+        lambda w: w.operator,
+    ),
+    "post /api/v1/enrolment-tokens/{id}/revoke/": (
+        "post",
+        lambda w: f"/api/v1/enrolment-tokens/{w.enrolment}/revoke/",
+        lambda w: w.operator,
+    ),
+    "post /api/v1/me/tokens/{id}/revoke/": (
+        "post",
+        lambda w: f"/api/v1/me/tokens/{w.api_token}/revoke/",
+        lambda w: w.operator,
+    ),
 }
 
 
@@ -223,16 +231,17 @@ def test_the_cases_cover_every_write_endpoint_with_a_body():
         for method, operation in operations.items():
             if method in {"post", "put", "patch"}:
                 (with_body if "requestBody" in operation else without).add(f"{method} {path}")
-    assert with_body == set(CASES) - NO_PARAMETERS
-    assert without == BODYLESS | NO_PARAMETERS
+    assert with_body == set(CASES)
+    assert without == set(NO_PARAMETERS)
 
 
-@pytest.mark.parametrize("endpoint", sorted(CASES))
+@pytest.mark.parametrize("endpoint", sorted([*CASES, *NO_PARAMETERS]))
 def test_an_unknown_field_is_400_naming_it_and_changes_nothing(endpoint):
     world = World()
-    method, path, who, valid = CASES[endpoint]
+    method, path, who = NO_PARAMETERS[endpoint] if endpoint in NO_PARAMETERS else CASES[endpoint][:3]
+    valid = CASES[endpoint][3](world) if endpoint in CASES else {}
     before = snapshot()
-    body = {**valid(world), "sneaky": 1, "target": {"agent_ids": ["edge-1"]}}
+    body = {**valid, "sneaky": 1, "target": {"agent_ids": ["edge-1"]}}
     answer = getattr(who(world), method)(path(world), body, format="json")
     assert answer.status_code == 400, answer.content
     error = answer.json()["error"]
@@ -266,3 +275,13 @@ def test_unknown_fields_are_named_next_to_the_other_errors():
     error = answer.json()["error"]
     assert set(error["fields"]) == {"kind", "taget_all"}
     assert error["message"] == "The request is not valid: unknown field 'taget_all'."
+
+
+@pytest.mark.parametrize("body", [None, {}])
+def test_a_control_without_parameters_still_takes_no_body_or_an_empty_object(body):
+    world = World()
+
+    answer = world.operator.post("/api/v1/agents/edge-1/drain/", body, format="json")
+
+    assert answer.status_code == 200, answer.content
+    assert Agent.objects.get(pk="edge-1").admin_state == "draining"

@@ -89,3 +89,12 @@ def _name(kind: type) -> str:
     return {int: "integer", float: "number", str: "string", bool: "boolean", dict: "object", list: "array"}.get(
         kind, "null" if kind is type(None) else kind.__name__
     )
+
+
+def refuse_body(data: Any) -> None:
+    """For an endpoint that takes no parameters: a body with fields is refused, as unknown fields are elsewhere.
+
+    ``data`` is ``request.data``: no body, ``{}`` or an empty form pass.
+    """
+    if isinstance(data, Mapping) and data:
+        raise ValidationError({str(key): [ErrorDetail(UNKNOWN_MESSAGE, code=UNKNOWN_FIELD)] for key in data})

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from aegis_site.api.filters import StrictFilterSet, UtcDateTimeFilter
+from aegis_site.api.strict import refuse_body
 from ops import actions
 from ops.api.serializers import (
     ApiTokenCreateSerializer,
@@ -78,5 +79,6 @@ class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     @extend_schema(request=None, responses=ApiTokenSerializer, summary="Revoke one of your tokens at once.")
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: int) -> Response:
+        refuse_body(request.data)
         api_token = actions.revoke_api_token(pk, request.user, Actor.of_user(request.user))
         return Response(ApiTokenSerializer(api_token).data)

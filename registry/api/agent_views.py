@@ -30,6 +30,7 @@ from aegis_site.api.authentication import AgentTokenAuthentication, client_addre
 from aegis_site.api.exceptions import Conflict
 from aegis_site.api.permissions import IsAgent
 from aegis_site.api.principals import AgentPrincipal
+from aegis_site.api.strict import refuse_body
 from aegis_site.api.throttling import EndpointThrottle
 from broker.protocol import MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS, MAX_MESSAGE_BYTES
 from registry import actions as registry_actions
@@ -121,6 +122,7 @@ class AgentTokenView(AgentView):
 
     @extend_schema(request=None, responses={201: JwtPairSerializer})
     def post(self, request: Request) -> Response:
+        refuse_body(request.data)
         me = principal(request)
         refresh = RefreshToken()
         refresh["agent_id"] = me.agent_id

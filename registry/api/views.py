@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from aegis_site.api.filters import StrictFilterSet, UtcDateTimeFilter
 from aegis_site.api.pagination import IdOrderedPage
+from aegis_site.api.strict import refuse_body
 from ops.audit import Actor
 from registry import actions
 from registry.api.serializers import (
@@ -111,23 +112,27 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     @action(detail=True, methods=["post"])
     def drain(self, request: Request, pk: str | None = None) -> Response:
         """Finish what runs, take nothing new (the agent is told over MQTT)."""
+        refuse_body(request.data)
         return self._set_state(request, AdminState.DRAINING)
 
     @extend_schema(request=None, responses=AgentSerializer)
     @action(detail=True, methods=["post"])
     def disable(self, request: Request, pk: str | None = None) -> Response:
         """No work, and its credentials stop authenticating."""
+        refuse_body(request.data)
         return self._set_state(request, AdminState.DISABLED)
 
     @extend_schema(request=None, responses=AgentSerializer)
     @action(detail=True, methods=["post"])
     def enable(self, request: Request, pk: str | None = None) -> Response:
+        refuse_body(request.data)
         return self._set_state(request, AdminState.ACTIVE)
 
     @extend_schema(request=None, responses={201: IssuedTokenSerializer})
     @action(detail=True, methods=["post"], url_path="rotate-token")
     def rotate_token(self, request: Request, pk: str | None = None) -> Response:
         """A new token (shown once); the agent's other tokens, and JWTs made from them, stop working."""
+        refuse_body(request.data)
         agent = self.get_object()
         credential, token = actions.rotate_token(agent.pk, _actor(request))
         body = {"agent_id": agent.pk, "credential_id": credential.pk, "token": token}
@@ -147,6 +152,7 @@ class AgentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     )
     @action(detail=True, methods=["post"], url_path=r"credentials/(?P<credential_id>[0-9]{1,18})/revoke")
     def revoke_credential(self, request: Request, pk: str | None = None, credential_id: str = "") -> Response:
+        refuse_body(request.data)
         agent = self.get_object()
         credential = AgentCredential.objects.filter(pk=int(credential_id), agent_id=agent.pk).first()
         if credential is None:
@@ -198,5 +204,6 @@ class EnrolmentTokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     @extend_schema(request=None, responses=EnrolmentTokenSerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
+        refuse_body(request.data)
         enrolment = self.get_object()
         return Response(EnrolmentTokenSerializer(actions.revoke_enrolment_token(enrolment.pk, _actor(request))).data)
