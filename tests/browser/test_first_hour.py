@@ -1,34 +1,84 @@
 """docs/first-hour.md, followed as a newcomer would: its clicks in a browser, its curl commands in a shell.
 
-Against the real ``run_all`` stack of the browser tests (three simulated agents). Each
-sentence the walkthrough promises on a page is looked up in the doc (``says``) and then
-on the page, so a page and its walkthrough cannot drift apart unnoticed. The doc's
-runnable shell blocks run with the real ``curl``, in one bash, with the stack's address
-and password put in for the documented ones (``SUBSTITUTIONS``); each output is compared
-with the one the doc shows under the command (tests/browser/first_hour_doc.py says how).
-Ids differ from the doc's when other browser tests ran first on the same stack: the
-checks read them from the page. Screenshots go to test-artifacts/browser/first-hour-*.png.
+The walkthrough starts from a fresh ``make run``, so this module starts a stack of its
+own (``run_all`` with three simulated agents on a new SQLite file; the package's shared
+stack has had agents drained and jobs run by other tests) and a browser profile of its own
+(the shared one's session cookie is for the shared stack: cookies do not tell ports apart).
+The tests follow the page section by section, in order, on that one stack and one shell:
+run the module as a whole. The ids are then the doc's own.
+
+Each sentence the walkthrough promises on a page is looked up in the doc (``says``) and then
+on the page, so a page and its walkthrough cannot drift apart unnoticed. The doc's runnable
+shell blocks run with the real ``curl`` in one bash, with the stack's address and password
+file put in for the documented ones (``substitutions``); each output is compared with the
+one the doc shows under the command (tests/browser/first_hour_doc.py says how). Screenshots:
+test-artifacts/browser/first-hour-*.png, the stack's logs in test-artifacts/browser/first-hour/.
 """
 
 from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, Playwright, expect
 
-from tests.browser.conftest import log_in, screenshot
+from tests.browser.chromium import launch_options
+from tests.browser.conftest import TIMEOUT_MS, log_in, screenshot
 from tests.browser.first_hour_doc import Shell, Step, compare, doc_text, flat, runnable_blocks, says
-from tests.browser.stack import AGENT_PREFIX, AGENTS, Stack
+from tests.browser.stack import AGENT_PREFIX, AGENTS, Stack, running_stack
 from tests.support import wait_for
 
 AGENT_IDS = [f"{AGENT_PREFIX}{i}" for i in range(AGENTS)]
 LIVE_WAIT_MS = 60_000  # a task's two 10 s attempts and a backoff, on a loaded machine
 READ_AGAIN_S = 90.0  # how long a documented GET is run again until its documented output shows
+
+
+@pytest.fixture(scope="module")
+def fresh(chromium: None, artifacts: Path) -> Iterator[Stack]:
+    """A stack as ``make run`` starts it, for this walkthrough alone; its logs beside the screenshots."""
+    logs = artifacts / "first-hour"
+    logs.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aegis-first-hour-") as tmp, running_stack(Path(tmp), logs) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def context(chromium: None, playwright: Playwright) -> Iterator[BrowserContext]:
+    with tempfile.TemporaryDirectory(prefix="aegis-chromium-profile-") as profile:
+        browser = playwright.chromium.launch_persistent_context(**launch_options(Path(profile)))
+        browser.set_default_timeout(TIMEOUT_MS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def tab(request: pytest.FixtureRequest, context: BrowserContext, artifacts: Path) -> Iterator[Page]:
+    """A page of this module's browser; on a failure its screenshot and HTML are kept, as the package's page does."""
+    page = context.new_page()
+    yield page
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+        page.screenshot(path=artifacts / f"FAILED-{name}.png", full_page=True)
+        (artifacts / f"FAILED-{name}.html").write_text(page.content())
+    page.unroute_all(behavior="ignoreErrors")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def shell(fresh: Stack) -> Iterator[Shell]:
+    """The reader's second terminal: one bash for every runnable block, in a scratch directory."""
+    with tempfile.TemporaryDirectory(prefix="aegis-first-hour-shell-") as cwd:
+        terminal = Shell(Path(cwd))
+        try:
+            yield terminal
+        finally:
+            terminal.close()
 
 
 def substitutions(stack: Stack) -> dict[str, str]:
@@ -70,15 +120,36 @@ def job_state(stack: Stack, job_id: int) -> str:
     return str(stack.scalar("SELECT state FROM jobs WHERE id = ?", (job_id,)))
 
 
-def launched_job(page: Page, tasks: int) -> int:
-    """The job id from the launch message, which the walkthrough quotes (with its own numbering)."""
-    says(f"Launched job 1 with {AGENTS} tasks.")
+def launched(page: Page, message: str) -> int:
+    """Press Launch; the job's page must open with the launch message the walkthrough quotes, word for word."""
+    page.click("[name=_launch]")
     page.wait_for_url(re.compile(r"/admin/tasks/job/\d+/change/"))
-    message = page.locator(".messagelist").inner_text()
-    found = re.search(rf"Launched job (\d+) with {tasks} tasks\.", message)
+    expect(page.locator(".messagelist")).to_have_text(says(message))
+    found = re.fullmatch(r"Launched job (\d+) with \d+ tasks\.", message)
     assert found, message
-    assert found.group(1) in page.url
+    assert page.url.endswith(f"/admin/tasks/job/{found.group(1)}/change/"), page.url
     return int(found.group(1))
+
+
+def log_in_if_needed(page: Page, stack: Stack) -> None:
+    page.goto(f"{stack.url}/admin/")
+    if "/admin/login/" in page.url:
+        log_in(page, stack)
+        page.wait_for_url(f"{stack.url}/admin/")
+
+
+def run_block(shell: Shell, stack: Stack, number: int) -> None:
+    """Run the doc's runnable block ``number`` (0 is the first) and check every documented output."""
+    blocks = runnable_blocks(doc_text())
+    table = substitutions(stack)
+    for step in blocks[number]:
+        command = step.command
+        for documented, actual in table.items():
+            command = command.replace(documented, actual)
+        outcome = run_documented(shell, step, command)
+        assert outcome.problem is None, (
+            f"docs/first-hour.md line {step.line}: {step.command}\n{outcome.problem}\nprinted: {outcome.output[:1500]}"
+        )
 
 
 def open_add_job(page: Page, stack: Stack) -> None:
@@ -91,7 +162,8 @@ def open_add_job(page: Page, stack: Stack) -> None:
 # --- 1. make run -------------------------------------------------------------------------------------------------
 
 
-def test_make_run_prints_the_address_the_password_and_the_agents(stack: Stack) -> None:
+def test_make_run_prints_the_address_the_password_and_the_agents(fresh: Stack) -> None:
+    stack = fresh
     printed = (stack.logs / "run_all.log").read_text()
     doc = flat(doc_text())
     documented = {
@@ -111,8 +183,8 @@ def test_make_run_prints_the_address_the_password_and_the_agents(stack: Stack) -
 # --- 2, 3: log in, the dashboard, the first job ------------------------------------------------------------------
 
 
-def test_log_in_look_around_and_launch_an_echo_job(stack: Stack, browser_context: BrowserContext, page: Page) -> None:
-    browser_context.clear_cookies()
+def test_log_in_look_around_and_launch_an_echo_job(fresh: Stack, tab: Page) -> None:
+    page, stack = tab, fresh
     log_in(page, stack)  # the login form, admin and the printed password
     page.wait_for_url(f"{stack.url}/admin/")
 
@@ -157,8 +229,7 @@ def test_log_in_look_around_and_launch_an_echo_job(stack: Stack, browser_context
     assert stack.scalar("SELECT COUNT(*) FROM jobs") == jobs_before, "the preview wrote a job"
     screenshot(page, "first-hour-2-preview")
 
-    page.click("[name=_launch]")
-    job_id = launched_job(page, AGENTS)
+    job_id = launched(page, "Launched job 1 with 3 tasks.")
     # "Now watch, without reloading": the badge and the line change in place.
     page.evaluate("window.__notReloaded = true")
     expect(page.locator("#job-state")).to_have_text(says("**succeeded**").strip("*"), timeout=LIVE_WAIT_MS)
@@ -177,11 +248,21 @@ def test_log_in_look_around_and_launch_an_echo_job(stack: Stack, browser_context
     screenshot(page, "first-hour-3-echo-succeeded")
 
 
+# --- 4. the same with curl -----------------------------------------------------------------------------------------
+
+
+def test_the_same_with_curl(fresh: Stack, shell: Shell) -> None:
+    run_block(shell, fresh, 0)
+    assert job_state(fresh, 2) == "succeeded"
+    assert fresh.scalar("SELECT idempotency_key FROM jobs WHERE id = 2") == "first-hour-echo"
+
+
 # --- 5. mistakes it catches ----------------------------------------------------------------------------------------
 
 
-def test_the_form_catches_a_kind_nobody_runs_and_a_missing_target(stack: Stack, admin_page: Page) -> None:
-    page = admin_page
+def test_the_form_catches_a_kind_nobody_runs_and_a_missing_target(fresh: Stack, tab: Page) -> None:
+    page, stack = tab, fresh
+    log_in_if_needed(page, stack)
     jobs_before = stack.scalar("SELECT COUNT(*) FROM jobs")
 
     open_add_job(page, stack)
@@ -224,11 +305,18 @@ def test_the_form_catches_a_kind_nobody_runs_and_a_missing_target(stack: Stack, 
     assert stack.scalar("SELECT COUNT(*) FROM jobs") == jobs_before, "a refused launch or a preview wrote a job"
 
 
+def test_the_api_refuses_the_same_jobs_a_misspelt_field_and_a_reused_key(fresh: Stack, shell: Shell) -> None:
+    jobs_before = fresh.scalar("SELECT COUNT(*) FROM jobs")
+    run_block(shell, fresh, 1)
+    assert fresh.scalar("SELECT COUNT(*) FROM jobs") == jobs_before, "a refused submission wrote a job"
+
+
 # --- 6, 7: a job that fails, explain, reading the failure, retry failed ------------------------------------------
 
 
-def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page) -> None:
-    page = admin_page
+def test_a_failing_job_explained_read_and_retried(fresh: Stack, tab: Page) -> None:
+    page, stack = tab, fresh
+    log_in_if_needed(page, stack)
     open_add_job(page, stack)
     page.fill("#id_kind", "sleep")
     page.fill("#id_payload", '{"seconds": 60}')
@@ -237,11 +325,7 @@ def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page
     page.fill("#id_execution_timeout_s", "10")
     for field in ("**Max attempts** `2`", "**Execution timeout (s)** `10`", 'Payload** `{"seconds": 60}`'):
         says(field)
-    page.click("[name=_launch]")
-    says("Launched job 3 with 2 tasks.")
-    found = re.search(r"Launched job (\d+) with 2 tasks\.", page.locator(".messagelist").inner_text())
-    assert found, page.locator(".messagelist").inner_text()
-    job_id = int(found.group(1))
+    job_id = launched(page, "Launched job 3 with 2 tasks.")
     job_url = page.url
 
     # Explain, while it runs: the first task of the table.
@@ -250,17 +334,17 @@ def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page
     first.locator("td").first.get_by_role("link").click()
     page.wait_for_url(re.compile(rf"/admin/tasks/task/{task_id}/change/"))
     agent = stack.scalar("SELECT agent_id FROM tasks WHERE id = ?", (task_id,))
-    assert agent in ("demo-0", "demo-1"), agent
+    assert agent == "demo-0", agent  # the first of the agent ids typed, as in the doc
     explain = page.locator("#task-explain")
     documented = says(
         "running on agent demo-0 (attempt 1 of 2); should the agent not report in time, the lease expires at "
         "05:08:24 UTC, then the task is requeued (attempt 2 of 2)"
     )
-    running = re.escape(documented).replace("demo\\-0", re.escape(agent)).replace("05:08:24", r"\d\d:\d\d:\d\d")
+    running = re.escape(documented).replace("05:08:24", r"\d\d:\d\d:\d\d")
     # The first attempt, or the second if this machine was slow to get here: both are what the doc says.
     second = re.escape(says("then the task ends timed out (attempt 2 of 2 was its last)"))
     expect(explain).to_have_text(
-        re.compile(rf"^({running}|running on agent {agent} \(attempt 2 of 2\).*{second})$"), timeout=LIVE_WAIT_MS
+        re.compile(rf"^({running}|running on agent demo-0 \(attempt 2 of 2\).*{second})$"), timeout=LIVE_WAIT_MS
     )
     expect(page.locator("#task-summary")).to_contain_text(re.compile(r"State: running\s+attempt [12] of 2"))
     says("State: running attempt 1 of 2 (first attempt);")
@@ -268,9 +352,7 @@ def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page
     expect(explain).to_have_text(says("finished: timed out"), timeout=LIVE_WAIT_MS)
 
     # Reading the failure: back on the job's page.
-    page.locator("#task-fields").get_by_role(
-        "link", name=says("the **job 3** link").split("**")[1].replace("3", str(job_id)), exact=True
-    ).click()
+    page.locator("#task-fields").get_by_role("link", name=says("the **job 3** link").split("**")[1], exact=True).click()
     page.wait_for_url(job_url)
     expect(page.locator("#job-state")).to_have_text(says("the badge **failed**").split("**")[1])
     expect(page.locator("#job-outcome")).to_have_text(
@@ -295,16 +377,16 @@ def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page
     screenshot(page, "first-hour-8-job-failed")
 
     page.goto(f"{stack.url}/admin/")
-    timed_out = stack.scalar("SELECT COUNT(*) FROM tasks WHERE state = 'timed_out'")
-    says('a **failed** tile that says "failed (2 timed out)"')
-    expect(page.locator("#dash-throughput [data-count=failed] .l")).to_have_text(f"failed ({timed_out} timed out)")
+    tile = page.locator("#dash-throughput [data-count=failed]")
+    expect(tile.locator(".l")).to_have_text(says('a **failed** tile that says "failed (2 timed out)"').split('"')[1])
+    expect(tile.locator(".n")).to_have_text("2")
 
     # 7. Retry failed: the confirmation page first.
     page.goto(job_url)
     page.locator("#job-controls").get_by_role("button", name=says("**Retry failed…**").strip("*")).click()
     page.wait_for_url(re.compile(rf"/admin/tasks/job/{job_id}/retry-failed/"))
     content = page.locator("#content")
-    expect(content.locator("h1")).to_have_text(says("Retry the failed tasks of job 3?").replace("3", str(job_id)))
+    expect(content.locator("h1")).to_have_text(says("Retry the failed tasks of job 3?"))
     expect(page.locator("#job-retry-count")).to_have_text(says("2 failed or timed-out tasks will be queued again."))
     expect(page.locator("#job-retry-attempts")).to_have_text(
         says(
@@ -335,9 +417,9 @@ def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page
     says("the badge is **running** again")
     reasons = page.locator("#job-task-table .task-attempt-reason")
     expect(reasons).to_have_text([says('"retried by admin"').strip('"')] * 2)
-    # The reset is recorded: the tasks' backoff counts from the attempts made before the retry.
-    reset_at = stack.query("SELECT backoff_from_attempt = attempt FROM tasks WHERE job_id = ?", (job_id,))
-    assert reset_at == [(1,), (1,)], reset_at
+    # The reset is recorded: the tasks' backoff counts from the 2 attempts made before the retry.
+    reset_at = stack.query("SELECT backoff_from_attempt FROM tasks WHERE job_id = ? ORDER BY id", (job_id,))
+    assert reset_at == [(2,), (2,)], reset_at
     screenshot(page, "first-hour-10-retried")
 
     # Clone: the form filled in from the job.
@@ -352,38 +434,24 @@ def test_a_failing_job_explained_read_and_retried(stack: Stack, admin_page: Page
     says("(kind `sleep`, payload, agent ids, max attempts 2, execution timeout 10)")
 
 
-# --- 4, 5, 7: the curl blocks -------------------------------------------------------------------------------------
+def test_a_failing_job_with_curl(fresh: Stack, shell: Shell) -> None:
+    run_block(shell, fresh, 2)
+    assert fresh.query("SELECT id, job_id, agent_id FROM tasks WHERE job_id = 4") == [(9, 4, "demo-2")]
 
 
-def test_the_curl_commands_print_what_the_walkthrough_shows(stack: Stack) -> None:
+# --- the doc itself ---------------------------------------------------------------------------------------------
+
+
+def test_every_curl_block_of_the_walkthrough_is_run_and_shows_outputs() -> None:
     text = doc_text()
     blocks = runnable_blocks(text)
     assert len(blocks) == 3, "sections 4, 5 and 7 each have one runnable block"
-    shell_blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
-    curl_blocks = [block for block in shell_blocks if "curl " in block]
-    assert len(curl_blocks) == len(blocks), "every shell block with curl is marked runnable"
-    table = substitutions(stack)
-    for documented in table:
+    curl_blocks = [block for block in re.findall(r"```sh\n(.*?)```", text, re.S) if "curl " in block]
+    assert len(curl_blocks) == len(blocks), "a shell block with curl that is not marked runnable"
+    for block in blocks:
+        assert any(step.expected for step in block), f"a runnable block shows no output (line {block[0].line})"
+    for documented in substitutions(Stack(url="", data_dir=Path(), database=Path(), logs=Path())):
         assert documented in text, f"the substitution {documented!r} no longer appears in the doc"
-
-    checked = 0
-    with tempfile.TemporaryDirectory(prefix="aegis-first-hour-") as cwd:
-        shell = Shell(Path(cwd))
-        try:
-            for block in blocks:
-                for step in block:
-                    command = step.command
-                    for documented, actual in table.items():
-                        command = command.replace(documented, actual)
-                    outcome = run_documented(shell, step, command)
-                    assert outcome.problem is None, (
-                        f"docs/first-hour.md line {step.line}: {step.command}\n{outcome.problem}\n"
-                        f"printed: {outcome.output[:1500]}"
-                    )
-                    checked += step.expected is not None
-        finally:
-            shell.close()
-    assert checked >= 10, f"only {checked} documented outputs were checked"
 
 
 @pytest.mark.parametrize(
@@ -394,7 +462,7 @@ def test_the_curl_commands_print_what_the_walkthrough_shows(stack: Stack) -> Non
         ('{"a": 1}', '{"a": 1, "b": 2}', "not documented"),
         ('{"a": "x … z"}', '{"a": "x y z"}', None),
         ('{"a": "x … z"}', '{"a": "x y"}', "does not read"),
-        ('{"id": 2, "n": 3}', '{"id": 9, "n": 3}', None),
+        ('{"id": 2, "n": 3}', '{"id": 9, "n": 3}', "documented 2, got 9"),
         ('{"id": 2, "n": 3}', '{"id": 2, "n": 4}', "documented 3, got 4"),
         ('{"l": ["a", …]}', '{"l": ["a", "b"]}', None),
         ('{"l": ["a"]}', '{"l": ["a", "b"]}', "documented 1 items"),
@@ -411,14 +479,16 @@ def test_documented_outputs_are_compared_strictly_where_they_are_not_elided(
         assert problem in found
 
 
-def test_the_shell_reports_a_failing_command_and_an_unexpected_output(stack: Stack) -> None:
+def test_the_shell_reports_a_failing_command_and_an_unexpected_output(fresh: Stack) -> None:
     """What the curl test sees of a broken command: a 401 instead of the documented list, a failed pipeline."""
     with tempfile.TemporaryDirectory(prefix="aegis-first-hour-") as cwd:
         shell = Shell(Path(cwd))
         try:
-            status, output = shell.run(f"curl -s -w ' %{{http_code}}\\n' {stack.url}/api/v1/jobs/")
+            status, output = shell.run(f"curl -s -w ' %{{http_code}}\\n' {fresh.url}/api/v1/jobs/")
             assert status == 0
-            assert compare('{"results": […]} 200', output) is not None  # 401: not logged in
+            assert (
+                compare('{"next": null, "previous": null, "results": […]} 200', output) is not None
+            )  # 401 without a token
             status, _ = shell.run(
                 "JOB=$(curl -s http://127.0.0.1:1/ | python3 -c 'import json,sys; json.load(sys.stdin)')"
             )
