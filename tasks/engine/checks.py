@@ -192,11 +192,21 @@ def fingerprint(spec: JobSpec) -> str:
     """sha256 of the canonical JSON of the job's specification, for idempotency keys.
 
     The validated spec is hashed, so a field left out and the same field sent with the
-    server's default are the same request. The answers to the checks
+    server's default are the same request, and so are targets that list the same agent
+    ids, capabilities or label choices in another order. The answers to the checks
     (``allow_no_agents``, ``allow_unsupported_kind``) and the key itself are left out:
     they are not part of the job. Times are hashed in UTC.
     """
     values = {name: value for name, value in asdict(spec).items() if name not in _NOT_THE_JOB}
+    # A target is a set: the order of ids, capabilities and a label's choices does not change the job.
+    values["target_agent_ids"] = sorted(values["target_agent_ids"])
+    values["target_capabilities"] = sorted(values["target_capabilities"])
+    values["target_labels"] = {
+        key: sorted(wanted, key=lambda choice: (isinstance(choice, str), choice))
+        if isinstance(wanted, list)
+        else wanted
+        for key, wanted in values["target_labels"].items()
+    }
     for name in ("backoff_base_s", "backoff_cap_s", "abort_failure_ratio"):
         if values[name] is not None:
             values[name] = float(values[name])  # 5 from settings and 5.0 from JSON are one value

@@ -302,6 +302,16 @@ def test_a_field_left_out_and_the_same_field_sent_with_its_default_are_the_same_
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 409)
 
 
+def test_the_order_of_a_targets_ids_and_label_choices_does_not_make_another_request(api, demo):
+    body = {"kind": "echo", "target_agent_ids": ["sim-1", "sim-2"], "idempotency_key": "k"}
+    body["target_labels"] = {"simulated": ["true", "yes"]}
+    first = api.post(JOBS, body, format="json")
+    reordered = {**body, "target_agent_ids": ["sim-2", "sim-1"], "target_labels": {"simulated": ["yes", "true"]}}
+    again = api.post(JOBS, reordered, format="json")
+
+    assert (first.status_code, again.status_code) == (201, 200)
+
+
 def test_a_job_from_before_fingerprints_is_returned_for_any_body_with_its_key(api, demo):
     first = api.post(JOBS, {"kind": "echo", "target_agent_ids": ["sim-1"], "idempotency_key": "old"}, format="json")
     Job.objects.update(spec_fingerprint="")
