@@ -303,7 +303,7 @@ def test_a_field_left_out_and_the_same_field_sent_with_its_default_are_the_same_
 
 
 def test_the_order_of_a_targets_ids_and_label_choices_does_not_make_another_request(api, demo):
-    body = {"kind": "echo", "target_agent_ids": ["sim-1", "sim-2"], "idempotency_key": "k"}
+    body: dict[str, Any] = {"kind": "echo", "target_agent_ids": ["sim-1", "sim-2"], "idempotency_key": "k"}
     body["target_labels"] = {"simulated": ["true", "yes"]}
     first = api.post(JOBS, body, format="json")
     reordered = {**body, "target_agent_ids": ["sim-2", "sim-1"], "target_labels": {"simulated": ["yes", "true"]}}
