@@ -235,6 +235,14 @@ class JobAdmin(ReadOnlyAdmin):
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         self._each(request, queryset, actions.cancel_job, "Canceled {count} jobs.")
 
-    @admin.action(description="Retry the failed tasks of the selected jobs", permissions=["operate"])
+    @admin.action(description="Retry the failed tasks of the selected jobs (backoff kept)", permissions=["operate"])
     def retry_failed_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        self._each(request, queryset, actions.retry_failed, "Queued the failed tasks of {count} jobs again.")
+        """The bulk form of a job's "Retry failed…": the same allowance, said in the message; no backoff reset
+        (that choice is on each job's confirmation page, which shows what it changes)."""
+        self._each(
+            request,
+            queryset,
+            actions.retry_failed,
+            "Queued the failed tasks of {count} jobs again. Each task gets its job's max_attempts more attempts, "
+            "numbered on from its last one; the backoff goes on growing (a job's 'Retry failed…' page can reset it).",
+        )

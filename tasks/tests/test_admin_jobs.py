@@ -463,7 +463,9 @@ def test_list_actions_pause_resume_retry_and_cancel(admin_client, admin_user, ru
     bulk(admin_client, "resume_jobs", running_jobs)
     assert states(running_jobs) == [JobState.RUNNING] * 2
     response = bulk(admin_client, "retry_failed_jobs", running_jobs)
-    assert "Queued the failed tasks of 2 jobs again." in response.content.decode()
+    page = response.content.decode()
+    assert "Queued the failed tasks of 2 jobs again. Each task gets its job&#x27;s max_attempts more attempts" in page
+    assert "the backoff goes on growing" in page
     assert Task.objects.filter(state=TaskState.FAILED).count() == 0
     bulk(admin_client, "cancel_jobs", running_jobs)
     assert states(running_jobs) == [JobState.CANCELED] * 2
