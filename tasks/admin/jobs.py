@@ -156,7 +156,9 @@ class JobAdmin(ReadOnlyAdmin):
             )
         if job.target_capabilities:
             parts.append(f"capabilities {', '.join(job.target_capabilities)}")
-        return "; ".join(parts) or "every agent"
+        if parts:
+            return "; ".join(parts)
+        return "every agent of the fleet (target_all)" if job.target_all else "every agent of the fleet"
 
     @admin.display(description="payload")
     def payload_pretty(self, job: Job) -> SafeString:

@@ -197,6 +197,8 @@ def test_launch_of_mode_any_makes_task_count_tasks(admin_client, fleet):
 
     job = Job.objects.get()
     assert (job.mode, job.tasks_total, Task.objects.filter(agent__isnull=True).count()) == (JobMode.ANY, 6, 6)
+    assert job.target_all
+    assert "every agent of the fleet (target_all)" in admin_client.get(detail_url(job)).content.decode()
 
 
 def test_launch_with_a_used_idempotency_key_shows_the_existing_job(admin_client, fleet):
