@@ -170,7 +170,9 @@ def test_make_run_prints_the_address_the_password_and_the_agents(fresh: Stack) -
         "Aegis Event Bus is starting: http://127.0.0.1:8000/admin/": f"Aegis Event Bus is starting: {stack.url}/admin/",
         "Admin login: user 'admin', password '": f"Admin login: user 'admin', password '{stack.password}'",
         "SECRET_KEY is not set: using a generated development key": "check=aegis.W001",
-        "started web pid=": "started web pid=",
+        "daphne -v 0 -b 127.0.0.1 -p 8000 aegis_site.asgi:application": (
+            f"daphne -v 0 -b 127.0.0.1 -p {stack.url.rsplit(':', 1)[1]} aegis_site.asgi:application"
+        ),
         "all 3 agents online after": f"all {AGENTS} agents online after",
     }
     for quote, line in documented.items():
@@ -193,6 +195,8 @@ def test_log_in_look_around_and_launch_an_echo_job(fresh: Stack, tab: Page) -> N
     says('"3 can take work"')
     expect(page.locator("#dash-agents [data-count=dispatchable] .n")).to_have_text(str(AGENTS))
     expect(page.locator("#dash-agents [data-count=dispatchable] .l")).to_have_text("can take work")
+    says("**Queue**: 0 queued")
+    expect(page.locator("#dash-queue [data-count=queued] .n")).to_have_text("0")
     expect(page.locator("#dash-queue")).to_contain_text(says("Reconciliation: no task whose state contradicts reality"))
     health = page.locator("#dash-health")
     broker = health.locator("li[data-role=broker]")
