@@ -436,11 +436,25 @@ def test_a_failing_job_explained_read_and_retried(fresh: Stack, tab: Page) -> No
     expect(page.locator("#id_max_attempts")).to_have_value("2")
     expect(page.locator("#id_execution_timeout_s")).to_have_value("10")
     says("(kind `sleep`, payload, agent ids, max attempts 2, execution timeout 10)")
+    page.fill("#id_execution_timeout_s", says("an **Execution timeout (s)** of `90`").split("`")[1])
+    launched(page, "Launched job 4 with 2 tasks.")  # it succeeds after its minute of sleep: see the last test
 
 
 def test_a_failing_job_with_curl(fresh: Stack, shell: Shell) -> None:
     run_block(shell, fresh, 2)
-    assert fresh.query("SELECT id, job_id, agent_id FROM tasks WHERE job_id = 4") == [(9, 4, "demo-2")]
+    assert fresh.query("SELECT id, job_id, agent_id FROM tasks WHERE job_id = 5") == [(11, 5, "demo-2")]
+
+
+def test_the_clone_with_a_longer_timeout_succeeds(fresh: Stack, tab: Page) -> None:
+    """The end of section 7's admin part, checked last: the clone's tasks sleep their minute (launched above)."""
+    page = tab
+    log_in_if_needed(page, fresh)
+    says("about a minute later it has succeeded")
+    page.goto(f"{fresh.url}/admin/tasks/job/4/change/")
+    expect(page.locator("#job-state")).to_have_text("succeeded", timeout=120_000)
+    expect(page.locator("#job-outcome")).to_have_text("2 of 2 tasks finished: 2 succeeded, 0 failed, 0 canceled")
+    expect(page.locator("#job-task-table .task-attempt")).to_have_text(["1/2", "1/2"])
+    screenshot(page, "first-hour-11-clone-succeeded")
 
 
 # --- the doc itself ---------------------------------------------------------------------------------------------
