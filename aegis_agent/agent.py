@@ -236,6 +236,10 @@ class Agent:
         elif isinstance(message, wire.Drain):
             log.info("draining: finishing running tasks, accepting nothing new")
             self._draining = True
+        elif isinstance(message, wire.Resume):
+            if not self._stopping.is_set():  # a drain for shutdown stays
+                log.info("resumed: accepting new tasks again")
+                self._draining = False
         elif broadcast:
             log.warning("ignored %s on the broadcast topic", type(message).__name__)
         elif isinstance(message, wire.Assign):

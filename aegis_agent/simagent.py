@@ -169,6 +169,8 @@ class SimAgent:
                 self.send_heartbeat()
         elif isinstance(parsed, wire.Drain):
             self.draining = True
+        elif isinstance(parsed, wire.Resume):
+            self.draining = False
         elif message.topic == wire.BROADCAST_TOPIC:
             fleet.stats.ignored += 1
         elif isinstance(parsed, wire.Assign):

@@ -182,7 +182,12 @@ class Ping:
     hello: bool = False  # the server does not know this agent: answer with a hello, not a heartbeat
 
 
-InboxMessage = Assign | Cancel | Drain | Ping
+@dataclass(frozen=True)
+class Resume:
+    message_id: str
+
+
+InboxMessage = Assign | Cancel | Drain | Resume | Ping
 
 
 def _task_id(value: Any, name: str) -> TaskId:
@@ -255,6 +260,8 @@ def parse_inbox(data: bytes) -> InboxMessage:
         return Cancel(message_id, _task_id(message.get("task_id"), "task_id"), _attempt(message.get("attempt")), force)
     if message_type == "agent.drain":
         return Drain(message_id)
+    if message_type == "agent.resume":
+        return Resume(message_id)
     if message_type == "ping":
         hello = message.get("hello", False)
         if not isinstance(hello, bool):

@@ -465,6 +465,11 @@ def agent_drain(at: datetime) -> dict[str, Any]:
     return envelope("agent.drain", at)
 
 
+def agent_resume(at: datetime) -> dict[str, Any]:
+    """The operator made a drained (or disabled) agent active again: it takes new work."""
+    return envelope("agent.resume", at)
+
+
 def ping(at: datetime, *, hello: bool = False) -> dict[str, Any]:
     """``hello=True`` asks the agent for its hello (the server does not know it yet); else a heartbeat."""
     return envelope("ping", at, hello=True) if hello else envelope("ping", at)

@@ -79,6 +79,10 @@ def set_admin_state(agent_id: str, state: AdminState, actor: Actor) -> Agent:
         agent.save(update_fields=["admin_state", "updated_at"])
         if state == AdminState.DRAINING and previous != AdminState.DRAINING:
             outbox.write([outbox.to_inbox(agent_id, "agent.drain", now)])
+        elif state == AdminState.ACTIVE and previous != AdminState.ACTIVE:
+            # The agent stopped taking work when it was drained: without this it would go on refusing
+            # (task.rejected "draining") every task the server now assigns it, until it restarts.
+            outbox.write([outbox.to_inbox(agent_id, "agent.resume", now)])
         record(actor, f"agent.{_verb(state)}", "agent", agent_id, previous=previous)
     return agent
 

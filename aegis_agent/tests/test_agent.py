@@ -164,6 +164,16 @@ def test_drain_finishes_running_work_and_rejects_new_work(make_agent, peer, agen
     peer.event(agent_id, "task.succeeded", 14)
 
 
+def test_resume_after_drain_takes_new_work_again(make_agent, peer, agent_id):
+    make_agent()
+    peer.send(agent_id, inbox_message("agent.drain"))
+    peer.send(agent_id, assign(20, "echo", {}))
+    assert peer.event(agent_id, "task.rejected", 20)[0]["reason"] == "draining"
+    peer.send(agent_id, inbox_message("agent.resume"))
+    peer.send(agent_id, assign(21, "echo", {"x": 1}))
+    assert peer.event(agent_id, "task.succeeded", 21)[0]["result"] == {"x": 1}
+
+
 def test_assignments_beyond_max_concurrency_are_rejected(make_agent, peer, agent_id):
     make_agent(max_concurrency=1)
     peer.send(agent_id, assign(16, "sleep", {"seconds": 1}))

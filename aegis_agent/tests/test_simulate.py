@@ -72,6 +72,10 @@ def test_failure_rate_duration_cancel_and_duplicates(prefix, fleet_peer):
         fleet_peer.send(b, assign(4, "noop", {}))
         drained = fleet_peer.wait_for(lambda t, body: events(b)(t, body) and body.get("task_id") == 4)[0]
         assert drained["reason"] == "draining"
+        fleet_peer.send(b, inbox_message("agent.resume"))
+        fleet_peer.send(b, assign(5, "noop", {}))
+        resumed = fleet_peer.wait_for(lambda t, body: events(b)(t, body) and body.get("task_id") == 5)[0]
+        assert resumed["type"] == "task.accepted"
         assert [body["type"] for body in fleet_peer.find(events(a))] == ["task.accepted", "task.failed"]
     finally:
         fleet.stop()

@@ -516,6 +516,7 @@ def test_builders_produce_what_the_outbox_writes_today():
             outbox.to_inbox(AGENT, "task.cancel", NOW, task_id=812, attempt=2, force=True),
         ),
         (protocol.agent_drain(NOW), outbox.to_inbox(AGENT, "agent.drain", NOW)),
+        (protocol.agent_resume(NOW), outbox.to_inbox(AGENT, "agent.resume", NOW)),
         (protocol.ping(NOW), outbox.to_inbox(AGENT, "ping", NOW)),
     ]
     for built, queued in pairs:
@@ -608,13 +609,14 @@ def test_every_documented_message_is_valid():
     examples = documented_examples()
     agent_types = {document["type"] for _, document in VALID.values()}
     documented = {example["type"] for example in examples}
-    assert agent_types | {"task.assign", "task.cancel", "agent.drain", "ping"} <= documented
+    assert agent_types | {"task.assign", "task.cancel", "agent.drain", "agent.resume", "ping"} <= documented
     builders = {
         "task.assign": protocol.task_assign(
             NOW, task_id=1, attempt=1, job_id=1, kind="echo", payload=None, timeout_s=1, lease_s=1
         ),
         "task.cancel": protocol.task_cancel(NOW, task_id=1, attempt=1, force=False),
         "agent.drain": protocol.agent_drain(NOW),
+        "agent.resume": protocol.agent_resume(NOW),
         "ping": protocol.ping(NOW),
     }
     for example in examples:

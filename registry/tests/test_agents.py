@@ -196,13 +196,27 @@ def test_draining_an_agent_that_already_drains_sends_nothing_more(operator, make
     assert audit_actions("node-1") == ["agent.drain", "agent.drain"]
 
 
-@pytest.mark.parametrize("state", [AdminState.DISABLED, AdminState.ACTIVE])
-def test_disable_and_enable_send_no_message(operator, make_agent, state):
+def test_disable_sends_no_message(operator, make_agent):
     make_agent("node-1", admin_state=AdminState.DRAINING)
 
-    actions.set_admin_state("node-1", state, operator)
+    actions.set_admin_state("node-1", AdminState.DISABLED, operator)
 
     assert not OutboxMessage.objects.exists()
+
+
+@pytest.mark.parametrize("start", [AdminState.DRAINING, AdminState.DISABLED])
+def test_enable_tells_the_agent_to_take_work_again(operator, make_agent, start):
+    make_agent("node-1", admin_state=start)
+
+    actions.set_admin_state("node-1", AdminState.ACTIVE, operator)
+    actions.set_admin_state("node-1", AdminState.ACTIVE, operator)  # already active: nothing more
+
+    (message,) = OutboxMessage.objects.all()
+    assert (message.topic, message.message_type, message.payload["type"]) == (
+        "aegis/agents/node-1/inbox",
+        "agent.resume",
+        "agent.resume",
+    )
 
 
 def test_set_admin_state_of_an_unknown_agent_fails_and_records_nothing(operator, db):
