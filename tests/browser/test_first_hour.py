@@ -405,7 +405,11 @@ def test_a_failing_job_explained_read_and_retried(fresh: Stack, tab: Page) -> No
         )
     )
     reset = says("**Reset the backoff: delays between the new attempts start again from the base**").strip("*")
-    expect(page.locator("label[for=id_reset_backoff]")).to_have_text(reset)
+    label = page.locator("label[for=id_reset_backoff]")
+    expect(label).to_have_text(reset)
+    box, font = label.bounding_box(), label.evaluate("node => parseFloat(getComputedStyle(node).fontSize)")
+    assert box is not None
+    assert box["height"] < 2 * font, f"the reset-backoff label wraps: {box}, font size {font}"  # one line
     screenshot(page, "first-hour-9-retry-confirmation")
     page.check("#id_reset_backoff")
     page.locator("#job-retry-confirm").click()
