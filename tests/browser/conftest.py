@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,9 @@ def playwright() -> Iterator[Playwright]:
         yield p
 
 
-@pytest.fixture(scope="package")
-def browser_context(chromium: None, playwright: Playwright) -> Iterator[BrowserContext]:
+@contextmanager
+def fresh_context(playwright: Playwright) -> Iterator[BrowserContext]:
+    """Chromium with a profile of its own (cookies do not tell ports apart: each stack wants its own browser)."""
     with tempfile.TemporaryDirectory(prefix="aegis-chromium-profile-") as profile:
         context = playwright.chromium.launch_persistent_context(**launch_options(Path(profile)))
         context.set_default_timeout(TIMEOUT_MS)
@@ -73,9 +75,10 @@ def browser_context(chromium: None, playwright: Playwright) -> Iterator[BrowserC
         context.close()
 
 
-@pytest.fixture
-def page(request: pytest.FixtureRequest, browser_context: BrowserContext, artifacts: Path) -> Iterator[Page]:
-    page = browser_context.new_page()
+@contextmanager
+def kept_on_failure(request: pytest.FixtureRequest, context: BrowserContext, artifacts: Path) -> Iterator[Page]:
+    """A new page of ``context``; when the test fails, its screenshot and HTML are kept in ``artifacts``."""
+    page = context.new_page()
     yield page
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
@@ -86,6 +89,18 @@ def page(request: pytest.FixtureRequest, browser_context: BrowserContext, artifa
     # that will not come now (CI hung here for pytest-timeout's 300 s once). Drop them without waiting.
     page.unroute_all(behavior="ignoreErrors")
     page.close()
+
+
+@pytest.fixture(scope="package")
+def browser_context(chromium: None, playwright: Playwright) -> Iterator[BrowserContext]:
+    with fresh_context(playwright) as context:
+        yield context
+
+
+@pytest.fixture
+def page(request: pytest.FixtureRequest, browser_context: BrowserContext, artifacts: Path) -> Iterator[Page]:
+    with kept_on_failure(request, browser_context, artifacts) as page:
+        yield page
 
 
 def log_in(page: Page, stack: Stack, password: str | None = None) -> None:

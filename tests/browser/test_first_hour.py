@@ -27,8 +27,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, Page, Playwright, expect
 
-from tests.browser.chromium import launch_options
-from tests.browser.conftest import TIMEOUT_MS, log_in, screenshot
+from tests.browser.conftest import fresh_context, kept_on_failure, log_in, screenshot
 from tests.browser.first_hour_doc import Shell, Step, compare, doc_text, flat, runnable_blocks, says
 from tests.browser.stack import AGENT_PREFIX, AGENTS, Stack, running_stack
 from tests.support import wait_for
@@ -49,25 +48,15 @@ def fresh(chromium: None, artifacts: Path) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def context(chromium: None, playwright: Playwright) -> Iterator[BrowserContext]:
-    with tempfile.TemporaryDirectory(prefix="aegis-chromium-profile-") as profile:
-        browser = playwright.chromium.launch_persistent_context(**launch_options(Path(profile)))
-        browser.set_default_timeout(TIMEOUT_MS)
+    with fresh_context(playwright) as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
 def tab(request: pytest.FixtureRequest, context: BrowserContext, artifacts: Path) -> Iterator[Page]:
     """A page of this module's browser; on a failure its screenshot and HTML are kept, as the package's page does."""
-    page = context.new_page()
-    yield page
-    report = getattr(request.node, "report_call", None)
-    if report is not None and report.failed:
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-        page.screenshot(path=artifacts / f"FAILED-{name}.png", full_page=True)
-        (artifacts / f"FAILED-{name}.html").write_text(page.content())
-    page.unroute_all(behavior="ignoreErrors")
-    page.close()
+    with kept_on_failure(request, context, artifacts) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
