@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from django.db import connection
 
+from aegis_site.core import clock
 from ops.audit import Actor
 from registry.models import Agent, Connectivity
-from tasks.engine import clock
 from tasks.engine.submit import JobSpec
 
 

@@ -172,7 +172,7 @@ def _run_baseline(count: int) -> float:
     """One task per transaction: lock the first queued row (waiting on locks), save it, then save its result."""
     from django.db import transaction
 
-    from tasks.engine import clock
+    from aegis_site.core import clock
     from tasks.models import Task, TaskEvent, TaskState
 
     agent = _seed(count)[0]

@@ -134,9 +134,9 @@ def scenario_in_flight(args: argparse.Namespace, procs: Processes) -> dict[str, 
 
 
 def scenario_rate(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
+    from aegis_site.core.errors import InvalidTransition
     from ops.audit import Actor
     from tasks import actions
-    from tasks.engine.errors import InvalidTransition
     from tasks.engine.submit import JobSpec
 
     spec = JobSpec(

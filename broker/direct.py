@@ -18,11 +18,10 @@ from collections.abc import Sequence
 import paho.mqtt.client as mqtt
 from django.conf import settings
 
+from aegis_site.core import clock, counters
 from broker import outbox, publisher
 from broker.client import BrokerAddress, new_client, service_client_id
 from broker.models import OutboxMessage
-from ops.metrics import counters
-from tasks.engine import clock
 
 log = logging.getLogger("aegis.dispatcher")
 

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
+from aegis_site.core import clock, counters, wakeup
 from broker.presence import HeartbeatBuffer
 from broker.protocol import Heartbeat, Hello, ProtocolError, Status, TaskEvent, parse_agent_message, report_fields
-from ops.metrics import counters
 from registry import actions as registry_actions
 from tasks import actions as task_actions
-from tasks.engine import clock, wakeup
 from tasks.engine.reports import Report
 
 log = logging.getLogger("aegis.bridge")

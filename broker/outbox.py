@@ -15,9 +15,9 @@ from typing import Any
 
 from django.db import transaction
 
+from aegis_site.core import wakeup
 from broker.models import OutboxMessage
 from broker.protocol import envelope, inbox_topic
-from tasks.engine import wakeup
 
 DirectSink = Callable[[Sequence[OutboxMessage]], None]
 _direct_sink: DirectSink | None = None

@@ -9,10 +9,10 @@ from datetime import datetime
 
 from django.db import transaction
 
+from aegis_site.core import clock
 from broker import outbox
 from registry import actions as registry_actions
 from registry.models import Agent
-from tasks.engine import clock
 
 log = logging.getLogger("aegis.bridge")
 

@@ -13,9 +13,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
+from aegis_site.core import clock, counters
 from broker.models import OutboxMessage
-from ops.metrics import counters
-from tasks.engine import clock
 
 log = logging.getLogger("aegis.bridge")
 

@@ -8,11 +8,12 @@ from typing import Any
 
 from django.db import transaction
 
+from aegis_site.core import clock
+from aegis_site.core.errors import NotFound
+from aegis_site.core.tokens import hash_token
 from ops.audit import Actor, record
 from ops.models import ApiToken, RoleHeartbeat
-from ops.tokens import TOKEN_PREFIX, hash_token
-from tasks.engine import clock
-from tasks.engine.errors import NotFound
+from ops.tokens import TOKEN_PREFIX
 
 
 def issue_api_token(user: Any, name: str, actor: Actor, ttl: timedelta | None = None) -> tuple[ApiToken, str]:

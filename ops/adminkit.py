@@ -21,8 +21,8 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
+from aegis_site.core.errors import DomainError
 from ops.audit import Actor
-from tasks.engine.errors import EngineError
 
 
 def actor_of(request: HttpRequest) -> Actor:
@@ -141,7 +141,7 @@ class ReadOnlyInline(admin.TabularInline):
         return False
 
 
-REFUSALS: tuple[type[Exception], ...] = (EngineError, ObjectDoesNotExist, ValueError)
+REFUSALS: tuple[type[Exception], ...] = (DomainError, ObjectDoesNotExist, ValueError)
 
 
 def run_for_each(

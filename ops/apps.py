@@ -7,8 +7,8 @@ class OpsConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
+        from aegis_site.core.counters import time_queries
         from ops import checks  # noqa: F401  (registers the system checks)
-        from ops.metrics.counters import time_queries
 
         connection_created.connect(time_queries, dispatch_uid="aegis-query-timing")
 

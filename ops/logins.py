@@ -19,7 +19,7 @@ from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
 
 from aegis_site.client_address import client_address
-from ops.metrics import counters
+from aegis_site.core import counters
 
 log = logging.getLogger("aegis.api")
 

@@ -11,8 +11,8 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections
 
+from aegis_site.core import clock
 from ops import actions
-from tasks.engine import clock
 
 log = logging.getLogger("aegis.ops")
 

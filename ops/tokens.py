@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from django.db.models import Q
 
+from aegis_site.core import clock
+from aegis_site.core.tokens import hash_token
 from ops.models import ApiToken
-from registry.actions import hash_token  # one hash for every bearer secret of the project
-from tasks.engine import clock
 
 TOKEN_PREFIX = "aeo_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
@@ -12,20 +11,17 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Count, Q
 
+from aegis_site.core import clock
+from aegis_site.core.errors import DomainError
+from aegis_site.core.tokens import hash_token
 from broker import outbox
 from ops.audit import Actor, record
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken, Transport
 from registry.policy import EnrolmentPolicy
-from tasks.engine import clock
 
 log = logging.getLogger("aegis.registry")
 
 TOKEN_PREFIX = "aeg_"  # noqa: S105  (a public marker, not a secret)  # nosec B105
-
-
-def hash_token(token: str) -> str:
-    """Tokens carry 256 random bits, so a fast hash is enough (no password stretching needed)."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def register_agent(
@@ -322,9 +318,11 @@ def _within_policy(agent: Agent, labels: Mapping[str, str], capabilities: list[s
 ENROLMENT_PREFIX = "aen_"
 
 
-class EnrolmentRefused(Exception):
+class EnrolmentRefused(DomainError):
     """The enrolment token is unknown, used up, expired, does not allow this agent id, or (with ``fields``,
-    code ``outside_policy``) does not allow the labels or capabilities asked for."""
+    code ``outside_policy``) does not allow the labels or capabilities asked for (HTTP 403)."""
+
+    status = 403
 
     def __init__(self, message: str, code: str = "enrolment_refused", fields: dict[str, list[str]] | None = None):
         super().__init__(message)

@@ -13,7 +13,7 @@ from typing import Any
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from tasks.engine import clock
+from aegis_site.core import clock
 
 TONES = {
     "online": "ok",

@@ -11,14 +11,15 @@ from collections.abc import Collection
 
 from django.db import IntegrityError, transaction
 
+from aegis_site.core import clock, wakeup
+from aegis_site.core.db import atomic_with_retry
+from aegis_site.core.errors import InvalidTransition, NotFound
 from ops.audit import Actor, record
 from registry.models import Agent
-from tasks.engine import checks, clock, control, expiry, reconcile, reports, stuck, submit, wakeup
+from tasks.engine import checks, control, expiry, reconcile, reports, stuck, submit
 from tasks.engine import claim as claim_engine
 from tasks.engine.claim import Assignment
 from tasks.engine.control import RetryAllowance
-from tasks.engine.db import atomic_with_retry
-from tasks.engine.errors import InvalidTransition, NotFound
 from tasks.engine.explain import Explanation, explain
 from tasks.engine.preview import JobPreview
 from tasks.engine.preview import build as build_preview

@@ -5,4 +5,4 @@ class TasksConfig(AppConfig):
     name = "tasks"
 
     def ready(self) -> None:
-        from tasks.engine import db  # noqa: F401  (registers the in_array lookup)
+        from aegis_site.core import db  # noqa: F401  (registers the in_array lookup)

@@ -18,14 +18,14 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from aegis_site.core import clock, counters
+from aegis_site.core.wakeup import Listener
 from broker import direct
 from broker.direct import DirectPublisher
-from ops.metrics import counters
 from ops.roles import FailedSteps, RoleBeacon
 from registry import actions as registry_actions
 from tasks import actions
-from tasks.engine import claim, clock
-from tasks.engine.wakeup import Listener
+from tasks.engine import claim
 
 log = logging.getLogger("aegis.dispatcher")
 

@@ -18,11 +18,11 @@ import psycopg
 import pytest
 from django.db import connection, connections
 
+from aegis_site.core import clock
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
 from registry import actions as registry_actions
 from registry.models import Agent, Connectivity
-from tasks.engine import clock
 from tests.support import envelope, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

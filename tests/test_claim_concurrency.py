@@ -18,15 +18,15 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import Count
 
+from aegis_site.core import clock
+from aegis_site.core.errors import DomainError
 from conftest import FakeClock
 from ops.audit import Actor
 from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
-from tasks.engine import clock
 from tasks.engine.claim import Assignment
-from tasks.engine.errors import EngineError
 from tasks.engine.reports import Report
 from tasks.engine.submit import JobSpec
 from tasks.models import HELD_STATES, OPEN_JOB_STATES, Job, JobMode, JobState, Task, TaskEvent, TaskEventKind, TaskState
@@ -255,7 +255,7 @@ def test_dispatchers_expiry_agents_and_operators_at_once_neither_fail_nor_break_
                     else:
                         actions.resume_job(rng.choice([bulk, limited]), operator)
                 acted += 1
-            except EngineError:
+            except DomainError:
                 pass  # refused because of the task's or job's state: a normal answer, not a failure
             time.sleep(0.01)
         return acted

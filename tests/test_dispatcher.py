@@ -109,7 +109,7 @@ def test_submitting_a_job_wakes_a_waiting_dispatcher_through_notify(spec, operat
 
     make_agent("a1")
     make_agent("a2")
-    from tasks.engine.wakeup import Listener
+    from aegis_site.core.wakeup import Listener
 
     listener = Listener()
     stop = threading.Event()
@@ -135,7 +135,7 @@ def test_submitting_a_job_wakes_a_waiting_dispatcher_through_notify(spec, operat
 def test_a_waiting_dispatcher_times_out_without_notify():
     import threading
 
-    from tasks.engine.wakeup import Listener
+    from aegis_site.core.wakeup import Listener
 
     listener = Listener()
     try:

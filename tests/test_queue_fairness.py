@@ -16,15 +16,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aegis_site.core import clock
+from aegis_site.core.wakeup import Listener
 from conftest import FakeClock
 from ops.audit import Actor
 from registry.models import Agent, Connectivity
 from tasks import actions
-from tasks.engine import clock
 from tasks.engine.claim import rate_tokens
 from tasks.engine.reports import Report
 from tasks.engine.submit import JobSpec
-from tasks.engine.wakeup import Listener
 from tasks.models import HELD_STATES, Job, JobMode, Task, TaskState
 from tests.test_queue_properties import assert_queue_invariants, clear_queue_tables
 

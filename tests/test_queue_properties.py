@@ -32,15 +32,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from aegis_site.core import clock
+from aegis_site.core.errors import InvalidTransition
 from broker.models import OutboxMessage
 from conftest import FakeClock
 from ops.audit import Actor
 from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
-from tasks.engine import checks, clock
+from tasks.engine import checks
 from tasks.engine.claim import rate_burst
-from tasks.engine.errors import InvalidTransition
 from tasks.engine.reports import REPORT_KINDS, Report
 from tasks.engine.submit import JobSpec
 from tasks.models import (

@@ -22,8 +22,8 @@ from aegis_site.api import jwt_claims
 from aegis_site.api.principals import AgentPrincipal
 from aegis_site.api.throttling import FailedCredentials
 from aegis_site.client_address import client_address
+from aegis_site.core import counters
 from ops import tokens
-from ops.metrics import counters
 from registry import actions as registry_actions
 from registry.models import AdminState, AgentCredential
 

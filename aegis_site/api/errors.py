@@ -6,7 +6,8 @@
 only on validation errors (the serializer's per-field messages). A body with
 fields the endpoint does not take (``aegis_site.api.strict``) says so in the
 message too, naming them: ``"The request is not valid: unknown field 'target'."`` Domain errors
-of the engine and registry map to 404/409/400 here, so views just call actions.
+(``aegis_site.core.errors.DomainError`` and the apps' subclasses) map here by their ``status``,
+``code`` and ``field``, so views just call actions and this module imports no app.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from aegis_site.api.authentication import client_address
 from aegis_site.api.exceptions import Conflict, TooLarge
 from aegis_site.api.strict import READ_ONLY_FIELD, UNKNOWN_FIELD
-from ops.metrics import counters
-from registry.actions import EnrolmentRefused
-from tasks.engine.checks import SpecRefused
-from tasks.engine.errors import InvalidTarget, InvalidTransition, NotFound
+from aegis_site.core import counters
+from aegis_site.core.errors import DomainError
 
 log = logging.getLogger("aegis.api")
 
@@ -51,18 +50,29 @@ def body(code: str, message: str, fields: Any = None) -> dict[str, Any]:
     return {"error": error}
 
 
+# DRF's exception per status, for its default message when a domain error has none.
+_ANSWERS: dict[int, type[exceptions.APIException]] = {
+    status.HTTP_403_FORBIDDEN: exceptions.PermissionDenied,
+    status.HTTP_404_NOT_FOUND: exceptions.NotFound,
+    status.HTTP_409_CONFLICT: Conflict,
+}
+
+
+def _answer(error: DomainError) -> exceptions.APIException:
+    """A domain error without a field: its message and code at its own status."""
+    answer = _ANSWERS.get(error.status, exceptions.APIException)(str(error) or None, code=error.code)
+    answer.status_code = error.status
+    return answer
+
+
 def _translate(exc: Exception) -> Exception:
     """Domain and Django errors as the DRF exceptions that carry their HTTP status."""
-    if isinstance(exc, NotFound | ObjectDoesNotExist | Http404):
+    if isinstance(exc, DomainError):
+        if exc.field:
+            return exceptions.ValidationError({exc.field: [str(exc)]}, code=exc.code)
+        return _answer(exc)
+    if isinstance(exc, ObjectDoesNotExist | Http404):
         return exceptions.NotFound(str(exc) or "Not found.")
-    if isinstance(exc, InvalidTransition):
-        return Conflict(str(exc), code=exc.code)
-    if isinstance(exc, SpecRefused):
-        return exceptions.ValidationError({exc.field: [str(exc)]}, code=exc.code)
-    if isinstance(exc, InvalidTarget):
-        return exceptions.ValidationError({"target": [str(exc)]}, code=exc.code)
-    if isinstance(exc, EnrolmentRefused):
-        return exceptions.PermissionDenied(str(exc), code=exc.code)
     if isinstance(exc, PermissionDenied):
         return exceptions.PermissionDenied()
     if isinstance(exc, RequestDataTooBig):
@@ -72,7 +82,8 @@ def _translate(exc: Exception) -> Exception:
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     details = getattr(exc, "details", None)  # a domain error's ids for clients: {"existing_job": 12, ...}
-    refused = exc if isinstance(exc, SpecRefused) else None
+    # A refusal on a field with its own code (a job's submit checks) answers with that code and its message.
+    refused = exc if isinstance(exc, DomainError) and exc.field and exc.code != "invalid" else None
     exc = _translate(exc)
     response = drf_exception_handler(exc, context)
     if response is None:

@@ -64,8 +64,8 @@ def check_role(role: str, pid: int) -> str | None:
     django.setup()
     from django.conf import settings
 
+    from aegis_site.core import clock
     from ops.models import RoleHeartbeat
-    from tasks.engine import clock
 
     instance = f"{socket.gethostname()}:{pid}"
     beat = RoleHeartbeat.objects.filter(role=role, instance=instance).values_list("beat_at", flat=True).first()

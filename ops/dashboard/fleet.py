@@ -17,11 +17,11 @@ from django.conf import settings
 from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import Trunc
 
+from aegis_site.core import clock
 from broker.models import OutboxMessage
 from ops.models import AuditEvent, RoleHeartbeat
 from registry.models import AdminState, Agent, Connectivity
 from tasks import outcomes
-from tasks.engine import clock
 from tasks.engine.stuck import GROUPS as STUCK_GROUPS
 from tasks.models import OPEN_JOB_STATES, Job, Task, TaskState
 

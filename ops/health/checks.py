@@ -20,8 +20,8 @@ from django.db import connection
 from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
+from aegis_site.core import clock
 from ops.models import RoleHeartbeat
-from tasks.engine import clock
 
 
 @dataclasses.dataclass

@@ -17,11 +17,11 @@ from django.db.models import Count, Min, Sum
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from aegis_site.core import clock
 from broker.models import OutboxMessage
 from ops.metrics import certificates
 from ops.models import RoleHeartbeat
 from registry.models import Agent
-from tasks.engine import clock
 from tasks.models import HELD_STATES, Job, Task, TaskState
 
 log = logging.getLogger("aegis.ops")

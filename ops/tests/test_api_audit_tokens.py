@@ -9,10 +9,10 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from aegis_site.core.tokens import hash_token
 from ops import actions as ops_actions
 from ops.audit import Actor, record
 from ops.models import ApiToken, AuditEvent
-from ops.tokens import hash_token
 from tasks.models import Job
 from tests.support import client_for, staff_user
 

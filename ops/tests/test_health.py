@@ -17,10 +17,10 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
+from aegis_site.core import clock
 from broker import pki
 from ops import actions
 from ops.models import RoleHeartbeat
-from tasks.engine import clock
 from tests.support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -141,7 +141,7 @@ def test_heartbeats_announce_agents_no_more_often_than_the_seen_interval(setting
     make_agent("node-1")
 
     def heartbeat() -> None:
-        from tasks.engine import clock
+        from aegis_site.core import clock
 
         registry_actions.touch_agents({"node-1": clock.now()})
 

@@ -11,8 +11,8 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from aegis_site.core import counters
 from aegis_site.logs import json_formatter, plain_formatter
-from ops.metrics import counters
 from tasks import actions
 
 pytestmark = pytest.mark.django_db
@@ -135,7 +135,7 @@ def test_transitions_are_logged_and_measured(make_agent, spec, operator, caplog)
 
 
 def first_seen_now() -> Any:
-    from tasks.engine import clock
+    from aegis_site.core import clock
 
     return clock.now()
 

@@ -32,6 +32,8 @@ from aegis_site.api.permissions import IsAgent
 from aegis_site.api.principals import AgentPrincipal
 from aegis_site.api.strict import refuse_body
 from aegis_site.api.throttling import EndpointThrottle
+from aegis_site.core import clock
+from aegis_site.core.errors import NotFound
 from broker.protocol import MAX_ERROR_CODE_CHARS, MAX_ERROR_MESSAGE_CHARS, MAX_MESSAGE_BYTES
 from registry import actions as registry_actions
 from registry.api.serializers import (
@@ -46,9 +48,7 @@ from registry.api.serializers import (
 )
 from registry.models import Agent, Transport
 from tasks import actions as task_actions
-from tasks.engine import clock
 from tasks.engine.assignment import Assignment
-from tasks.engine.errors import NotFound
 from tasks.engine.longpoll import WAITS
 from tasks.engine.reports import Report
 from tasks.models import HELD_STATES, Task

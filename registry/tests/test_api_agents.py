@@ -9,11 +9,11 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from rest_framework.test import APIClient
 
+from aegis_site.core import clock
 from ops.audit import Actor
 from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, EnrolmentToken
-from tasks.engine import clock
 from tests.support import client_for
 
 pytestmark = pytest.mark.django_db

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from aegis_site.core.tokens import hash_token
 from ops.models import AuditEvent
 from registry import actions
 from registry.models import AdminState, AgentCredential, CredentialKind
@@ -116,7 +117,7 @@ def test_token_without_the_prefix_is_refused(agent, operator):
     _, token = actions.issue_token("node-1", operator)
     bare = token.removeprefix("aeg_")
     # Even a row holding the hash of the bare value does not make it a token.
-    AgentCredential.objects.create(agent=agent, kind=CredentialKind.TOKEN, token_hash=actions.hash_token(bare))
+    AgentCredential.objects.create(agent=agent, kind=CredentialKind.TOKEN, token_hash=hash_token(bare))
 
     assert actions.authenticate_token(bare) is None
 

@@ -17,6 +17,7 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from aegis_site.core.tokens import hash_token
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
 from ops.audit import Actor
@@ -412,7 +413,7 @@ def test_upgrading_keeps_existing_tokens_enrolling_but_no_longer_lets_them_choos
     old_token = old_state.apps.get_model("registry", "EnrolmentToken").objects.create(
         name="old",
         token_prefix="aen_old",
-        token_hash=registry_actions.hash_token("aen_old-generic"),
+        token_hash=hash_token("aen_old-generic"),
         labels={"site": "lab"},
         uses_left=5,
     )

@@ -16,10 +16,10 @@ from django.db.models import Count
 from django.db.models.fields.json import KT
 from django.urls import reverse
 
+from aegis_site.core import clock
 from tasks import outcomes
 from tasks.admin.job_display import progress_bar
 from tasks.admin.task_display import attempt_html, attempt_reasons, duration_text, outcome_summary
-from tasks.engine import clock
 from tasks.engine.claim import assigned_in_window
 from tasks.engine.jobs import exceeds_failure_threshold
 from tasks.models import HELD_STATES, OPEN_JOB_STATES, Job, JobState, Task, TaskState

@@ -17,12 +17,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from aegis_site.core.errors import DomainError, InvalidTarget
 from ops.adminkit import actor_of
 from registry.models import AdminState, Agent, Connectivity
 from tasks import actions
 from tasks.admin import job_form
 from tasks.engine import checks
-from tasks.engine.errors import EngineError, InvalidTarget
 from tasks.engine.preview import JobPreview, Wave
 from tasks.engine.submit import JobSpec
 from tasks.models import Job
@@ -136,12 +136,12 @@ def _blank_or_clone(model_admin: admin.ModelAdmin, request: HttpRequest) -> tupl
 def _preview(spec: JobSpec, form: job_form.JobForm) -> PreviewView | None:
     try:
         return preview_view(actions.preview_job(spec))
-    except EngineError as exc:
+    except DomainError as exc:
         _refused(form, exc)
         return None
 
 
-def _refused(form: job_form.JobForm, exc: EngineError) -> None:
+def _refused(form: job_form.JobForm, exc: DomainError) -> None:
     """The engine's refusal as a form error on the field that answers it (the API names the same field)."""
     if isinstance(exc, checks.SpecRefused):
         if exc.field in form.fields and exc.field.startswith("allow_"):
@@ -162,7 +162,7 @@ def _launch(
 ) -> HttpResponse | None:
     try:
         job, created = actions.submit_job(spec, actor_of(request))
-    except EngineError as exc:
+    except DomainError as exc:
         _refused(form, exc)
         return None
     if created:
@@ -233,7 +233,7 @@ def control_view(model_admin: admin.ModelAdmin, name: str) -> Callable[..., Http
             return _retry_confirmation(model_admin, request, object_id)
         try:
             done = control(request, object_id)
-        except EngineError as exc:
+        except DomainError as exc:
             model_admin.message_user(request, f"Job {object_id}: {exc}", messages.WARNING)
         else:
             model_admin.message_user(request, done, messages.SUCCESS)

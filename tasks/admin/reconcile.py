@@ -19,9 +19,9 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from aegis_site.core import clock
 from ops.adminkit import actor_of, run_for_each
 from tasks import actions
-from tasks.engine import clock
 from tasks.engine.stuck import GROUPS, Group
 from tasks.models import Task
 

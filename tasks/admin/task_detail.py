@@ -10,11 +10,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from aegis_site.core import clock
+from aegis_site.core.errors import NotFound
 from tasks import actions
 from tasks.admin.task_display import attempt_reasons, duration_text
-from tasks.engine import clock
 from tasks.engine.control import RETRYABLE_STATES
-from tasks.engine.errors import NotFound
 from tasks.models import HELD_STATES, TERMINAL_STATES, JobState, Task, TaskEvent, TaskState
 from tasks.outcomes import label
 

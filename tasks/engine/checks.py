@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aegis_site.core.errors import DomainError, InvalidTransition
 from registry.models import Agent
-from tasks.engine.errors import EngineError, InvalidTransition
 from tasks.engine.submit import JobSpec
 from tasks.models import JobMode
 
@@ -51,8 +51,8 @@ FLEET_WIDE = "fleet_wide"
 _NOT_THE_JOB = ("allow_no_agents", "allow_unsupported_kind", "idempotency_key")
 
 
-class SpecRefused(EngineError):
-    """The submission breaks a rule above (HTTP 400 on ``field``)."""
+class SpecRefused(DomainError):
+    """The submission breaks a rule above (HTTP 400 on ``field``, with its own ``code`` and message)."""
 
     def __init__(self, code: str, field: str, message: str, agents: Sequence[str] = (), answer: str = "") -> None:
         super().__init__(f"{message} {answer}" if answer else message)

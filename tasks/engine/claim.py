@@ -23,12 +23,12 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import F, Q
 
+from aegis_site.core.db import retry_on_conflict
+from aegis_site.core.errors import NotFound
 from broker import outbox
 from registry.models import AdminState, Agent, Connectivity, Transport
 from tasks.engine import claim_pg, history
 from tasks.engine.assignment import Assignment
-from tasks.engine.db import retry_on_conflict
-from tasks.engine.errors import NotFound
 from tasks.engine.jobs import mark_running
 from tasks.engine.targeting import Target, agent_matches, matches
 from tasks.models import ACTIVE_JOB_STATES, HELD_STATES, Job, JobMode, JobState, Task, TaskEventKind, TaskState

@@ -31,10 +31,10 @@ from typing import Any
 import psycopg
 from django.db import connection
 
+from aegis_site.core import counters
 from broker import outbox
 from broker.models import OutboxMessage
 from broker.protocol import PROTOCOL_VERSION, inbox_topic
-from ops.metrics import counters
 from tasks.engine.assignment import Assignment
 
 _LOCK_SQL = """

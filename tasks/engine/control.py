@@ -8,9 +8,9 @@ from typing import Any
 
 from django.db.models import F, QuerySet
 
+from aegis_site.core.errors import InvalidTransition, NotFound
 from tasks.engine import history
 from tasks.engine.backoff import backoff_ceiling
-from tasks.engine.errors import InvalidTransition, NotFound
 from tasks.engine.jobs import cancel_tasks, settle
 from tasks.engine.lifecycle import MUTABLE_FIELDS, save_tasks
 from tasks.models import (

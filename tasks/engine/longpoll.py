@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from tasks.engine import wakeup
+from aegis_site.core import wakeup
 
 log = logging.getLogger(__name__)
 

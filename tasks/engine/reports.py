@@ -18,7 +18,7 @@ from typing import Any
 
 from django.db.models import Count, Q
 
-from ops.metrics import counters
+from aegis_site.core import counters
 from registry.models import AdminState, Agent, Connectivity
 from tasks.engine import history
 from tasks.engine.jobs import count_terminal, record_terminal

@@ -19,11 +19,11 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from aegis_site.core.errors import InvalidTransition
 from broker import outbox
 from registry.models import Agent, Connectivity
 from tasks.engine import history
 from tasks.engine.control import lock_task
-from tasks.engine.errors import InvalidTransition
 from tasks.engine.jobs import count_terminal, record_terminal
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEventKind, TaskState

@@ -8,9 +8,9 @@ from typing import Any
 
 from django.conf import settings
 
+from aegis_site.core.errors import InvalidTarget
 from registry.models import AdminState, Agent
 from tasks.engine import history
-from tasks.engine.errors import InvalidTarget
 from tasks.engine.jobs import settle
 from tasks.engine.targeting import Target, agent_matches, matching_agents
 from tasks.models import OPEN_JOB_STATES, Job, JobMode, Task, TaskEventKind, TaskState

@@ -17,13 +17,13 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from aegis_site.core.errors import InvalidTransition
 from broker.models import OutboxMessage
 from ops.audit import Actor
 from ops.models import AuditEvent
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.admin import reconcile
-from tasks.engine.errors import InvalidTransition
 from tasks.engine.reports import Report
 from tasks.engine.stuck import HANDLING_GRACE
 from tasks.models import Job, JobState, Task, TaskEvent, TaskEventKind, TaskState

@@ -9,8 +9,9 @@ from django.db import transaction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aegis_site.core import clock
 from registry.models import Agent, Connectivity
-from tasks.engine import claim_pg, clock
+from tasks.engine import claim_pg
 from tasks.engine.targeting import Target, matches
 from tasks.models import Job, JobMode, Task
 

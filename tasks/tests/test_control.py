@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from aegis_site.core.errors import InvalidTransition, NotFound
 from broker.models import OutboxMessage
 from ops.models import AuditEvent
 from tasks import actions
-from tasks.engine.errors import InvalidTransition, NotFound
 from tasks.engine.reports import Outcome, Report
 from tasks.models import Job, JobMode, JobState, Task, TaskEvent, TaskState
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from aegis_site.core.errors import NotFound
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent
 from tasks import actions
-from tasks.engine.errors import NotFound
 from tasks.engine.reports import Report
 from tasks.models import Job, JobMode, JobState, Task
 

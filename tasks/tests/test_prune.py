@@ -9,10 +9,10 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from aegis_site.core import clock
 from broker.models import OutboxMessage
 from ops.models import AuditEvent
 from tasks import retention
-from tasks.engine import clock
 from tasks.models import Job, JobState, Task, TaskEvent, TaskState
 
 pytestmark = pytest.mark.django_db

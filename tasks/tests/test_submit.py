@@ -6,13 +6,13 @@ from datetime import timedelta
 
 import pytest
 
+from aegis_site.core.errors import InvalidTarget, NotFound
 from broker.models import OutboxMessage
 from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState
 from tasks import actions
 from tasks.engine.checks import IdempotencyConflict
-from tasks.engine.errors import InvalidTarget, NotFound
 from tasks.engine.reports import Report
 from tasks.models import Job, JobMode, JobState, Task, TaskEvent, TaskState
 
