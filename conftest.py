@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from aegis_site.core import clock
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry.models import Agent, Connectivity
 from tasks.engine.submit import JobSpec
 

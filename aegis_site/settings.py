@@ -85,9 +85,11 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "channels",
     "axes",
+    "aegis_site.core",  # the ground floor: audit log, role heartbeats (docs/architecture.md)
     "registry",
     "tasks",
     "broker",
+    "aegis_site",  # last: its ready() installs the API kit once every app is loaded
 ]
 
 MIDDLEWARE = [
@@ -332,7 +334,7 @@ API_THROTTLE_RATES = {
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "aegis_site.api.authentication.AgentTokenAuthentication",
-        "aegis_site.api.authentication.OperatorTokenAuthentication",
+        "ops.api.authentication.OperatorTokenAuthentication",
         "aegis_site.api.authentication.AegisJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

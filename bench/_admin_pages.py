@@ -95,7 +95,7 @@ def _model_pages(client: Client, model: type[models.Model], model_admin: admin.M
 def filter_urls(cl: Any, base: str, per_filter: int) -> list[tuple[str, str]]:
     """(label, URL) for up to ``per_filter`` values of each list filter of a changelist.
 
-    Link filters give their own query strings; a typed filter (``ops.adminkit.InputFilter`` and the
+    Link filters give their own query strings; a typed filter (``aegis_site.core.adminkit.InputFilter`` and the
     like: a choice with a ``parameter_name``, no link) gets a value that exists in the table.
     """
     urls = []

@@ -107,7 +107,7 @@ def _submit(spec: Any) -> tuple[int, float, float]:
     """Submit a job; returns its id and the commit instant (perf_counter, wall clock)."""
     from django.db import transaction
 
-    from ops.audit import Actor
+    from aegis_site.core.audit import Actor
     from tasks import actions
 
     committed: list[tuple[float, float]] = []

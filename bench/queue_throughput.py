@@ -93,7 +93,7 @@ def main() -> None:
 def _seed(count: int, agents: int = 1) -> list[str]:
     from django.db import connection
 
-    from ops.audit import Actor
+    from aegis_site.core.audit import Actor
     from registry.models import Agent, Connectivity
     from tasks import actions
     from tasks.engine.submit import JobSpec

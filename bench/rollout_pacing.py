@@ -67,7 +67,7 @@ def _submit(spec: Any) -> tuple[int, float]:
     """Submit a job; returns its id and the wall-clock instant its transaction committed."""
     from django.db import transaction
 
-    from ops.audit import Actor
+    from aegis_site.core.audit import Actor
     from tasks import actions
 
     committed: list[float] = []
@@ -134,8 +134,8 @@ def scenario_in_flight(args: argparse.Namespace, procs: Processes) -> dict[str, 
 
 
 def scenario_rate(args: argparse.Namespace, procs: Processes) -> dict[str, Any]:
+    from aegis_site.core.audit import Actor
     from aegis_site.core.errors import InvalidTransition
-    from ops.audit import Actor
     from tasks import actions
     from tasks.engine.submit import JobSpec
 

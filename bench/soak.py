@@ -399,8 +399,8 @@ def _online(prefix: str) -> int:
 def _token() -> str:
     from django.contrib.auth.models import User
 
+    from aegis_site.core.audit import Actor
     from ops import actions as ops_actions
-    from ops.audit import Actor
 
     user = User.objects.create_superuser("soak", password=None)
     _token, secret = ops_actions.issue_api_token(user, "soak", Actor.system("soak"))

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from aegis_site.core.adminkit import ReadOnlyAdmin
 from broker.models import OutboxMessage
-from ops.adminkit import ReadOnlyAdmin
 
 
 @admin.register(OutboxMessage)

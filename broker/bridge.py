@@ -26,13 +26,13 @@ from django.db import close_old_connections
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from aegis_site.core.roles import FailedSteps, RoleBeacon
 from aegis_site.core.wakeup import OUTBOX_CHANNEL, Listener
 from broker import protocol
 from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client, service_client_id
 from broker.ingest import Incoming
 from broker.presence import HeartbeatBuffer, RevokedAgents
 from broker.publisher import publish_pending
-from ops.roles import FailedSteps, RoleBeacon
 
 log = logging.getLogger("aegis.bridge")
 

@@ -44,7 +44,7 @@ from broker import pki
 from broker.mosquitto import BrokerLayout, sync_trust_lines
 
 if TYPE_CHECKING:
-    from ops.audit import Actor
+    from aegis_site.core.audit import Actor
 
 CRL_VALIDITY_DAYS = 180
 SINGLE, OVERLAP, SWITCHED = "single", "overlap", "switched"

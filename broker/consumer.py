@@ -9,9 +9,9 @@ from typing import Any
 from channels.consumer import SyncConsumer
 from django.db import close_old_connections
 
+from aegis_site.core.roles import FailedSteps
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
-from ops.roles import FailedSteps
 
 log = logging.getLogger("aegis.bridge")
 

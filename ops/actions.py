@@ -1,18 +1,18 @@
-"""Writes of the ops app: operators' personal API tokens (audited) and role heartbeats."""
+"""Writes of the ops app: operators' personal API tokens (audited)."""
 
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 
 from aegis_site.core import clock
+from aegis_site.core.audit import Actor, record
 from aegis_site.core.errors import NotFound
 from aegis_site.core.tokens import hash_token
-from ops.audit import Actor, record
-from ops.models import ApiToken, RoleHeartbeat
+from ops.models import ApiToken
 from ops.tokens import TOKEN_PREFIX
 
 
@@ -43,10 +43,3 @@ def revoke_api_token(token_id: int, user: Any, actor: Actor) -> ApiToken:
             api_token.save(update_fields=["revoked_at"])
         record(actor, "api_token.revoke", "api_token", api_token.pk, name=api_token.name)
     return api_token
-
-
-def record_role_heartbeat(role: str, instance: str, started_at: datetime, info: dict[str, Any] | None = None) -> None:
-    """Upsert the role process's heartbeat row (not audited: a sign of life, not an operator action)."""
-    RoleHeartbeat.objects.update_or_create(
-        role=role, instance=instance, defaults={"beat_at": clock.now(), "started_at": started_at, "info": info or {}}
-    )

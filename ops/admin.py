@@ -20,8 +20,8 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.timezone import localtime
 
-from ops.adminkit import InputFilter, ReadOnlyAdmin
-from ops.models import AuditEvent
+from aegis_site.core.adminkit import InputFilter, ReadOnlyAdmin
+from aegis_site.core.models import AuditEvent
 
 # Object types with an admin page: the link target of each.
 OBJECT_PAGES = {

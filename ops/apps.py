@@ -5,15 +5,9 @@ class OpsConfig(AppConfig):
     name = "ops"
 
     def ready(self) -> None:
-        from django.db.backends.signals import connection_created
-
-        from aegis_site.core.counters import time_queries
-        from ops import checks  # noqa: F401  (registers the system checks)
-
-        connection_created.connect(time_queries, dispatch_uid="aegis-query-timing")
-
         from django.contrib.auth.signals import user_login_failed
 
+        from ops import checks  # noqa: F401  (registers the system checks)
         from ops.logins import log_failed_login
 
         user_login_failed.connect(log_failed_login, dispatch_uid="aegis-login-failed")

@@ -12,10 +12,10 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 
 from aegis_site.core import clock
+from aegis_site.core.audit import Actor, record
 from aegis_site.core.errors import DomainError
 from aegis_site.core.tokens import hash_token
 from broker import outbox
-from ops.audit import Actor, record
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken, Transport
 from registry.policy import EnrolmentPolicy
 

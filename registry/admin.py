@@ -18,8 +18,8 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.safestring import SafeString
 
-from ops.adminkit import ReadOnlyAdmin, actor_of
-from ops.models import AuditEvent
+from aegis_site.core.adminkit import ReadOnlyAdmin, actor_of
+from aegis_site.core.models import AuditEvent
 from registry import (
     actions,
     admin_display,
@@ -175,7 +175,7 @@ def agent_detail(agent: Agent, viewer: Any) -> dict[str, Any]:
         if may_see_tasks
         else None,
         "credentials": list(credentials[:50]) if viewer.has_perm("registry.view_agentcredential") else None,
-        "audit_events": list(audit[:RECENT]) if viewer.has_perm("ops.view_auditevent") else None,
+        "audit_events": list(audit[:RECENT]) if viewer.has_perm("core.view_auditevent") else None,
     }
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from aegis_site.core.audit import Actor
 from broker import certs
 from broker.mosquitto import BrokerLayout, write_agent_bundle
-from ops.audit import Actor
 from registry import actions
 from registry.models import AgentCredential, CredentialKind
 

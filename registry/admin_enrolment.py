@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils.cache import add_never_cache_headers
 
-from ops.adminkit import CappedPaginator, actor_of, run_for_each
+from aegis_site.core.adminkit import CappedPaginator, actor_of, run_for_each
 from registry import actions, policy
 from registry.api.serializers import AGENT_ID_PREFIX_REGEX, AGENT_ID_REGEX
 from registry.models import EnrolmentToken

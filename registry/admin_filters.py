@@ -1,4 +1,4 @@
-"""Agent changelist filters that take typed input (``ops.adminkit.InputFilter``) instead of listing values.
+"""Agent changelist filters that take typed input (``aegis_site.core.adminkit.InputFilter``) instead of listing values.
 
 Django's default filter for a plain field lists every distinct value (a full scan and a
 dropdown of 100,000 entries at fleet scale). These filters render a text box and filter
@@ -27,7 +27,7 @@ from django.db.models import QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest
 
-from ops.adminkit import InputFilter
+from aegis_site.core.adminkit import InputFilter
 from registry.api.serializers import LABEL_KEY
 
 

@@ -22,8 +22,8 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.cache import add_never_cache_headers
 
-from ops.adminkit import REFUSALS, ReadOnlyAdmin, actor_of, run_for_each
-from ops.audit import Actor
+from aegis_site.core.adminkit import REFUSALS, ReadOnlyAdmin, actor_of, run_for_each
+from aegis_site.core.audit import Actor
 from registry import actions
 from registry.admin_certs import BrokerDirMissing, broker_layout, issue_bundle, revoke, zip_bundles
 from registry.api.serializers import AgentUpdateSerializer

@@ -12,9 +12,9 @@ from collections.abc import Collection
 from django.db import IntegrityError, transaction
 
 from aegis_site.core import clock, wakeup
+from aegis_site.core.audit import Actor, record
 from aegis_site.core.db import atomic_with_retry
 from aegis_site.core.errors import InvalidTransition, NotFound
-from ops.audit import Actor, record
 from registry.models import Agent
 from tasks.engine import checks, control, expiry, reconcile, reports, stuck, submit
 from tasks.engine import claim as claim_engine

@@ -19,10 +19,10 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from aegis_site.core import clock, counters
+from aegis_site.core.roles import FailedSteps, RoleBeacon
 from aegis_site.core.wakeup import Listener
 from broker import direct
 from broker.direct import DirectPublisher
-from ops.roles import FailedSteps, RoleBeacon
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.engine import claim

@@ -17,8 +17,8 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from aegis_site.core import clock
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.models import AuditEvent
 from tasks.models import TERMINAL_STATES, Job, JobState, Task, TaskEvent
 
 DURATION_RE = re.compile(r"\A\s*(\d+)\s*([dhm])\s*\Z")

@@ -11,9 +11,9 @@ from django.db.models import Model
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential
 from tasks import actions as task_actions

@@ -24,9 +24,9 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, reverse
 
+from aegis_site.core.audit import Actor
 from bench._admin_pages import filter_urls
 from ops import actions as ops_actions
-from ops.audit import Actor
 from registry import actions as registry_actions
 from tasks import actions as task_actions
 from tasks.engine.reports import Report
@@ -250,7 +250,7 @@ def test_capped_list_says_cap_plus_and_its_page_links_work(
     admin_client: Client, world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """templates/admin/pagination.html: past the cap the total reads "5+", and the links up to it still open."""
-    from ops.adminkit import CappedPaginator
+    from aegis_site.core.adminkit import CappedPaginator
     from tasks.models import Task
 
     world.grow(SMALL)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from ops.audit import Actor
-from ops.models import AuditEvent
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent
 from tasks import actions as task_actions
@@ -62,7 +62,7 @@ def test_task_event_list_shows_the_newest_first(admin_client, two_jobs):
 def test_audit_search_matches_an_object_id_exactly(admin_client, two_jobs):
     first, second = two_jobs
 
-    found = results(admin_client.get(reverse("admin:ops_auditevent_changelist"), {"q": str(first.pk)}))
+    found = results(admin_client.get(reverse("admin:core_auditevent_changelist"), {"q": str(first.pk)}))
 
     assert found
     assert {(event.object_type, event.object_id) for event in found} == {("job", str(first.pk))}

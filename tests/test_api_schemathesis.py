@@ -23,8 +23,8 @@ from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from aegis_site.core.audit import Actor
 from ops import actions as ops_actions
-from ops.audit import Actor
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.engine.submit import JobSpec

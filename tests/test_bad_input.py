@@ -26,10 +26,10 @@ from django.core.cache import cache
 from django.test import Client, RequestFactory
 from rest_framework.test import APIClient
 
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from broker import ingest
 from broker.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_agent_message
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential, EnrolmentToken
 from tasks import actions

@@ -19,10 +19,10 @@ from django.db import connection, connections, transaction
 from django.db.models import Count
 
 from aegis_site.core import clock
+from aegis_site.core.audit import Actor
 from aegis_site.core.errors import DomainError
+from aegis_site.core.models import AuditEvent
 from conftest import FakeClock
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher

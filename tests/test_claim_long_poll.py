@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from aegis_site.core.audit import Actor
 from ops import actions as ops_actions
-from ops.audit import Actor
 from registry import actions as registry_actions
 from registry.models import Agent, Connectivity
 from tasks import actions as task_actions

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions as registry_actions
 from registry.models import Agent, Connectivity
 from tests.support import envelope, wait_for

@@ -43,7 +43,7 @@ def test_the_ground_floor_imports_no_app():
     ("source", "expected"),
     [
         ("from tasks.engine import history", ["tasks.engine"]),
-        ("import ops.audit", ["ops.audit"]),
+        ("import aegis_site.core.audit", ["aegis_site.core.audit"]),
         ("def late():\n    from registry.models import Agent", ["registry.models"]),
         ("from broker import outbox", ["broker"]),
         ("from django.db import connection\nimport operator\nfrom aegis_site.core import clock", []),

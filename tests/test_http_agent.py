@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import RoleHeartbeat
 from broker.models import OutboxMessage
-from ops.audit import Actor
-from ops.models import RoleHeartbeat
 from registry import actions as registry_actions
 from registry.models import Agent
 from tasks import actions as task_actions

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from ops.audit import Actor
-from ops.models import RoleHeartbeat
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import RoleHeartbeat
 from registry.models import Agent
 from tasks import actions as task_actions
 from tasks.engine.submit import JobSpec

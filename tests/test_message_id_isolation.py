@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from aegis_site.core.audit import Actor
 from broker import ingest
-from ops.audit import Actor
 from registry import actions as registry_actions
 from registry.models import Agent, Connectivity
 from tasks import actions

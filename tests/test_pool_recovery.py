@@ -13,8 +13,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
+from aegis_site.core.audit import Actor
 from ops import actions as ops_actions
-from ops.audit import Actor
 from tests.roles import request
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aegis_site.core import clock
+from aegis_site.core.audit import Actor
 from aegis_site.core.wakeup import Listener
 from conftest import FakeClock
-from ops.audit import Actor
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.engine.claim import rate_tokens

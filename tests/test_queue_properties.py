@@ -33,11 +33,11 @@ from hypothesis.stateful import (
 )
 
 from aegis_site.core import clock
+from aegis_site.core.audit import Actor
 from aegis_site.core.errors import InvalidTransition
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
 from conftest import FakeClock
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.engine import checks

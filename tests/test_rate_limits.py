@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from django.contrib.auth.models import User
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions as registry_actions
 from registry.models import Agent
 from tests.roles import Roles

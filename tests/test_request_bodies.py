@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions as registry_actions
 from registry.models import Agent
 from tasks import actions

@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from django.db import DatabaseError, connection
 
+from aegis_site.core.models import RoleHeartbeat
+from aegis_site.core.roles import RoleFailed
 from broker import ingest
 from broker.bridge import Bridge
-from ops.models import RoleHeartbeat
-from ops.roles import RoleFailed
 from registry.models import Agent
 from tasks import actions
 from tasks.dispatcher import Dispatcher

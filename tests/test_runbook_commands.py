@@ -23,7 +23,7 @@ import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
-from ops.models import RoleHeartbeat
+from aegis_site.core.models import RoleHeartbeat
 from registry.models import AgentCredential, CredentialKind
 from tests.roles import ROOT, role_env
 from tests.support import free_port, wait_for

@@ -20,8 +20,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.test import APIClient
 
 from aegis_site.api import errors
-from ops.audit import Actor
-from ops.models import ApiToken, AuditEvent
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
+from ops.models import ApiToken
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential, EnrolmentToken
 from tasks import actions

@@ -1,4 +1,5 @@
-"""Bearer credentials: an agent's token (``aeg_``), an operator's personal token (``aeo_``), or a JWT.
+"""Bearer credentials: an agent's token (``aeg_``) or a JWT; an operator's personal token (``aeo_``) is
+``ops.api.authentication`` (the roof owns operators' tokens), built from the helpers here.
 
 Each class claims only the tokens that look like its own and leaves the others to
 the next class, so the order in ``REST_FRAMEWORK`` does not matter. A token that
@@ -23,7 +24,6 @@ from aegis_site.api.principals import AgentPrincipal
 from aegis_site.api.throttling import FailedCredentials
 from aegis_site.client_address import client_address
 from aegis_site.core import counters
-from ops import tokens
 from registry import actions as registry_actions
 from registry.models import AdminState, AgentCredential
 
@@ -76,23 +76,6 @@ class AgentTokenAuthentication(authentication.BaseAuthentication):
         if found is None:
             raise auth_failed(request, "agent_token", "unknown, revoked or expired token", token)
         return AgentPrincipal(found.agent, found.pk), found
-
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
-
-
-class OperatorTokenAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer aeo_...``: an operator's personal API token, acting as that user."""
-
-    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
-        token = bearer_token(request)
-        if token is None or not token.startswith(tokens.TOKEN_PREFIX):
-            return None
-        refuse_flooding_address(request)
-        found = tokens.authenticate(token)
-        if found is None:
-            raise auth_failed(request, "operator_token", "unknown, revoked or expired token", token)
-        return found.user, found
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'

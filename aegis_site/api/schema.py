@@ -58,7 +58,7 @@ class AgentTokenScheme(_Bearer):
 
 
 class OperatorTokenScheme(_Bearer):
-    target_class = "aegis_site.api.authentication.OperatorTokenAuthentication"
+    target_class = "ops.api.authentication.OperatorTokenAuthentication"
     name = "operatorToken"
     description = "An operator's personal API token, `aeo_...`."
 

@@ -11,9 +11,9 @@ from cryptography import x509
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from broker import certs, mosquitto, pki
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry.models import Agent, AgentCredential, CredentialKind
 
 

@@ -56,7 +56,7 @@ def check_web(port: int) -> str | None:
 
 
 def check_role(role: str, pid: int) -> str | None:
-    """Reads the heartbeat this very process wrote (``ops.roles.RoleBeacon`` names it ``host:pid``)."""
+    """Reads the heartbeat this very process wrote (``aegis_site.core.roles.RoleBeacon`` names it ``host:pid``)."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "aegis_site.settings")
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import django
@@ -65,7 +65,7 @@ def check_role(role: str, pid: int) -> str | None:
     from django.conf import settings
 
     from aegis_site.core import clock
-    from ops.models import RoleHeartbeat
+    from aegis_site.core.models import RoleHeartbeat
 
     instance = f"{socket.gethostname()}:{pid}"
     beat = RoleHeartbeat.objects.filter(role=role, instance=instance).values_list("beat_at", flat=True).first()

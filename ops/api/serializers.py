@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from ops.models import ApiToken, AuditEvent
+from aegis_site.core.models import AuditEvent
+from ops.models import ApiToken
 
 MAX_TOKEN_TTL_DAYS = 3650
 

@@ -14,6 +14,8 @@ from rest_framework.response import Response
 
 from aegis_site.api.filters import StrictFilterSet, UtcDateTimeFilter
 from aegis_site.api.strict import refuse_body
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from ops import actions
 from ops.api.serializers import (
     ApiTokenCreateSerializer,
@@ -21,8 +23,7 @@ from ops.api.serializers import (
     ApiTokenSerializer,
     AuditEventSerializer,
 )
-from ops.audit import Actor
-from ops.models import ApiToken, AuditEvent
+from ops.models import ApiToken
 
 
 class AuditEventFilter(StrictFilterSet):
@@ -44,7 +45,7 @@ class AuditEventViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = AuditEvent.objects.all()
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
-    required_permissions = {"list": ["ops.view_auditevent"]}
+    required_permissions = {"list": ["core.view_auditevent"]}
 
 
 class ApiTokenViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):

@@ -18,8 +18,8 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.db.models.functions import Trunc
 
 from aegis_site.core import clock
+from aegis_site.core.models import AuditEvent, RoleHeartbeat
 from broker.models import OutboxMessage
-from ops.models import AuditEvent, RoleHeartbeat
 from registry.models import AdminState, Agent, Connectivity
 from tasks import outcomes
 from tasks.engine.stuck import GROUPS as STUCK_GROUPS
@@ -360,7 +360,7 @@ class Dashboard:
     queue: Queue
     throughput: Throughput
     jobs: OpenJobs | None  # None: the viewer may not see jobs (tasks.view_job)
-    audit: list[AuditEvent] | None  # None: the viewer may not see the audit log (ops.view_auditevent)
+    audit: list[AuditEvent] | None  # None: the viewer may not see the audit log (core.view_auditevent)
     health: Health
     stuck: CappedCount  # what the reconciliation page lists
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import NoReverseMatch, reverse
 
-from ops.models import AuditEvent
+from aegis_site.core.models import AuditEvent
 
 OBJECT_VIEWS = {
     "agent": "admin:registry_agent_change",

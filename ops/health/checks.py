@@ -21,7 +21,7 @@ from health_check.base import HealthCheck
 from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
 from aegis_site.core import clock
-from ops.models import RoleHeartbeat
+from aegis_site.core.models import RoleHeartbeat
 
 
 @dataclasses.dataclass

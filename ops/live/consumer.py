@@ -17,7 +17,7 @@ TOPIC_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "agents": ("registry.view_agent",),
     "tasks": ("tasks.view_task",),
     "jobs": ("tasks.view_job",),
-    "audit": ("ops.view_auditevent",),
+    "audit": ("core.view_auditevent",),
     "health": ("registry.view_agent", "tasks.view_task"),
 }
 

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 
-from ops.models import AuditEvent
+from aegis_site.core.models import AuditEvent
 from registry.models import Agent
 from tasks.models import TaskEvent
 

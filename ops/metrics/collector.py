@@ -18,9 +18,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from aegis_site.core import clock
+from aegis_site.core.models import RoleHeartbeat
 from broker.models import OutboxMessage
 from ops.metrics import certificates
-from ops.models import RoleHeartbeat
 from registry.models import Agent
 from tasks.models import HELD_STATES, Job, Task, TaskState
 

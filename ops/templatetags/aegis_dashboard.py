@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from django import template
 from django.urls import reverse
 
+from aegis_site.core.models import AuditEvent
 from ops.dashboard import Dashboard, build
 from ops.dashboard.chart import HEIGHT, WIDTH, Bar, bars
 from ops.dashboard.links import audit_object_url, optional_url
-from ops.models import AuditEvent
 
 register = template.Library()
 
@@ -52,7 +52,7 @@ def page_urls() -> dict[str, str | None]:
         "failed": f"{tasks}?state__in=failed,timed_out" if tasks else None,
         "jobs": jobs,
         "open_jobs": f"{jobs}?state__exact=running" if jobs else None,
-        "audit": optional_url("admin:ops_auditevent_changelist"),
+        "audit": optional_url("admin:core_auditevent_changelist"),
         "reconcile": optional_url("admin:tasks_task_reconcile"),
         "health": reverse("healthz-comprehensive") + "?format=json",
     }
@@ -62,7 +62,7 @@ def page_urls() -> dict[str, str | None]:
 def fleet_dashboard(context: template.Context) -> DashboardPage:
     """Jobs and audit rows only for a viewer with their view permissions (they are not read otherwise)."""
     user = context["request"].user
-    data = build(with_jobs=user.has_perm("tasks.view_job"), with_audit=user.has_perm("ops.view_auditevent"))
+    data = build(with_jobs=user.has_perm("tasks.view_job"), with_audit=user.has_perm("core.view_auditevent"))
     return DashboardPage(
         data=data,
         bars=bars(data.throughput),

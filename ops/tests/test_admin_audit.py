@@ -12,8 +12,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from ops.audit import Actor, record
-from ops.models import AuditEvent
+from aegis_site.core.audit import Actor, record
+from aegis_site.core.models import AuditEvent
 from tests.support import staff_user
 
 pytestmark = pytest.mark.django_db
@@ -27,11 +27,11 @@ def fast_password_hashing(settings: Any) -> None:
 
 
 def changelist(query: str = "") -> str:
-    return reverse("admin:ops_auditevent_changelist") + query
+    return reverse("admin:core_auditevent_changelist") + query
 
 
 def detail(event: AuditEvent) -> str:
-    return reverse("admin:ops_auditevent_change", args=[event.pk])
+    return reverse("admin:core_auditevent_change", args=[event.pk])
 
 
 def listed(client: Client, query: str = "") -> list[int]:
@@ -103,10 +103,10 @@ def test_nobody_adds_changes_or_deletes_audit_rows_not_even_a_superuser(admin_cl
     assert listing.context["cl"].model_admin.get_actions(listing.wsgi_request) == {}
     page = admin_client.get(detail(event))
     assert (page.context["has_change_permission"], page.context["has_delete_permission"]) == (False, False)
-    assert admin_client.get(reverse("admin:ops_auditevent_add")).status_code == 403
-    assert admin_client.post(reverse("admin:ops_auditevent_add"), {"action": "forged"}).status_code == 403
+    assert admin_client.get(reverse("admin:core_auditevent_add")).status_code == 403
+    assert admin_client.post(reverse("admin:core_auditevent_add"), {"action": "forged"}).status_code == 403
     assert admin_client.post(detail(event), {"action": "forged"}).status_code == 403
-    delete = reverse("admin:ops_auditevent_delete", args=[event.pk])
+    delete = reverse("admin:core_auditevent_delete", args=[event.pk])
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
     admin_client.post(changelist(), {"action": "delete_selected", "_selected_action": [event.pk], "post": "yes"})
 
@@ -146,6 +146,6 @@ def test_staff_need_the_view_permission(client, log):
     client.force_login(staff_user("helper"))
     assert client.get(changelist()).status_code == 403
 
-    client.force_login(staff_user("auditor", perms=("ops.view_auditevent",)))
+    client.force_login(staff_user("auditor", perms=("core.view_auditevent",)))
     assert client.get(changelist()).status_code == 200
     assert client.get(detail(log["job"])).status_code == 200

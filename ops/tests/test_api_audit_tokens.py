@@ -9,10 +9,11 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from aegis_site.core.audit import Actor, record
+from aegis_site.core.models import AuditEvent
 from aegis_site.core.tokens import hash_token
 from ops import actions as ops_actions
-from ops.audit import Actor, record
-from ops.models import ApiToken, AuditEvent
+from ops.models import ApiToken
 from tasks.models import Job
 from tests.support import client_for, staff_user
 
@@ -35,7 +36,7 @@ def bearer(token: str) -> APIClient:
 
 @pytest.fixture
 def auditor() -> User:
-    return staff_user("auditor", perms=("ops.view_auditevent",))
+    return staff_user("auditor", perms=("core.view_auditevent",))
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_audit_needs_the_view_permission(trail):
     forbidden = client_for(staff_user("bob", perms=("tasks.view_job",))).get(AUDIT)
     assert forbidden.status_code == 403
     assert forbidden.json()["error"]["code"] == "permission_denied"
-    non_staff = client_for(staff_user("eve", perms=("ops.view_auditevent",), is_staff=False))
+    non_staff = client_for(staff_user("eve", perms=("core.view_auditevent",), is_staff=False))
     assert non_staff.get(AUDIT).status_code == 403
 
 

@@ -14,11 +14,11 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from ops.backup import BackupError
 from ops.backup.manifest import Manifest, read_archive, sha256, write_archive
 from ops.backup.postgres import find_client
-from ops.models import AuditEvent
 from registry.models import Agent
 from tasks.actions import submit_job
 from tasks.engine.submit import JobSpec

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.db import close_old_connections, connection
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from tasks.actions import submit_job
 from tasks.engine.submit import JobSpec
 from tasks.models import Job, Task, TaskEvent

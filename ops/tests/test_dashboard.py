@@ -12,8 +12,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from ops import actions as ops_actions
-from ops.audit import Actor
+from aegis_site.core import roles
+from aegis_site.core.audit import Actor
 from ops.dashboard import fleet
 from registry import actions as registry_actions
 from registry.models import AdminState
@@ -88,7 +88,7 @@ def seeded(make_agent, spec, frozen_clock, operator):
     finish("node-1", "succeeded", 1)
     finish("node-2", "failed", 1)
     finish("node-3", "running", 1)
-    ops_actions.record_role_heartbeat("bridge", "host:1", frozen_clock())
+    roles.record_role_heartbeat("bridge", "host:1", frozen_clock())
     return job, urgent
 
 
@@ -273,7 +273,7 @@ def test_jobs_and_audit_rows_need_their_own_view_permissions(client, seeded):
 
 def test_jobs_and_audit_rows_show_with_their_view_permissions(client, seeded):
     job, _ = seeded
-    perms = ("registry.view_agent", "tasks.view_task", "tasks.view_job", "ops.view_auditevent")
+    perms = ("registry.view_agent", "tasks.view_task", "tasks.view_job", "core.view_auditevent")
     client.force_login(staff_user("auditor", perms))
 
     page = client.get(reverse("admin:index")).content.decode()

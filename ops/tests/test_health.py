@@ -17,10 +17,9 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
-from aegis_site.core import clock
+from aegis_site.core import clock, roles
+from aegis_site.core.models import RoleHeartbeat
 from broker import pki
-from ops import actions
-from ops.models import RoleHeartbeat
 from tests.support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -29,7 +28,7 @@ JSON = {"HTTP_ACCEPT": "application/json"}
 
 
 def beat(role: str, age_s: float = 0) -> None:
-    actions.record_role_heartbeat(role, f"host:{role}", clock.now())
+    roles.record_role_heartbeat(role, f"host:{role}", clock.now())
     RoleHeartbeat.objects.filter(role=role).update(beat_at=clock.now() - timedelta(seconds=age_s))
 
 

@@ -19,7 +19,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from aegis_site.asgi import application
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from ops.live import feed as live_feed
 from ops.live.consumer import REFUSED
 from registry import actions as registry_actions
@@ -52,7 +52,7 @@ def session_cookie(user: Any) -> tuple[bytes, bytes]:
     return b"cookie", f"{name}={client.cookies[name].value}".encode()
 
 
-VIEWER = ("registry.view_agent", "tasks.view_task", "tasks.view_job", "ops.view_auditevent")
+VIEWER = ("registry.view_agent", "tasks.view_task", "tasks.view_job", "core.view_auditevent")
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from django.core.management import call_command
 from django.test import Client
 from rest_framework.test import APIClient
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions as registry_actions
 from registry.models import Agent
 

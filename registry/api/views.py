@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from aegis_site.api.filters import StrictFilterSet, UtcDateTimeFilter
 from aegis_site.api.pagination import IdOrderedPage
 from aegis_site.api.strict import refuse_body
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions
 from registry.api.serializers import (
     LABEL_KEY,

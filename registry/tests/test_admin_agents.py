@@ -20,11 +20,11 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from broker import certs
 from broker.models import OutboxMessage
 from broker.mosquitto import BrokerLayout
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent, AgentCredential, CredentialKind
 from tasks import actions as task_actions
@@ -222,7 +222,7 @@ def test_detail_shows_tasks_events_credentials_audit_and_buttons(operator_user, 
     may_view = Permission.objects.filter(
         Q(content_type__app_label="tasks", codename="view_task")
         | Q(content_type__app_label="registry", codename="view_agentcredential")
-        | Q(content_type__app_label="ops", codename="view_auditevent")
+        | Q(content_type__app_label="core", codename="view_auditevent")
     )
     operator_user.user_permissions.add(*may_view)
 

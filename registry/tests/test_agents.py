@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.core.exceptions import ValidationError
 
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.models import AuditEvent
 from registry import actions
 from registry.models import AdminState, Agent, Connectivity, agent_id_validator
 from tasks import actions as task_actions

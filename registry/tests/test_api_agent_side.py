@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent, AgentCredential, Connectivity
 from tasks import actions

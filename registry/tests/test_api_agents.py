@@ -10,8 +10,8 @@ from django.contrib.auth.models import Permission, User
 from rest_framework.test import APIClient
 
 from aegis_site.core import clock
-from ops.audit import Actor
-from ops.models import AuditEvent
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, EnrolmentToken
 from tests.support import client_for

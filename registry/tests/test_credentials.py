@@ -8,8 +8,8 @@ from datetime import timedelta
 import pytest
 from django.db import IntegrityError, connection, transaction
 
+from aegis_site.core.models import AuditEvent
 from aegis_site.core.tokens import hash_token
-from ops.models import AuditEvent
 from registry import actions
 from registry.models import AdminState, AgentCredential, CredentialKind
 

@@ -17,11 +17,11 @@ from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from aegis_site.core.tokens import hash_token
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import Agent, EnrolmentToken
 from registry.policy import (

@@ -17,8 +17,8 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
+from aegis_site.core.adminkit import actor_of
 from aegis_site.core.errors import DomainError, InvalidTarget
-from ops.adminkit import actor_of
 from registry.models import AdminState, Agent, Connectivity
 from tasks import actions
 from tasks.admin import job_form

@@ -19,8 +19,8 @@ from django.urls import URLPattern, path
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from ops.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each, whole_number
-from ops.audit import Actor
+from aegis_site.core.adminkit import InputFilter, ReadOnlyAdmin, actor_of, run_for_each, whole_number
+from aegis_site.core.audit import Actor
 from tasks import actions, outcomes
 from tasks.admin import job_detail, job_views
 from tasks.admin.job_display import progress_bar, state_badge

@@ -20,7 +20,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from aegis_site.core import clock
-from ops.adminkit import actor_of, run_for_each
+from aegis_site.core.adminkit import actor_of, run_for_each
 from tasks import actions
 from tasks.engine.stuck import GROUPS, Group
 from tasks.models import Task

@@ -22,7 +22,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.timezone import localtime
 
 from aegis_site.core import clock
-from ops.adminkit import InputFilter, whole_number
+from aegis_site.core.adminkit import InputFilter, whole_number
 from tasks import outcomes
 from tasks.admin.task_display import attempt_html, attempt_reasons, duration_text, outcome_summary
 from tasks.models import HELD_STATES, Task, TaskState

@@ -22,7 +22,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.decorators import method_decorator
 from django.views.decorators.http import require_POST
 
-from ops.adminkit import ReadOnlyAdmin, actor_of, run_for_each, whole_number
+from aegis_site.core.adminkit import ReadOnlyAdmin, actor_of, run_for_each, whole_number
 from tasks import actions, outcomes
 from tasks.admin import reconcile, task_detail
 from tasks.admin.task_list import (

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from tasks import actions
 from tasks.api.filters import JobFilter, TaskFilter
 from tasks.api.serializers import (

@@ -13,8 +13,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from ops.audit import Actor
-from ops.models import AuditEvent
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from registry.models import AdminState
 from tasks import actions
 from tasks.engine.reports import Report

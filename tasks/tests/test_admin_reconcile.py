@@ -17,10 +17,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
+from aegis_site.core.audit import Actor
 from aegis_site.core.errors import InvalidTransition
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.audit import Actor
-from ops.models import AuditEvent
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.admin import reconcile

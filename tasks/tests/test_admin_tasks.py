@@ -16,8 +16,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from ops.audit import Actor
-from ops.models import AuditEvent
+from aegis_site.core.audit import Actor
+from aegis_site.core.models import AuditEvent
 from registry.models import Agent
 from tasks import actions
 from tasks.admin import tasks as task_admin

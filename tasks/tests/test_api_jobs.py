@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from ops.models import AuditEvent
+from aegis_site.core.models import AuditEvent
 from tasks import actions
 from tasks.api.serializers import MAX_PAYLOAD_BYTES
 from tasks.engine import preview
@@ -297,7 +297,7 @@ def test_list_pages_with_a_cursor_and_caps_page_size(api, spec, operator, settin
 
 
 def test_list_reads_a_constant_number_of_queries(api, alice, spec):
-    from ops.audit import Actor
+    from aegis_site.core.audit import Actor
 
     as_alice = Actor.of_user(alice)
     submit(spec, as_alice, mode=JobMode.ANY)

@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from ops.models import AuditEvent
+from aegis_site.core.models import AuditEvent
 from tasks import actions
 from tasks.engine.reports import Report
 from tasks.models import Job, JobMode, Task, TaskEvent, TaskEventKind, TaskState

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from aegis_site.core.errors import InvalidTransition, NotFound
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.models import AuditEvent
 from tasks import actions
 from tasks.engine.reports import Outcome, Report
 from tasks.models import Job, JobMode, JobState, Task, TaskEvent, TaskState

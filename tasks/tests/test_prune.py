@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from aegis_site.core import clock
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.models import AuditEvent
 from tasks import retention
 from tasks.models import Job, JobState, Task, TaskEvent, TaskState
 

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 
 from aegis_site.core.errors import InvalidTarget, NotFound
+from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from ops.models import AuditEvent
 from registry import actions as registry_actions
 from registry.models import AdminState
 from tasks import actions

@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from ops.models import AuditEvent
+from aegis_site.core.models import AuditEvent
 from tasks import actions
 from tasks.admin import job_form
 from tasks.engine.reports import Report

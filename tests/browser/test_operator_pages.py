@@ -212,7 +212,8 @@ def test_explain_says_the_holding_agent_is_offline_and_what_happens_next(stack: 
     finally:
         in_stack(
             stack,
-            f"from ops.audit import Actor; from tasks import actions as t; from registry import actions as r; "
+            f"from aegis_site.core.audit import Actor; from tasks import actions as t; "
+            f"from registry import actions as r; "
             f"t.cancel_job({job_id}, Actor('test'), force=True); r.mark_online({agent_id!r})",
         )
     page.reload()
@@ -266,7 +267,7 @@ def test_agent_list_fits_1440_px_and_ids_stay_on_one_line(stack: Stack, admin_pa
 
 @pytest.mark.parametrize(
     "path",
-    ["/admin/tasks/job/", "/admin/tasks/task/", "/admin/tasks/taskevent/", "/admin/ops/auditevent/"],
+    ["/admin/tasks/job/", "/admin/tasks/task/", "/admin/tasks/taskevent/", "/admin/core/auditevent/"],
 )
 def test_the_other_lists_fit_1440_px_too(stack: Stack, admin_page: Page, timed_out_job: int, path: str) -> None:
     """After the scenario above each list has rows with long values (times to the second, errors, audit data)."""

@@ -3,11 +3,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from aegis_site.core.audit import Actor
 from broker.certs import normalize_serial
 from broker.management.broker_dir import broker_layout
 from broker.mosquitto import write_agent_bundle
 from broker.pki import InvalidAgentId
-from ops.audit import Actor
 from registry.actions import add_certificate
 
 

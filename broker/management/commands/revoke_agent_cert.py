@@ -3,9 +3,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from aegis_site.core.audit import Actor
 from broker import certs
 from broker.management.broker_dir import broker_layout
-from ops.audit import Actor
 
 
 class Command(BaseCommand):

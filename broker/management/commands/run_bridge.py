@@ -3,8 +3,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from aegis_site.core.roles import serve_role_metrics
 from broker.bridge import Bridge
-from ops.metrics import serve_role_metrics
 
 
 class Command(BaseCommand):

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ops.audit import Actor
+from aegis_site.core.audit import Actor
 from registry import actions, policy
 from registry.api.serializers import AGENT_ID_PREFIX_REGEX, AGENT_ID_REGEX
 

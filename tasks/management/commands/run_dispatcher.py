@@ -3,8 +3,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ops.metrics import serve_role_metrics
-from ops.roles import RoleFailed
+from aegis_site.core.roles import RoleFailed, serve_role_metrics
 from tasks.dispatcher import Dispatcher
 
 

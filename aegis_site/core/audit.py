@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ops.models import AuditEvent
+from aegis_site.core.models import AuditEvent
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Long-running roles say they are alive: a row per process, refreshed every ``ROLE_HEARTBEAT_INTERVAL``."""
+"""Long-running roles (bridge, dispatcher): a heartbeat row per process, their failure count, their metrics port.
+
+The heartbeat row is refreshed every ``ROLE_HEARTBEAT_INTERVAL``; health checks and the dashboard read it.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,31 @@ import logging
 import os
 import socket
 import time
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections
 
 from aegis_site.core import clock
-from ops import actions
+from aegis_site.core.models import RoleHeartbeat
 
 log = logging.getLogger("aegis.ops")
+
+
+def record_role_heartbeat(role: str, instance: str, started_at: datetime, info: dict[str, Any] | None = None) -> None:
+    """Upsert the role process's heartbeat row (not audited: a sign of life, not an operator action)."""
+    RoleHeartbeat.objects.update_or_create(
+        role=role, instance=instance, defaults={"beat_at": clock.now(), "started_at": started_at, "info": info or {}}
+    )
+
+
+def serve_role_metrics() -> None:
+    """Bridge and dispatcher: their counters on ``METRICS_PORT`` (Prometheus text at any path), when set."""
+    from prometheus_client import start_http_server
+
+    if settings.METRICS_PORT:
+        start_http_server(settings.METRICS_PORT, addr=settings.METRICS_ADDR)
 
 
 class RoleBeacon:
@@ -32,7 +51,7 @@ class RoleBeacon:
             return False
         self._last = now
         try:
-            actions.record_role_heartbeat(self.role, self.instance, self.started_at, info)
+            record_role_heartbeat(self.role, self.instance, self.started_at, info)
         except Exception:  # the database may be away: the health check will say so
             log.warning("could not record the %s heartbeat", self.role, exc_info=True)
             close_old_connections()

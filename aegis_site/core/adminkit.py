@@ -21,8 +21,8 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
+from aegis_site.core.audit import Actor
 from aegis_site.core.errors import DomainError
-from ops.audit import Actor
 
 
 def actor_of(request: HttpRequest) -> Actor:
