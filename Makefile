@@ -43,6 +43,7 @@ test-browser: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the floors: contracts in pyproject.toml, docs/architecture.md
 	DATA_DIR=$$(mktemp -d) $(BIN)/python manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 ## bandit over the code and pip-audit over the requirements (skipped, with a message, when offline).

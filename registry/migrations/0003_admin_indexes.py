@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-from ops.online_index import AddIndexOnline
+from aegis_site.core.online_index import AddIndexOnline
 
 
 class Migration(migrations.Migration):

@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-from ops.online_index import AddConstraintOnline
+from aegis_site.core.online_index import AddConstraintOnline
 
 
 class Migration(migrations.Migration):
