@@ -25,7 +25,7 @@ from django.utils.cache import add_never_cache_headers
 from aegis_site.core.adminkit import REFUSALS, ReadOnlyAdmin, actor_of, run_for_each
 from aegis_site.core.audit import Actor
 from registry import actions
-from registry.admin_certs import BrokerDirMissing, broker_layout, issue_bundle, revoke, zip_bundles
+from registry.admin.certificates import BrokerDirMissing, broker_layout, issue_bundle, revoke, zip_bundles
 from registry.api.serializers import AgentUpdateSerializer
 from registry.models import AdminState, Agent, AgentCredential
 

@@ -1,8 +1,8 @@
 """The registry in the admin: the fleet list, an agent's detail page, credentials.
 
-Nothing here writes a model: operator actions live in ``registry.admin_operations`` and call
+Nothing here writes a model: operator actions live in ``registry.admin.operations`` and call
 ``registry.actions``. At fleet scale (100,000 agents) the list stays cheap: a capped count, no
-facet counts, filters that take typed values instead of listing them (``registry.admin_filters``),
+facet counts, filters that take typed values instead of listing them (``registry.admin.filters``),
 prefix search, and the running/capacity column filled by one query for the page's rows.
 """
 
@@ -20,13 +20,10 @@ from django.utils.safestring import SafeString
 
 from aegis_site.core.adminkit import ReadOnlyAdmin, actor_of
 from aegis_site.core.models import AuditEvent
-from registry import (
-    actions,
-    admin_display,
-    admin_enrolment,  # noqa: F401  (registers the enrolment tokens' admin)
-)
-from registry.admin_filters import CapabilityFilter, LabelFilter, VersionFilter
-from registry.admin_operations import AgentOperationsAdmin
+from registry import actions
+from registry.admin import display
+from registry.admin.filters import CapabilityFilter, LabelFilter, VersionFilter
+from registry.admin.operations import AgentOperationsAdmin
 from registry.models import Agent, AgentCredential
 from tasks.models import HELD_STATES, Task, TaskEvent
 
@@ -104,30 +101,30 @@ class AgentAdmin(AgentOperationsAdmin):
 
     @admin.display(description="connectivity")
     def connectivity_badge(self, agent: Agent) -> SafeString:
-        return admin_display.badge(agent.connectivity)
+        return display.badge(agent.connectivity)
 
     @admin.display(description="admin state")
     def admin_state_badge(self, agent: Agent) -> SafeString:
-        return admin_display.badge(agent.admin_state)
+        return display.badge(agent.admin_state)
 
     @admin.display(description="last seen", ordering="last_seen_at")
     def last_seen(self, agent: Agent) -> SafeString:
-        return admin_display.last_seen(agent.last_seen_at)
+        return display.last_seen(agent.last_seen_at)
 
     @admin.display(description="labels")
     def label_chips(self, agent: Agent) -> SafeString:
-        return admin_display.label_chips(agent.labels)
+        return display.label_chips(agent.labels)
 
     @admin.display(description="capabilities")
     def capability_list(self, agent: Agent) -> SafeString:
-        return admin_display.capability_list(agent.capabilities)
+        return display.capability_list(agent.capabilities)
 
     @admin.display(description="running / capacity")
     def load(self, agent: Agent) -> SafeString:
         held = getattr(agent, "held_tasks", None)
         if held is None:  # outside the changelist (no page-wide count): ask for this agent alone
             held = held_task_counts([agent.pk]).get(agent.pk, 0)
-        return admin_display.load(held, agent.max_concurrency)
+        return display.load(held, agent.max_concurrency)
 
     # --- detail page -----------------------------------------------------------------
 
@@ -164,12 +161,12 @@ def agent_detail(agent: Agent, viewer: Any) -> dict[str, Any]:
     credentials = AgentCredential.objects.filter(agent_id=agent.pk).order_by("-created_at", "-id")
     audit = AuditEvent.objects.filter(object_type="agent", object_id=agent.pk).order_by("-id")
     return {
-        "connectivity_badge": admin_display.badge(agent.connectivity),
-        "admin_state_badge": admin_display.badge(agent.admin_state),
-        "last_seen": admin_display.last_seen(agent.last_seen_at),
-        "label_chips": admin_display.label_chips(agent.labels),
-        "capability_list": admin_display.capability_list(agent.capabilities),
-        "load": admin_display.load(held, agent.max_concurrency),
+        "connectivity_badge": display.badge(agent.connectivity),
+        "admin_state_badge": display.badge(agent.admin_state),
+        "last_seen": display.last_seen(agent.last_seen_at),
+        "label_chips": display.label_chips(agent.labels),
+        "capability_list": display.capability_list(agent.capabilities),
+        "load": display.load(held, agent.max_concurrency),
         "current_tasks": current if may_see_tasks else None,
         "recent_events": list(TaskEvent.objects.filter(agent_id=agent.pk).order_by("-id")[:RECENT])
         if may_see_tasks
