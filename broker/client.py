@@ -15,7 +15,7 @@ from django.conf import settings
 from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from broker.pki import BRIDGE_CN
+from registry.pki.crypto import BRIDGE_CN
 
 
 def service_client_id(*parts: str) -> str:

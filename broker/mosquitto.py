@@ -3,8 +3,10 @@
 Everything the broker needs lives in one directory (see ``BrokerLayout``);
 ``write_broker_files`` fills it and is safe to run again: it keeps the CA and
 certificates it finds unless told to force, and rewrites the derived text files.
+The certificate authority's files and steps (issue, revoke, rotate) are the
+registry's (``registry.pki``); this module keeps Mosquitto pointed at them.
 
-No Django import, like ``broker.pki``.
+No Django import, like ``registry.pki.crypto``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker import pki, plugin
+from broker import plugin
+from registry.pki import crypto
+from registry.pki.layout import CaLayout
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8883
@@ -43,66 +47,8 @@ BROADCAST_TOPIC = "aegis/broadcast"
 
 
 @dataclass(frozen=True)
-class BrokerLayout:
-    """Where each file of a broker directory lives."""
-
-    directory: Path
-
-    @property
-    def ca_cert(self) -> Path:
-        return self.directory / "ca.crt"
-
-    @property
-    def ca_key(self) -> Path:
-        return self.directory / "ca.key"
-
-    @property
-    def server_cert(self) -> Path:
-        return self.directory / "server.crt"
-
-    @property
-    def server_key(self) -> Path:
-        return self.directory / "server.key"
-
-    @property
-    def bridge_cert(self) -> Path:
-        return self.directory / "bridge.crt"
-
-    @property
-    def bridge_key(self) -> Path:
-        return self.directory / "bridge.key"
-
-    @property
-    def ca_bundle(self) -> Path:
-        """Every CA Mosquitto and the agents trust; only present once a CA rotation started."""
-        return self.directory / "ca-bundle.crt"
-
-    @property
-    def trust_file(self) -> Path:
-        """What Mosquitto's ``cafile`` and an agent's ``ca.crt`` hold: the bundle if any, else the CA."""
-        return self.ca_bundle if self.ca_bundle.exists() else self.ca_cert
-
-    @property
-    def crl(self) -> Path:
-        return self.directory / "crl.pem"
-
-    @property
-    def ca_state(self) -> Path:
-        return self.directory / "ca-state.json"
-
-    @property
-    def revoked(self) -> Path:
-        return self.directory / "revoked.json"
-
-    @property
-    def cas(self) -> Path:
-        """Every CA (certificate and key) the rotation knows, named by fingerprint."""
-        return self.directory / "cas"
-
-    @property
-    def issued(self) -> Path:
-        """A copy of each agent certificate issued (no keys), for expiry reports and revocation."""
-        return self.directory / "issued"
+class BrokerLayout(CaLayout):
+    """Where each file of a broker directory lives: the CA's (``CaLayout``) and Mosquitto's own."""
 
     @property
     def conf(self) -> Path:
@@ -127,18 +73,10 @@ class BrokerFiles:
     """What ``write_broker_files`` left in the directory, for the registry and the logs."""
 
     layout: BrokerLayout
-    ca: pki.IssuedCertificate
-    server: pki.IssuedCertificate
-    bridge: pki.IssuedCertificate
+    ca: crypto.IssuedCertificate
+    server: crypto.IssuedCertificate
+    bridge: crypto.IssuedCertificate
     created: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class AgentBundle:
-    cert: Path
-    key: Path
-    ca_cert: Path
-    issued: pki.IssuedCertificate
 
 
 def bridge_subscriptions(group: str = SHARE_GROUP) -> list[str]:
@@ -146,7 +84,7 @@ def bridge_subscriptions(group: str = SHARE_GROUP) -> list[str]:
     return [f"$share/{group}/aegis/agents/+/{topic}" for topic in AGENT_WRITE_TOPICS]
 
 
-def render_acl(*, bridge_username: str = pki.BRIDGE_CN) -> str:
+def render_acl(*, bridge_username: str = crypto.BRIDGE_CN) -> str:
     """The design's ACL for what is published and delivered, with the one correction Mosquitto 2.0 needs.
 
     ``topic`` lines before the first ``user`` line apply to anonymous clients only,
@@ -169,7 +107,7 @@ def render_acl(*, bridge_username: str = pki.BRIDGE_CN) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plugin_lines(plugin_path: Path | str, *, services: Sequence[str] = (pki.BRIDGE_CN,)) -> list[str]:
+def plugin_lines(plugin_path: Path | str, *, services: Sequence[str] = (crypto.BRIDGE_CN,)) -> list[str]:
     """Load ``aegis_auth``: the certificate's CN is the username, an agent's client id is its CN,
     and an agent subscribes to its inbox and the broadcast only (see ``broker/plugin/aegis_auth.c``)."""
     agent_read = [f"aegis/agents/%u/{topic}" for topic in AGENT_READ_TOPICS] + [BROADCAST_TOPIC]
@@ -266,8 +204,14 @@ def sync_trust_lines(layout: BrokerLayout) -> bool:
     new = "\n".join(lines) + "\n"
     if new == old:
         return False
-    pki.write_public(layout.conf, new.encode())
+    crypto.write_public(layout.conf, new.encode())
     return True
+
+
+def follow_trust_change(sender: object, layout: CaLayout, **kwargs: object) -> None:
+    """Receiver of ``registry.pki.layout.trust_changed`` (connected in ``broker.apps``): a CA rotation step or a
+    revocation changed the trust bundle or the CRL, so ``mosquitto.conf`` points at them."""
+    sync_trust_lines(BrokerLayout(layout.directory))
 
 
 def mosquitto_command(layout: BrokerLayout, executable: str = "mosquitto") -> list[str]:
@@ -284,7 +228,7 @@ def write_broker_files(
     force: bool = False,
     log_file: Path | None = None,
     run_as_user: str | None = None,
-    key_algorithm: pki.KeyAlgorithm = "ec",
+    key_algorithm: crypto.KeyAlgorithm = "ec",
     plugin_path: Path | str | None = None,
 ) -> BrokerFiles:
     """Fill ``directory`` with CA, server and bridge certificates, conf, ACL and the auth plugin.
@@ -304,29 +248,31 @@ def write_broker_files(
 
     ca = None if force else _load_if_present(layout.ca_cert, layout.ca_key)
     if ca is None:
-        ca = pki.create_ca(key_algorithm=key_algorithm)
-        pki.write_issued(ca, layout.ca_cert, layout.ca_key)
+        ca = crypto.create_ca(key_algorithm=key_algorithm)
+        crypto.write_issued(ca, layout.ca_cert, layout.ca_key)
         created.append("ca")
 
     server = None if force else _load_if_present(layout.server_cert, layout.server_key)
     if server is None or not _valid_server(server, ca, dns_names, ip_addresses):
-        server = pki.issue_server_cert(ca, dns_names=dns_names, ip_addresses=ip_addresses, key_algorithm=key_algorithm)
-        pki.write_issued(server, layout.server_cert, layout.server_key)
+        server = crypto.issue_server_cert(
+            ca, dns_names=dns_names, ip_addresses=ip_addresses, key_algorithm=key_algorithm
+        )
+        crypto.write_issued(server, layout.server_cert, layout.server_key)
         created.append("server")
 
     bridge = None if force else _load_if_present(layout.bridge_cert, layout.bridge_key)
-    if bridge is None or not pki.is_signed_by(bridge.certificate, ca.certificate):
-        bridge = pki.issue_bridge_cert(ca, key_algorithm=key_algorithm)
-        pki.write_issued(bridge, layout.bridge_cert, layout.bridge_key)
+    if bridge is None or not crypto.is_signed_by(bridge.certificate, ca.certificate):
+        bridge = crypto.issue_bridge_cert(ca, key_algorithm=key_algorithm)
+        crypto.write_issued(bridge, layout.bridge_cert, layout.bridge_key)
         created.append("bridge")
 
     if plugin_path is None:
         plugin.build(layout.plugin)
-    pki.write_public(layout.acl, render_acl().encode())
+    crypto.write_public(layout.acl, render_acl().encode())
     conf = render_conf(
         layout, host=host, port=port, log_file=log_file, run_as_user=run_as_user, plugin_path=plugin_path
     )
-    pki.write_public(layout.conf, conf.encode())
+    crypto.write_public(layout.conf, conf.encode())
     if run_as_user and os.geteuid() == 0:
         hand_over_to_broker_user(layout, run_as_user)
     return BrokerFiles(layout=layout, ca=ca, server=server, bridge=bridge, created=tuple(created))
@@ -343,46 +289,20 @@ def hand_over_to_broker_user(layout: BrokerLayout, user: str) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def write_agent_bundle(
-    broker_directory: Path,
-    agent_id: str,
-    out_directory: Path,
-    *,
-    key_algorithm: pki.KeyAlgorithm = "ec",
-) -> AgentBundle:
-    """Issue ``agent_id``'s certificate with the broker directory's CA and write what the agent needs."""
-    pki.validate_agent_id(agent_id)
-    layout = BrokerLayout(broker_directory.resolve())
-    ca = pki.load_issued(layout.ca_cert, layout.ca_key)
-    issued = pki.issue_agent_cert(ca, agent_id, key_algorithm=key_algorithm)
-    # Public copy (no key), so that expiry reports and revocation know every agent certificate.
-    pki.write_public(layout.issued / f"{agent_id}-{issued.serial:x}.crt", issued.cert_pem)
-    bundle = AgentBundle(
-        cert=out_directory / f"{agent_id}.crt",
-        key=out_directory / f"{agent_id}.key",
-        ca_cert=out_directory / "ca.crt",
-        issued=issued,
-    )
-    pki.write_issued(issued, bundle.cert, bundle.key)
-    # During a CA rotation the agent must trust the old and the new CA.
-    pki.write_public(bundle.ca_cert, layout.ca_bundle.read_bytes() if layout.ca_bundle.exists() else ca.cert_pem)
-    return bundle
-
-
-def _load_if_present(cert_path: Path, key_path: Path) -> pki.IssuedCertificate | None:
+def _load_if_present(cert_path: Path, key_path: Path) -> crypto.IssuedCertificate | None:
     if not (cert_path.exists() and key_path.exists()):
         return None
-    return pki.load_issued(cert_path, key_path)
+    return crypto.load_issued(cert_path, key_path)
 
 
 def _valid_server(
-    server: pki.IssuedCertificate,
-    ca: pki.IssuedCertificate,
+    server: crypto.IssuedCertificate,
+    ca: crypto.IssuedCertificate,
     dns_names: Sequence[str],
     ip_addresses: Sequence[str],
 ) -> bool:
-    if not pki.is_signed_by(server.certificate, ca.certificate):
+    if not crypto.is_signed_by(server.certificate, ca.certificate):
         return False
-    have_dns, have_ips = pki.subject_alt_names(server.certificate)
+    have_dns, have_ips = crypto.subject_alt_names(server.certificate)
     wanted_ips = {str(ipaddress.ip_address(address)) for address in ip_addresses}
     return set(dns_names) <= set(have_dns) and wanted_ips <= set(have_ips)

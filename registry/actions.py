@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from django.db import connection, transaction
@@ -17,6 +19,10 @@ from aegis_site.core.errors import DomainError
 from aegis_site.core.tokens import hash_token
 from broker import outbox
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken, Transport
+from registry.pki.agents import AgentBundle, AgentCertificate, issue_certificate, issued_agent_certs, write_agent_files
+from registry.pki.crypto import common_name, normalize_serial
+from registry.pki.layout import CaLayout
+from registry.pki.revocation import revoke_serials
 from registry.policy import EnrolmentPolicy
 
 log = logging.getLogger("aegis.registry")
@@ -563,3 +569,74 @@ def ping_agent(agent_id: str, actor: Actor) -> Agent:
         outbox.write([outbox.to_inbox(agent_id, "ping", now)])
         record(actor, "agent.ping", "agent", agent_id, connectivity=agent.connectivity)
     return agent
+
+
+# --- certificates (the CA's files: registry.pki) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class IssuedAgentCertificate:
+    """What ``issue_agent_certificate`` made: the agent's files, the credential, and where the files went."""
+
+    certificate: AgentCertificate  # ``certificate.files``: certificate, key and ``ca.crt`` as bytes
+    credential: AgentCredential
+    bundle: AgentBundle | None  # the paths, when written to ``out_directory``
+
+
+def issue_agent_certificate(
+    layout: CaLayout, agent_id: str, actor: Actor, *, out_directory: Path | None = None
+) -> IssuedAgentCertificate:
+    """Issue the agent's client certificate with the broker directory's CA and record it as a credential (audited).
+
+    A new agent is registered. With ``out_directory`` the certificate, key and ``ca.crt`` are written there
+    before anything is recorded, so a failed write records nothing. Raises ``InvalidAgentId`` for a name that
+    cannot be a certificate CN, ``FileNotFoundError`` when the directory holds no CA.
+    """
+    certificate = issue_certificate(layout, agent_id)
+    bundle = None if out_directory is None else write_agent_files(certificate, out_directory)
+    issued = certificate.issued
+    credential = add_certificate(
+        agent_id, issued.fingerprint, normalize_serial(issued.serial), issued.not_valid_after, actor
+    )
+    return IssuedAgentCertificate(certificate, credential, bundle)
+
+
+@dataclass(frozen=True)
+class RevocationResult:
+    serials: tuple[str, ...]
+    newly_revoked: tuple[str, ...]
+    credentials_revoked: tuple[int, ...]
+
+
+def revoke_agent_certificates(
+    layout: CaLayout, agent_id: str, actor: Actor, *, serial: str | None = None
+) -> RevocationResult:
+    """Revoke one (``serial``) or all known certificates of an agent: registry credential(s) and the CRL.
+
+    Known certificates are those in the broker directory's ``issued/`` copies and the
+    agent's certificate credentials in the registry. Raises ``ValueError`` for a serial
+    of another agent, or when no certificate of the agent is known and no serial given.
+    """
+    credentials = list(
+        AgentCredential.objects.filter(agent_id=agent_id, kind=CredentialKind.CERTIFICATE, revoked_at__isnull=True)
+    )
+    known = {normalize_serial(cert.serial_number): common_name(cert) for _, cert in issued_agent_certs(layout)}
+    if serial is not None:
+        wanted = normalize_serial(serial)
+        owner = known.get(wanted)
+        if owner is not None and owner != agent_id:
+            raise ValueError(f"serial {wanted} belongs to {owner!r}, not {agent_id!r}")
+        targets = [wanted]
+    else:
+        targets = [number for number, owner in known.items() if owner == agent_id]
+        targets += [normalize_serial(c.cert_serial) for c in credentials if c.cert_serial]
+        if not targets:
+            raise ValueError(f"no certificate of {agent_id!r} is known here: pass --serial")
+    targets = list(dict.fromkeys(targets))
+    added = revoke_serials(layout, agent_id, targets)
+    revoked_ids = []
+    for credential in credentials:
+        if serial is None or (credential.cert_serial and normalize_serial(credential.cert_serial) in targets):
+            revoke_credential(credential.pk, actor)
+            revoked_ids.append(credential.pk)
+    return RevocationResult(tuple(targets), tuple(added), tuple(revoked_ids))

@@ -38,6 +38,7 @@ from aegis_agent.redelivery import redelivery
 from broker import mosquitto
 from broker.models import OutboxMessage
 from registry.models import Agent, Connectivity
+from registry.pki.agents import write_agent_bundle
 from tasks import actions
 from tasks.models import Job, JobState, Task, TaskEvent, TaskState
 from tests import roles, support
@@ -93,7 +94,7 @@ class Broker:
 
     def agent(self, agent_id: str) -> Credentials:
         if agent_id not in self._agents:
-            bundle = mosquitto.write_agent_bundle(self.layout.directory, agent_id, self.root / "agents")
+            bundle = write_agent_bundle(self.layout.directory, agent_id, self.root / "agents")
             self._agents[agent_id] = Credentials(bundle.ca_cert, bundle.cert, bundle.key)
         return self._agents[agent_id]
 

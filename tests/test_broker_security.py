@@ -30,7 +30,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from broker import mosquitto, pki
+from broker import mosquitto
+from registry.pki import crypto
+from registry.pki.agents import write_agent_bundle
 
 WAIT_S = 5.0
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -99,11 +101,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         if attempt == 0:
             agents = {}
             for agent_id in ("agent-a", "agent-b", "agent-w"):
-                bundle = mosquitto.write_agent_bundle(files.layout.directory, agent_id, agents_dir)
+                bundle = write_agent_bundle(files.layout.directory, agent_id, agents_dir)
                 agents[agent_id] = Credentials(bundle.cert, bundle.key)
-            impostor = pki.issue_agent_cert(pki.create_ca(), "agent-a")
+            impostor = crypto.issue_agent_cert(crypto.create_ca(), "agent-a")
             foreign_cert, foreign_key = root / "foreign" / "agent-a.crt", root / "foreign" / "agent-a.key"
-            pki.write_issued(impostor, foreign_cert, foreign_key)
+            crypto.write_issued(impostor, foreign_cert, foreign_key)
             foreign = Credentials(foreign_cert, foreign_key)
         process = subprocess.Popen(mosquitto.mosquitto_command(files.layout, MOSQUITTO), cwd=root)
         if wait_for_port(process, port):

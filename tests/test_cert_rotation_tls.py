@@ -15,7 +15,9 @@ from cryptography import x509
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from broker import certs, mosquitto, pki
+from broker import mosquitto
+from registry.pki import authorities, crypto, rotation
+from registry.pki.agents import write_agent_bundle
 from tests.test_broker_security import MOSQUITTO, Credentials, Probe, free_port, stop, wait_for_port
 
 pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="mosquitto is not installed")
@@ -30,8 +32,8 @@ class RunningBroker:
         self.port = free_port()
         run_as = "root" if os.geteuid() == 0 else None
         if legacy_ca:  # a deployment set up before each CA got its own subject: setup_broker keeps its CA
-            ca = pki.create_ca(pki.DEFAULT_CA_CN)
-            pki.write_issued(ca, root / "broker" / "ca.crt", root / "broker" / "ca.key")
+            ca = crypto.create_ca(crypto.DEFAULT_CA_CN)
+            crypto.write_issued(ca, root / "broker" / "ca.crt", root / "broker" / "ca.key")
         files = mosquitto.write_broker_files(root / "broker", port=self.port, log_file=self.log, run_as_user=run_as)
         self.layout = files.layout
         self.process: subprocess.Popen[bytes] | None = None
@@ -49,8 +51,8 @@ class RunningBroker:
             stop(self.process)
             self.process = None
 
-    def issue(self, agent_id: str, out: str = "") -> tuple[Credentials, Path, pki.IssuedCertificate]:
-        bundle = mosquitto.write_agent_bundle(self.layout.directory, agent_id, self.root / (out or agent_id))
+    def issue(self, agent_id: str, out: str = "") -> tuple[Credentials, Path, crypto.IssuedCertificate]:
+        bundle = write_agent_bundle(self.layout.directory, agent_id, self.root / (out or agent_id))
         return Credentials(bundle.cert, bundle.key), bundle.ca_cert, bundle.issued
 
 
@@ -80,22 +82,22 @@ def connects(running: RunningBroker) -> Iterator[Callable[[str, Credentials, Pat
 
 def test_agents_of_the_old_and_the_new_ca_both_connect_during_the_overlap(running, connects):
     old_agent, old_agent_trust, _ = running.issue("agent-old")
-    certs.start_ca_rotation(running.layout)
+    rotation.start_ca_rotation(running.layout)
     running.start()
     # Not yet redistributed: the agent still trusts only the old CA, which signs the server.
     assert connects("agent-old", old_agent, old_agent_trust)
     assert connects("agent-old", old_agent, running.layout.ca_bundle)
 
-    certs.finish_ca_rotation(running.layout)
+    rotation.finish_ca_rotation(running.layout)
     running.restart()
     new_agent, new_agent_trust, new_issued = running.issue("agent-new")
-    new_ca = pki.load_issued(running.layout.ca_cert, running.layout.ca_key).certificate
-    assert pki.is_signed_by(new_issued.certificate, new_ca)
+    new_ca = crypto.load_issued(running.layout.ca_cert, running.layout.ca_key).certificate
+    assert crypto.is_signed_by(new_issued.certificate, new_ca)
     assert connects("agent-new", new_agent, new_agent_trust)
     assert connects("agent-old", old_agent, running.layout.ca_bundle)  # old-CA certificate, bundle as trust
     assert not connects("agent-old", old_agent, old_agent_trust)  # it must take the bundle before the switch
 
-    certs.drop_old_ca(running.layout, force=True)  # agent-old still holds its old-CA certificate
+    rotation.drop_old_ca(running.layout, force=True)  # agent-old still holds its old-CA certificate
     running.restart()
     assert not connects("agent-old", old_agent, running.layout.ca_bundle)
     assert connects("agent-new", new_agent, running.layout.ca_bundle)
@@ -121,8 +123,8 @@ def test_a_revoked_agent_certificate_is_refused_after_the_restart(running, conne
 def test_revocation_during_a_ca_overlap_still_admits_agents_of_both_cas(running, connects):
     old_agent, _, _ = running.issue("agent-old")
     revoked, _, _ = running.issue("agent-r")
-    certs.start_ca_rotation(running.layout)
-    certs.finish_ca_rotation(running.layout)
+    rotation.start_ca_rotation(running.layout)
+    rotation.finish_ca_rotation(running.layout)
     new_agent, trust, _ = running.issue("agent-new")
     call_command("revoke_agent_cert", "agent-r", "--dir", str(running.layout.directory))
     running.start()
@@ -136,8 +138,8 @@ def switched_with_one_agent_per_ca(running: RunningBroker) -> tuple[Credentials,
     """Agent B got its certificate before the CA rotation (and the bundle as its trust during the overlap,
     as the procedure says), agent A its certificate after the new CA took over signing."""
     b_cert, _, _ = running.issue("agent-b")
-    certs.start_ca_rotation(running.layout)
-    certs.finish_ca_rotation(running.layout)
+    rotation.start_ca_rotation(running.layout)
+    rotation.finish_ca_rotation(running.layout)
     a_cert, a_trust, _ = running.issue("agent-a")
     running.start()
     return a_cert, a_trust, b_cert, running.layout.ca_bundle
@@ -152,12 +154,12 @@ def manage(name: str, running: RunningBroker, *args: str) -> str:
 @pytest.mark.parametrize("running", ["legacy CA"], indirect=True)
 def test_check_certs_lists_agents_by_issuing_ca_and_drop_waits_for_the_last_one(running, connects):
     a_cert, a_trust, b_cert, b_trust = switched_with_one_agent_per_ca(running)
-    state = certs.load_state(running.layout)
+    state = authorities.load_state(running.layout)
     (old_id,) = [identifier for identifier in state.trusted if identifier != state.signing]
     new_id = state.signing
     old_subject = x509.load_pem_x509_certificate((running.layout.cas / f"{old_id}.crt").read_bytes()).subject
     new_subject = x509.load_pem_x509_certificate(running.layout.ca_cert.read_bytes()).subject
-    assert old_subject.rfc4514_string() == f"CN={pki.DEFAULT_CA_CN},O={pki.ORGANIZATION}"  # the kept legacy CA
+    assert old_subject.rfc4514_string() == f"CN={crypto.DEFAULT_CA_CN},O={crypto.ORGANIZATION}"  # the kept legacy CA
     assert new_subject != old_subject
 
     by_ca = json.loads(manage("check_certs", running, "--json"))["agents_by_ca"]
@@ -175,7 +177,7 @@ def test_check_certs_lists_agents_by_issuing_ca_and_drop_waits_for_the_last_one(
     with pytest.raises(CommandError, match="agent-b") as refused:
         manage("rotate_certs", running, "--drop-old-ca")
     assert "agent-a" not in str(refused.value)
-    assert certs.load_state(running.layout).trusted == [old_id, new_id]
+    assert authorities.load_state(running.layout).trusted == [old_id, new_id]
     assert connects("agent-b", b_cert, b_trust)  # nothing changed for it
 
     b_new, b_new_trust, _ = running.issue("agent-b", out="agent-b-reissued")

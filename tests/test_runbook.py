@@ -24,9 +24,9 @@ from cryptography.fernet import Fernet
 
 from aegis_agent.agent import Agent as ReferenceAgent
 from aegis_agent.config import AgentConfig
-from broker import pki
 from broker.mosquitto import BrokerLayout
 from broker.protocol import agent_topic
+from registry.pki import crypto
 from tests import runbook
 from tests.roles import Roles, request, role_env
 from tests.support import free_port, wait_for
@@ -125,9 +125,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 def agent_credentials(stack: Stack, agent_id: str) -> tuple[Path, Path]:
     """A certificate from the stack's CA, written outside the broker directory (no issued/ record, so the
     CA rotation the docs run later does not count it as an agent still on the old CA)."""
-    issued = pki.issue_agent_cert(pki.load_issued(stack.layout.ca_cert, stack.layout.ca_key), agent_id)
+    issued = crypto.issue_agent_cert(crypto.load_issued(stack.layout.ca_cert, stack.layout.ca_key), agent_id)
     cert, key = stack.scratch / "agents" / f"{agent_id}.crt", stack.scratch / "agents" / f"{agent_id}.key"
-    pki.write_issued(issued, cert, key)
+    crypto.write_issued(issued, cert, key)
     return cert, key
 
 

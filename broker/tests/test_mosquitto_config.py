@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from broker import mosquitto, pki
+from broker import mosquitto
+from registry.pki import crypto
+from registry.pki.agents import write_agent_bundle
 
 DESIGN_AGENT_RULES = [
     "pattern write aegis/agents/%u/hello",
@@ -79,8 +81,8 @@ def test_write_broker_files_is_idempotent_and_force_replaces_the_ca(tmp_path):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert layout.data.is_dir()
     assert layout.acl.read_text() == mosquitto.render_acl()
-    assert pki.is_signed_by(first.server.certificate, first.ca.certificate)
-    assert first.bridge.common_name == pki.BRIDGE_CN
+    assert crypto.is_signed_by(first.server.certificate, first.ca.certificate)
+    assert first.bridge.common_name == crypto.BRIDGE_CN
 
     again = mosquitto.write_broker_files(tmp_path / "broker")
     assert again.created == ()
@@ -89,7 +91,7 @@ def test_write_broker_files_is_idempotent_and_force_replaces_the_ca(tmp_path):
     forced = mosquitto.write_broker_files(tmp_path / "broker", force=True)
     assert forced.created == ("ca", "server", "bridge")
     assert forced.ca.fingerprint != first.ca.fingerprint
-    assert pki.is_signed_by(forced.bridge.certificate, forced.ca.certificate)
+    assert crypto.is_signed_by(forced.bridge.certificate, forced.ca.certificate)
 
 
 def test_server_cert_is_reissued_when_a_new_name_is_asked_for(tmp_path):
@@ -97,25 +99,25 @@ def test_server_cert_is_reissued_when_a_new_name_is_asked_for(tmp_path):
     second = mosquitto.write_broker_files(tmp_path, dns_names=["localhost", "mosquitto"])
     assert second.created == ("server",)
     assert second.ca == first.ca
-    assert pki.subject_alt_names(second.server.certificate)[0] == ["localhost", "mosquitto"]
+    assert crypto.subject_alt_names(second.server.certificate)[0] == ["localhost", "mosquitto"]
 
 
 def test_agent_bundle_is_signed_by_the_broker_ca(tmp_path):
     files = mosquitto.write_broker_files(tmp_path / "broker")
-    bundle = mosquitto.write_agent_bundle(tmp_path / "broker", "agent-a", tmp_path / "out")
+    bundle = write_agent_bundle(tmp_path / "broker", "agent-a", tmp_path / "out")
     assert bundle.cert == tmp_path / "out" / "agent-a.crt"
     assert bundle.ca_cert.read_bytes() == files.ca.cert_pem
     assert stat.S_IMODE(bundle.key.stat().st_mode) == 0o600
-    loaded = pki.load_issued(bundle.cert, bundle.key)
+    loaded = crypto.load_issued(bundle.cert, bundle.key)
     assert loaded.common_name == "agent-a"
     assert loaded.fingerprint == bundle.issued.fingerprint
-    assert pki.is_signed_by(loaded.certificate, files.ca.certificate)
+    assert crypto.is_signed_by(loaded.certificate, files.ca.certificate)
 
 
 def test_agent_bundle_refuses_the_bridge_name(tmp_path):
     mosquitto.write_broker_files(tmp_path / "broker")
-    with pytest.raises(pki.InvalidAgentId):
-        mosquitto.write_agent_bundle(tmp_path / "broker", "aegis-bridge", tmp_path / "out")
+    with pytest.raises(crypto.InvalidAgentId):
+        write_agent_bundle(tmp_path / "broker", "aegis-bridge", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -31,8 +31,9 @@ from cryptography.x509.oid import NameOID
 from django.conf import settings
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from broker.certs import load_revocations, normalize_serial
-from broker.mosquitto import BrokerLayout
+from registry.pki.crypto import normalize_serial
+from registry.pki.layout import CaLayout
+from registry.pki.revocation import load_revocations
 
 SCAN_TTL = 30.0
 AGENT_EXPIRING_DAYS = 30
@@ -111,7 +112,7 @@ class CertificateScanner:
 
     def _read(self) -> Scan:
         scan = Scan()
-        layout = BrokerLayout(Path(settings.BROKER_DIR)) if settings.BROKER_DIR else None
+        layout = CaLayout(Path(settings.BROKER_DIR)) if settings.BROKER_DIR else None
         paths = [layout.ca_cert, layout.server_cert, layout.bridge_cert, layout.ca_bundle] if layout else []
         paths += [Path(value) for value in (settings.MQTT_CA_FILE, settings.MQTT_CERT_FILE) if value]
         seen: set[str] = set()
@@ -128,7 +129,7 @@ class CertificateScanner:
         self._files.forget_except(set(paths) | set(issued))
         return scan
 
-    def _current_agent_certs(self, layout: BrokerLayout, issued: list[Path]) -> list[Cert]:
+    def _current_agent_certs(self, layout: CaLayout, issued: list[Path]) -> list[Cert]:
         """The newest certificate of each agent (as ``check_certs`` counts them), unless it is revoked."""
         newest: dict[str, Cert] = {}
         for path in issued:

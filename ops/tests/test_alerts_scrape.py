@@ -26,9 +26,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import pki
-from broker.certs import normalize_serial
 from ops.tests.test_alert_rules import CONFIG, PROMETHEUS, promtool
+from registry.pki import crypto
+from registry.pki.crypto import normalize_serial
 from tests.roles import ROOT, Roles, request
 from tests.support import free_port, wait_for
 
@@ -46,9 +46,11 @@ CRL_EXPIRED = (
 # --- a broker directory with certificates in every state --------------------------------------------
 
 
-def _write_cert(path: Path, ca: pki.IssuedCertificate, common_name: str, not_before: dt.datetime, days: float) -> Any:
+def _write_cert(
+    path: Path, ca: crypto.IssuedCertificate, common_name: str, not_before: dt.datetime, days: float
+) -> Any:
     """A leaf signed by ``ca`` valid from ``not_before`` for ``days`` (so it may have expired already)."""
-    key = pki.generate_key()
+    key = crypto.generate_key()
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, common_name)]))
@@ -69,7 +71,7 @@ def broker_dir(tmp_path: Path) -> dict[str, Any]:
     directory = tmp_path / "broker"
     directory.mkdir()
     now = dt.datetime.now(dt.UTC)
-    ca = pki.create_ca()
+    ca = crypto.create_ca()
     (directory / "ca.crt").write_bytes(ca.cert_pem)
     made = {
         "dir": directory,
@@ -313,7 +315,7 @@ def test_the_certificate_scan_is_cached_between_scrapes(settings, broker_dir: di
     settings.BROKER_DIR = str(broker_dir["dir"])  # the scanner reads the directory the fixture wrote
     scanner = CertificateScanner(ttl=3600)
     assert len(scanner.scan().agents) == 4  # edge-soon, edge-fine, edge-gone, edge-renewed (newest)
-    ca = pki.create_ca()
+    ca = crypto.create_ca()
     now = dt.datetime.now(dt.UTC)
     _write_cert(broker_dir["dir"] / "issued" / "edge-new-1.crt", ca, "edge-new", now, 30)
     assert len(scanner.scan().agents) == 4  # cached

@@ -19,7 +19,7 @@ from django.test import Client
 
 from aegis_site.core import clock, roles
 from aegis_site.core.models import RoleHeartbeat
-from broker import pki
+from registry.pki import crypto
 from tests.support import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -117,8 +117,8 @@ def test_a_dead_database_makes_readiness_fail_not_liveness_and_it_recovers():
 
 
 def _cert_file(tmp_path: Path, days: int) -> str:
-    ca = pki.create_ca(validity_days=3650)
-    leaf = pki.issue_agent_cert(ca, "edge-1", validity_days=days)
+    ca = crypto.create_ca(validity_days=3650)
+    leaf = crypto.issue_agent_cert(ca, "edge-1", validity_days=days)
     path = tmp_path / "bridge.crt"
     path.write_bytes(leaf.cert_pem)
     return str(path)

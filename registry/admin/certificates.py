@@ -1,16 +1,15 @@
 """Certificates from the admin: issue a bundle as a zip, revoke a credential (and the CRL entry).
 
-The same steps as ``issue_agent_cert`` and ``revoke_agent_cert`` (broker/management/commands):
-``write_agent_bundle`` issues the certificate with the broker directory's CA and keeps a public
-copy in ``issued/``, ``registry.actions.add_certificate`` records (and audits) it;
-``broker.certs.revoke_agent_certificates`` revokes the credential and writes ``crl.pem``.
+The same actions as ``issue_agent_cert`` and ``revoke_agent_cert`` (broker/management/commands):
+``registry.actions.issue_agent_certificate`` issues the certificate with the broker directory's CA
+(keeping a public copy in ``issued/``) and records (and audits) it;
+``registry.actions.revoke_agent_certificates`` revokes the credential and writes ``crl.pem``.
 The broker directory is ``settings.BROKER_DIR``; the web process needs write access to it.
 """
 
 from __future__ import annotations
 
 import io
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,23 +18,22 @@ from pathlib import Path
 from django.conf import settings
 
 from aegis_site.core.audit import Actor
-from broker import certs
-from broker.mosquitto import BrokerLayout, write_agent_bundle
 from registry import actions
 from registry.models import AgentCredential, CredentialKind
+from registry.pki.layout import CaLayout
 
 
 class BrokerDirMissing(Exception):
     """``BROKER_DIR`` is unset or holds no CA: certificates cannot be issued or put on the CRL here."""
 
 
-def broker_layout() -> BrokerLayout:
+def broker_layout() -> CaLayout:
     if not settings.BROKER_DIR:
         raise BrokerDirMissing(
             "BROKER_DIR is not set: certificates are issued with the broker directory's CA "
             "(set BROKER_DIR to the directory written by `manage.py setup_broker`)."
         )
-    layout = BrokerLayout(Path(settings.BROKER_DIR).resolve())
+    layout = CaLayout(Path(settings.BROKER_DIR).resolve())
     if not layout.ca_key.exists():
         raise BrokerDirMissing(
             f"No CA in {layout.directory}: run `manage.py setup_broker --dir {layout.directory}` first."
@@ -50,16 +48,11 @@ class IssuedBundle:
     files: dict[str, bytes]  # name in the zip -> content
 
 
-def issue_bundle(layout: BrokerLayout, agent_id: str, actor: Actor) -> IssuedBundle:
-    """Issue a certificate for the agent and record it; the files never touch disk outside a temp dir."""
-    with tempfile.TemporaryDirectory(prefix="aegis-bundle-") as scratch:
-        bundle = write_agent_bundle(layout.directory, agent_id, Path(scratch))
-        files = {f"{agent_id}/{path.name}": path.read_bytes() for path in (bundle.cert, bundle.key, bundle.ca_cert)}
-    issued = bundle.issued
-    credential = actions.add_certificate(
-        agent_id, issued.fingerprint, certs.normalize_serial(issued.serial), issued.not_valid_after, actor
-    )
-    return IssuedBundle(agent_id, credential, files)
+def issue_bundle(layout: CaLayout, agent_id: str, actor: Actor) -> IssuedBundle:
+    """Issue a certificate for the agent and record it; the key never touches disk, it goes into the zip."""
+    result = actions.issue_agent_certificate(layout, agent_id, actor)
+    files = {f"{agent_id}/{name}": content for name, content in result.certificate.files.items()}
+    return IssuedBundle(agent_id, result.credential, files)
 
 
 def zip_bundles(bundles: Iterable[IssuedBundle]) -> bytes:
@@ -91,7 +84,7 @@ def revoke(credential: AgentCredential, actor: Actor) -> str:
     if not credential.cert_serial:
         actions.revoke_credential(credential.pk, actor)
         return "Certificate revoked in the registry; it has no serial, so the CRL was not changed."
-    certs.revoke_agent_certificates(layout, credential.agent_id, actor, serial=credential.cert_serial)
+    actions.revoke_agent_certificates(layout, credential.agent_id, actor, serial=credential.cert_serial)
     if credential.revoked_at is not None:  # already revoked: the function above skips it, keep the audit trail
         actions.revoke_credential(credential.pk, actor)
     return (

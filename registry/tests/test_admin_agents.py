@@ -22,11 +22,11 @@ from django.urls import reverse
 
 from aegis_site.core.audit import Actor
 from aegis_site.core.models import AuditEvent
-from broker import certs
 from broker.models import OutboxMessage
-from broker.mosquitto import BrokerLayout
 from registry import actions as registry_actions
 from registry.models import AdminState, Agent, AgentCredential, CredentialKind
+from registry.pki import crypto, revocation
+from registry.pki.layout import CaLayout
 from tasks import actions as task_actions
 from tasks.engine.reports import Report
 from tests.support import staff_user
@@ -424,12 +424,12 @@ def test_revoking_every_credential_from_the_changelist_asks_first(operator_clien
 
 
 @pytest.fixture
-def broker_dir(tmp_path: Path, settings: Any) -> BrokerLayout:
+def broker_dir(tmp_path: Path, settings: Any) -> CaLayout:
     """A broker directory as ``setup_broker`` writes it, named by BROKER_DIR."""
     directory = tmp_path / "broker"
     call_command("setup_broker", "--dir", str(directory), stdout=io.StringIO())
     settings.BROKER_DIR = str(directory)
-    return BrokerLayout(directory.resolve())
+    return CaLayout(directory.resolve())
 
 
 def unzip(response: Any) -> dict[str, bytes]:
@@ -452,7 +452,7 @@ def test_certificate_bundle_download_holds_cert_key_and_ca_and_is_recorded(
     assert b"PRIVATE KEY" in files["node-1/node-1.key"]
     assert files["node-1/ca.crt"] == broker_dir.ca_cert.read_bytes()
     credential = AgentCredential.objects.get(agent_id="node-1", kind=CredentialKind.CERTIFICATE)
-    assert credential.cert_serial == certs.normalize_serial(cert.serial_number)
+    assert credential.cert_serial == crypto.normalize_serial(cert.serial_number)
     row = AuditEvent.objects.get(action="credential.issue", object_id="node-1", data__kind="certificate")
     assert (row.actor_label, row.actor_id) == ("ops-anna", operator_user.pk)
 
@@ -495,8 +495,8 @@ def test_revoking_a_certificate_puts_it_on_the_crl(operator_client, operator_use
 
     assert "Restart Mosquitto" in response.content.decode()
     assert AgentCredential.objects.get(pk=credential.pk).revoked_at is not None
-    assert credential.cert_serial in certs.load_revocations(broker_dir).serials
-    crl_serials = {format(entry.serial_number, "x") for crl in certs.load_crls(broker_dir) for entry in crl}
+    assert credential.cert_serial in revocation.load_revocations(broker_dir).serials
+    crl_serials = {format(entry.serial_number, "x") for crl in revocation.load_crls(broker_dir) for entry in crl}
     assert credential.cert_serial in crl_serials
     (row,) = audit_rows("credential.revoke", "node-1")
     assert row.actor_id == operator_user.pk

@@ -5,9 +5,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from broker import certs
 from broker.management.broker_dir import broker_layout
-from broker.mosquitto import BrokerLayout
+from registry.pki.agents import current_agent_certs
+from registry.pki.authorities import CaState, ca_standing, known_cas, load_state
+from registry.pki.expiry import CertReport, expiring, expiry_report
+from registry.pki.layout import CaLayout
 
 
 class Command(BaseCommand):
@@ -25,9 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         layout = broker_layout(options["dir"], need_key=False)
-        reports = certs.expiry_report(layout)
-        failing = certs.expiring(reports, options["days"])
-        state = certs.load_state(layout)
+        reports = expiry_report(layout)
+        failing = expiring(reports, options["days"])
+        state = load_state(layout)
         by_ca = self._agents_by_ca(layout, state)
         if options["json"]:
             document = {
@@ -62,15 +64,15 @@ class Command(BaseCommand):
         if failing:
             raise SystemExit(1)
 
-    def _agents_by_ca(self, layout: BrokerLayout, state: certs.CaState) -> dict[str, dict[str, Any]]:
+    def _agents_by_ca(self, layout: CaLayout, state: CaState) -> dict[str, dict[str, Any]]:
         """Every CA (trusted, or holding agents) with the agents whose newest usable certificate it issued."""
-        cas = certs.known_cas(layout)
-        holdings = certs.current_agent_certs(layout)
+        cas = known_cas(layout)
+        holdings = current_agent_certs(layout)
         listed = [*state.trusted, *sorted({holding.issuer for holding in holdings} - set(state.trusted))]
         return {
             identifier: {
                 "subject": cas[identifier].subject.rfc4514_string() if identifier in cas else "(unknown CA)",
-                "standing": certs.ca_standing(state, identifier) if identifier else "not trusted",
+                "standing": ca_standing(state, identifier) if identifier else "not trusted",
                 "agents": [holding.agent_id for holding in holdings if holding.issuer == identifier],
             }
             for identifier in listed
@@ -87,7 +89,7 @@ class Command(BaseCommand):
             ],
         )
 
-    def _table(self, reports: list[certs.CertReport], failing: list[certs.CertReport]) -> None:
+    def _table(self, reports: list[CertReport], failing: list[CertReport]) -> None:
         header = ("ROLE", "SUBJECT CN", "SERIAL", "ISSUER CA", "NOT AFTER (UTC)", "DAYS", "STATUS")
         rows = [
             (

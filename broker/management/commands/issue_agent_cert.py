@@ -4,11 +4,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from aegis_site.core.audit import Actor
-from broker.certs import normalize_serial
 from broker.management.broker_dir import broker_layout
-from broker.mosquitto import write_agent_bundle
-from broker.pki import InvalidAgentId
-from registry.actions import add_certificate
+from registry.actions import issue_agent_certificate
+from registry.pki.crypto import InvalidAgentId
 
 
 class Command(BaseCommand):
@@ -25,18 +23,14 @@ class Command(BaseCommand):
         layout = broker_layout(options["dir"])
         out = options["out"] or Path(options["agent_id"])
         try:
-            bundle = write_agent_bundle(layout.directory, options["agent_id"], out)
+            result = issue_agent_certificate(
+                layout, options["agent_id"], Actor.system("issue_agent_cert"), out_directory=out
+            )
         except InvalidAgentId as error:
             raise CommandError(str(error)) from error
         except FileNotFoundError as error:
             raise CommandError(f"no CA in {layout.directory}: run setup_broker first ({error})") from error
-        issued = bundle.issued
-        add_certificate(
-            options["agent_id"],
-            issued.fingerprint,
-            normalize_serial(issued.serial),
-            issued.not_valid_after,
-            Actor.system("issue_agent_cert"),
-        )
+        assert result.bundle is not None  # written to out_directory
+        bundle, issued = result.bundle, result.certificate.issued
         self.stdout.write(f"cert {bundle.cert}\nkey {bundle.key}\nca {bundle.ca_cert}")
         self.stdout.write(f"serial {issued.serial:x}\nsha256 {issued.fingerprint}\nexpires {issued.not_valid_after}")

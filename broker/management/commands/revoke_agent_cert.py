@@ -4,8 +4,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from aegis_site.core.audit import Actor
-from broker import certs
 from broker.management.broker_dir import broker_layout
+from registry.actions import revoke_agent_certificates
+from registry.pki.agents import agent_cert_issuers
 
 
 class Command(BaseCommand):
@@ -19,12 +20,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         layout = broker_layout(options["dir"])
         try:
-            result = certs.revoke_agent_certificates(
+            result = revoke_agent_certificates(
                 layout, options["agent_id"], Actor.system("revoke_agent_cert"), serial=options["serial"]
             )
         except ValueError as error:
             raise CommandError(str(error)) from error
-        issuers = certs.agent_cert_issuers(layout)
+        issuers = agent_cert_issuers(layout)
         for serial in result.serials:
             fresh = "revoked" if serial in result.newly_revoked else "already revoked"
             self.stdout.write(f"serial {serial} (CA {issuers.get(serial) or 'unknown'}): {fresh}")

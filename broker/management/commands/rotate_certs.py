@@ -3,9 +3,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from broker import certs
 from broker.management.broker_dir import broker_layout
-from broker.mosquitto import BrokerLayout
+from registry.pki import rotation
+from registry.pki.authorities import ca_standing, known_cas
+from registry.pki.layout import CaLayout
 
 SIGHUP_NOTE = (
     "Mosquitto: reload to pick up the new server certificate: kill -HUP <pid> (or systemctl reload mosquitto)."
@@ -37,14 +38,14 @@ class Command(BaseCommand):
             raise CommandError("--force only goes with --drop-old-ca")
         try:
             if options["ca"]:
-                self._report(certs.start_ca_rotation(layout), layout)
+                self._report(rotation.start_ca_rotation(layout), layout)
                 self.stdout.write(RESTART_NOTE)
                 self.stdout.write(
                     f"Agents: give each the new trust bundle {layout.ca_bundle} as its CA file "
                     "(agents issued from now on get it in their ca.crt), then run rotate_certs --finish-ca."
                 )
             elif options["finish_ca"]:
-                result = certs.finish_ca_rotation(layout)
+                result = rotation.finish_ca_rotation(layout)
                 self._report(result, layout)
                 if result.changed:
                     self.stdout.write(SIGHUP_NOTE + " Restart instead if this is the first restart since --ca.")
@@ -54,7 +55,7 @@ class Command(BaseCommand):
                         "old-CA certificates keep working until rotate_certs --drop-old-ca."
                     )
             elif options["drop_old_ca"]:
-                result = certs.drop_old_ca(layout, force=options["force"])
+                result = rotation.drop_old_ca(layout, force=options["force"])
                 self._report(result, layout)
                 for holder in result.cut_off:
                     self.stdout.write(
@@ -67,7 +68,7 @@ class Command(BaseCommand):
                     self.stdout.write(RESTART_NOTE)
             else:
                 both = not (options["server"] or options["bridge"])
-                issued = certs.rotate_leaf_certs(
+                issued = rotation.rotate_leaf_certs(
                     layout, server=both or options["server"], bridge=both or options["bridge"]
                 )
                 self.stdout.write(f"Re-issued with the current CA: {', '.join(issued)}")
@@ -75,18 +76,18 @@ class Command(BaseCommand):
                     self.stdout.write(SIGHUP_NOTE)
                 if "bridge" in issued:
                     self.stdout.write(BRIDGE_NOTE)
-        except certs.RotationError as error:
+        except rotation.RotationError as error:
             raise CommandError(str(error)) from error
 
-    def _report(self, result: certs.StepResult, layout: BrokerLayout) -> None:
+    def _report(self, result: rotation.StepResult, layout: CaLayout) -> None:
         state = result.state
         for note in result.notes:
             self.stdout.write(f"Nothing to do: {note}.")
         if result.issued:
             self.stdout.write(f"Issued: {', '.join(result.issued)}")
         self.stdout.write(f"CA state ({layout.ca_state}): phase={state.phase} signing={state.signing}")
-        cas = certs.known_cas(layout)
+        cas = known_cas(layout)
         for identifier in state.trusted:
             subject = cas[identifier].subject.rfc4514_string() if identifier in cas else "?"
-            self.stdout.write(f"  trusted: {identifier} {certs.ca_standing(state, identifier)} {subject}")
+            self.stdout.write(f"  trusted: {identifier} {ca_standing(state, identifier)} {subject}")
         self.stdout.write(f"  bundle: {layout.ca_bundle}")

@@ -6,7 +6,7 @@ matches. So the CN rules live here, at the one place certificates are made: an
 agent CN must be a valid agent id and can never be the bridge's name, which the
 ACL grants ``aegis/#``.
 
-No Django import: the reference agent and ops scripts use this module as is.
+No Django import: ops scripts (and tests) use this module as is.
 """
 
 from __future__ import annotations
@@ -160,6 +160,23 @@ def is_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def common_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
+
+
+def normalize_serial(serial: str | int) -> str:
+    """Lowercase hex without leading zeros, however an operator typed it (``0x``, colons, case)."""
+    if isinstance(serial, int):
+        return format(serial, "x")
+    text = serial.strip().lower().replace(":", "")
+    text = text.removeprefix("0x")
+    try:
+        return format(int(text, 16), "x")
+    except ValueError:
+        raise ValueError(f"not a hexadecimal serial: {serial!r}") from None
+
+
 def subject_alt_names(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     """DNS names and IP addresses (as text) the certificate is valid for."""
     try:
@@ -263,13 +280,12 @@ def _bundle(cert: x509.Certificate, key: PrivateKey) -> IssuedCertificate:
 
 
 def _describe(cert: x509.Certificate, key_pem: bytes) -> IssuedCertificate:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return IssuedCertificate(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
         key_pem=key_pem,
         fingerprint=fingerprint_sha256(cert),
         serial=cert.serial_number,
-        common_name=str(names[0].value) if names else "",
+        common_name=common_name(cert),
         not_valid_after=cert.not_valid_after_utc,
     )
 

@@ -23,17 +23,17 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from broker import pki
+from registry.pki import crypto
 
 
 @pytest.fixture(scope="module")
-def ca() -> pki.IssuedCertificate:
-    return pki.create_ca()
+def ca() -> crypto.IssuedCertificate:
+    return crypto.create_ca()
 
 
 @pytest.fixture(scope="module")
-def other_ca() -> pki.IssuedCertificate:
-    return pki.create_ca("Someone else's CA")
+def other_ca() -> crypto.IssuedCertificate:
+    return crypto.create_ca("Someone else's CA")
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -44,7 +44,7 @@ def extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Ex
     return cert.extensions.get_extension_for_class(kind)
 
 
-def client_verifier(ca: pki.IssuedCertificate):
+def client_verifier(ca: crypto.IssuedCertificate):
     # Web PKI wants a SAN on client certificates too; Mosquitto only reads the CN.
     leaf_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
@@ -74,18 +74,18 @@ def test_ca_can_sign_certificates_but_no_sub_ca(ca):
 
 
 def test_ca_validity_and_key_algorithm_are_configurable():
-    ca = pki.create_ca(validity_days=30, key_algorithm="rsa")
+    ca = crypto.create_ca(validity_days=30, key_algorithm="rsa")
     cert = ca.certificate
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    assert lifetime == dt.timedelta(days=30) + pki.BACKDATE
+    assert lifetime == dt.timedelta(days=30) + crypto.BACKDATE
     assert isinstance(ca.private_key, rsa.RSAPrivateKey)
     assert ca.private_key.key_size == 2048
-    agent = pki.issue_agent_cert(ca, "rsa-agent", key_algorithm="rsa")
+    agent = crypto.issue_agent_cert(ca, "rsa-agent", key_algorithm="rsa")
     assert client_verifier(ca).verify(agent.certificate, []).chain == [agent.certificate, ca.certificate]
 
 
 def test_server_cert_names_localhost_and_loopback_by_default(ca):
-    server = pki.issue_server_cert(ca)
+    server = crypto.issue_server_cert(ca)
     cert = server.certificate
     sans = extension(cert, x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
@@ -102,8 +102,8 @@ def test_server_cert_names_localhost_and_loopback_by_default(ca):
 
 
 def test_server_cert_carries_the_names_asked_for(ca):
-    server = pki.issue_server_cert(ca, dns_names=["mqtt.example.com", "mosquitto"], ip_addresses=["10.0.0.5", "::1"])
-    dns, ips = pki.subject_alt_names(server.certificate)
+    server = crypto.issue_server_cert(ca, dns_names=["mqtt.example.com", "mosquitto"], ip_addresses=["10.0.0.5", "::1"])
+    dns, ips = crypto.subject_alt_names(server.certificate)
     assert dns == ["mqtt.example.com", "mosquitto"]
     assert ips == ["10.0.0.5", "::1"]
     assert server.common_name == "mqtt.example.com"
@@ -113,11 +113,11 @@ def test_server_cert_carries_the_names_asked_for(ca):
 
 def test_server_cert_needs_a_name(ca):
     with pytest.raises(ValueError):
-        pki.issue_server_cert(ca, dns_names=[], ip_addresses=[])
+        crypto.issue_server_cert(ca, dns_names=[], ip_addresses=[])
 
 
 def test_agent_cert_cn_is_the_agent_id_and_only_good_for_clients(ca):
-    agent = pki.issue_agent_cert(ca, "edge-7.eu_west")
+    agent = crypto.issue_agent_cert(ca, "edge-7.eu_west")
     cert = agent.certificate
     assert common_name(cert) == "edge-7.eu_west" == agent.common_name
     assert extension(cert, x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
@@ -133,8 +133,8 @@ def test_agent_cert_cn_is_the_agent_id_and_only_good_for_clients(ca):
 
 
 def test_bridge_cert_has_the_bridge_cn(ca):
-    bridge = pki.issue_bridge_cert(ca)
-    assert common_name(bridge.certificate) == pki.BRIDGE_CN == "aegis-bridge"
+    bridge = crypto.issue_bridge_cert(ca)
+    assert common_name(bridge.certificate) == crypto.BRIDGE_CN == "aegis-bridge"
     assert extension(bridge.certificate, x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
         [ExtendedKeyUsageOID.CLIENT_AUTH]
     )
@@ -142,24 +142,24 @@ def test_bridge_cert_has_the_bridge_cn(ca):
 
 
 def test_certificate_from_another_ca_does_not_verify(ca, other_ca):
-    foreign = pki.issue_agent_cert(other_ca, "agent-a")
+    foreign = crypto.issue_agent_cert(other_ca, "agent-a")
     with pytest.raises(VerificationError):
         client_verifier(ca).verify(foreign.certificate, [])
-    assert not pki.is_signed_by(foreign.certificate, ca.certificate)
-    assert pki.is_signed_by(foreign.certificate, other_ca.certificate)
+    assert not crypto.is_signed_by(foreign.certificate, ca.certificate)
+    assert crypto.is_signed_by(foreign.certificate, other_ca.certificate)
 
 
 def test_leaf_validity_never_outlives_the_ca():
-    short_ca = pki.create_ca(validity_days=10)
-    agent = pki.issue_agent_cert(short_ca, "agent-a", validity_days=365)
+    short_ca = crypto.create_ca(validity_days=10)
+    agent = crypto.issue_agent_cert(short_ca, "agent-a", validity_days=365)
     assert agent.not_valid_after == short_ca.certificate.not_valid_after_utc
-    default = pki.issue_agent_cert(pki.create_ca(), "agent-a")
+    default = crypto.issue_agent_cert(crypto.create_ca(), "agent-a")
     lifetime = default.certificate.not_valid_after_utc - default.certificate.not_valid_before_utc
-    assert lifetime == dt.timedelta(days=pki.LEAF_VALIDITY_DAYS) + pki.BACKDATE
+    assert lifetime == dt.timedelta(days=crypto.LEAF_VALIDITY_DAYS) + crypto.BACKDATE
 
 
 def test_serials_are_random_and_fingerprint_is_sha256_of_the_der(ca):
-    first, second = pki.issue_agent_cert(ca, "agent-a"), pki.issue_agent_cert(ca, "agent-a")
+    first, second = crypto.issue_agent_cert(ca, "agent-a"), crypto.issue_agent_cert(ca, "agent-a")
     assert first.serial != second.serial
     assert first.serial == first.certificate.serial_number
     der = first.certificate.public_bytes(serialization.Encoding.DER)
@@ -188,13 +188,13 @@ def test_serials_are_random_and_fingerprint_is_sha256_of_the_der(ca):
     ],
 )
 def test_invalid_agent_ids_are_refused(ca, agent_id):
-    with pytest.raises(pki.InvalidAgentId):
-        pki.issue_agent_cert(ca, agent_id)
+    with pytest.raises(crypto.InvalidAgentId):
+        crypto.issue_agent_cert(ca, agent_id)
 
 
 @pytest.mark.parametrize("agent_id", ["a", "0", "a" * 63, "edge-7.eu_west", "aegis-bridge2"])
 def test_valid_agent_ids_are_accepted(agent_id):
-    assert pki.validate_agent_id(agent_id) == agent_id
+    assert crypto.validate_agent_id(agent_id) == agent_id
 
 
 def mode(path: Path) -> int:
@@ -202,9 +202,9 @@ def mode(path: Path) -> int:
 
 
 def test_written_key_is_private_and_cert_is_readable(tmp_path, ca):
-    agent = pki.issue_agent_cert(ca, "agent-a")
+    agent = crypto.issue_agent_cert(ca, "agent-a")
     cert_path, key_path = tmp_path / "certs" / "agent-a.crt", tmp_path / "certs" / "agent-a.key"
-    pki.write_issued(agent, cert_path, key_path)
+    crypto.write_issued(agent, cert_path, key_path)
     assert mode(key_path) == 0o600
     assert mode(cert_path) == 0o644
     assert cert_path.read_bytes() == agent.cert_pem
@@ -216,14 +216,14 @@ def test_rewriting_over_a_world_readable_key_makes_it_private(tmp_path, ca):
     key_path = tmp_path / "agent.key"
     key_path.write_bytes(b"old")
     key_path.chmod(0o644)
-    pki.write_issued(pki.issue_agent_cert(ca, "agent-a"), tmp_path / "agent.crt", key_path)
+    crypto.write_issued(crypto.issue_agent_cert(ca, "agent-a"), tmp_path / "agent.crt", key_path)
     assert mode(key_path) == 0o600
 
 
 def test_load_issued_round_trips_and_refuses_a_foreign_key(tmp_path, ca):
-    agent = pki.issue_agent_cert(ca, "agent-a")
-    pki.write_issued(agent, tmp_path / "a.crt", tmp_path / "a.key")
-    assert pki.load_issued(tmp_path / "a.crt", tmp_path / "a.key") == agent
-    pki.write_private(tmp_path / "b.key", pki.issue_agent_cert(ca, "agent-b").key_pem)
+    agent = crypto.issue_agent_cert(ca, "agent-a")
+    crypto.write_issued(agent, tmp_path / "a.crt", tmp_path / "a.key")
+    assert crypto.load_issued(tmp_path / "a.crt", tmp_path / "a.key") == agent
+    crypto.write_private(tmp_path / "b.key", crypto.issue_agent_cert(ca, "agent-b").key_pem)
     with pytest.raises(ValueError):
-        pki.load_issued(tmp_path / "a.crt", tmp_path / "b.key")
+        crypto.load_issued(tmp_path / "a.crt", tmp_path / "b.key")
