@@ -3,7 +3,8 @@
 Nothing here writes a model: operator actions live in ``registry.admin.operations`` and call
 ``registry.actions``. At fleet scale (100,000 agents) the list stays cheap: a capped count, no
 facet counts, filters that take typed values instead of listing them (``registry.admin.filters``),
-prefix search, and the running/capacity column filled by one query for the page's rows.
+prefix search. What an agent works on (its tasks) is the tasks app's: ``tasks.admin.agents``
+extends this admin with it, as Django's docs extend ``UserAdmin`` (the registry imports no task).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
-from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils.safestring import SafeString
 
@@ -25,38 +25,13 @@ from registry.admin import display
 from registry.admin.filters import CapabilityFilter, LabelFilter, VersionFilter
 from registry.admin.operations import AgentOperationsAdmin
 from registry.models import Agent, AgentCredential
-from tasks.models import HELD_STATES, Task, TaskEvent
 
-
-def held_task_counts(agent_ids: list[str]) -> dict[str, int]:
-    """Assigned + running tasks per agent, for these agents only (``tasks_agent_state_idx``)."""
-    if not agent_ids:
-        return {}
-    rows = (
-        Task.objects.filter(agent_id__in=agent_ids, state__in=HELD_STATES)
-        .order_by()
-        .values("agent_id")
-        .annotate(held=Count("id"))
-        .values_list("agent_id", "held")[: len(agent_ids)]  # one row per agent at most: the LIMIT states the bound
-    )
-    return dict(rows)
-
-
-class AgentChangeList(ChangeList):
-    """Fills ``held_tasks`` on the page's agents with one query, after the page is cut (no aggregate over the table)."""
-
-    def get_results(self, request: HttpRequest) -> None:
-        super().get_results(request)
-        agents = list(self.result_list)
-        held = held_task_counts([agent.pk for agent in agents])
-        for agent in agents:
-            agent.held_tasks = held.get(agent.pk, 0)
-        self.result_list = agents
+RECENT = 20  # audit rows (and, in tasks.admin.agents, task events) on the detail page
 
 
 @admin.register(Agent)
 class AgentAdmin(AgentOperationsAdmin):
-    list_display = (
+    list_display: tuple[str, ...] = (  # tasks.admin.agents swaps "capacity" for running / capacity
         "id",
         "name",
         "connectivity_badge",
@@ -65,7 +40,7 @@ class AgentAdmin(AgentOperationsAdmin):
         "label_chips",
         "capability_list",
         "version",
-        "load",
+        "capacity",
     )
     list_filter = ("connectivity", "admin_state", VersionFilter, CapabilityFilter, LabelFilter)
     search_fields = ("id", "name")  # the search itself is get_search_results: a prefix match
@@ -73,9 +48,6 @@ class AgentAdmin(AgentOperationsAdmin):
     sortable_by = ("id", "last_seen", "version")
     show_facets = admin.ShowFacets.NEVER  # facet counts scan the whole table
     list_per_page = 50
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return AgentChangeList
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Agent], search_term: str
@@ -119,12 +91,10 @@ class AgentAdmin(AgentOperationsAdmin):
     def capability_list(self, agent: Agent) -> SafeString:
         return display.capability_list(agent.capabilities)
 
-    @admin.display(description="running / capacity")
-    def load(self, agent: Agent) -> SafeString:
-        held = getattr(agent, "held_tasks", None)
-        if held is None:  # outside the changelist (no page-wide count): ask for this agent alone
-            held = held_task_counts([agent.pk]).get(agent.pk, 0)
-        return display.load(held, agent.max_concurrency)
+    @admin.display(description="capacity")
+    def capacity(self, agent: Agent) -> int:
+        """The agent's ``max_concurrency``; ``tasks.admin.agents`` shows it with what the agent holds."""
+        return agent.max_concurrency
 
     # --- detail page -----------------------------------------------------------------
 
@@ -134,46 +104,31 @@ class AgentAdmin(AgentOperationsAdmin):
         context = dict(extra_context or {})
         agent = self.get_object(request, unquote(object_id))
         if agent is not None:  # else Django answers (redirect with "does not exist")
-            context.update(agent_detail(agent, request.user))
+            context.update(self.detail_context(request, agent))
         context["can_operate"] = self.has_operate_permission(request)
         context["can_issue_credentials"] = self.has_issue_credentials_permission(request)
         context["can_revoke_credentials"] = self.has_revoke_credentials_permission(request)
         context["operations"] = self.detail_buttons(agent)
         return super().change_view(request, object_id, form_url, context)
 
+    def detail_context(self, request: HttpRequest, agent: Agent) -> dict[str, Any]:
+        """What the detail page shows besides the agent's fields: a handful of bounded, indexed queries.
 
-RECENT = 20
-
-
-def agent_detail(agent: Agent, viewer: Any) -> dict[str, Any]:
-    """What the detail page shows besides the agent's fields: a handful of bounded, indexed queries.
-
-    Tasks, credentials and audit rows are read only for a viewer with their view permission
-    (``None`` otherwise: the section is left out); the agent's load is a count, shown to all.
-    """
-    may_see_tasks = viewer.has_perm("tasks.view_task")
-    current = (
-        list(Task.objects.filter(agent_id=agent.pk, state__in=HELD_STATES).order_by("id")[:100])
-        if may_see_tasks
-        else []
-    )
-    held = len(current) if may_see_tasks else held_task_counts([agent.pk]).get(agent.pk, 0)
-    credentials = AgentCredential.objects.filter(agent_id=agent.pk).order_by("-created_at", "-id")
-    audit = AuditEvent.objects.filter(object_type="agent", object_id=agent.pk).order_by("-id")
-    return {
-        "connectivity_badge": display.badge(agent.connectivity),
-        "admin_state_badge": display.badge(agent.admin_state),
-        "last_seen": display.last_seen(agent.last_seen_at),
-        "label_chips": display.label_chips(agent.labels),
-        "capability_list": display.capability_list(agent.capabilities),
-        "load": display.load(held, agent.max_concurrency),
-        "current_tasks": current if may_see_tasks else None,
-        "recent_events": list(TaskEvent.objects.filter(agent_id=agent.pk).order_by("-id")[:RECENT])
-        if may_see_tasks
-        else None,
-        "credentials": list(credentials[:50]) if viewer.has_perm("registry.view_agentcredential") else None,
-        "audit_events": list(audit[:RECENT]) if viewer.has_perm("core.view_auditevent") else None,
-    }
+        Credentials and audit rows are read only for a viewer with their view permission (``None``
+        otherwise: the section is left out). A subclass adds its sections to this dict.
+        """
+        viewer = request.user
+        credentials = AgentCredential.objects.filter(agent_id=agent.pk).order_by("-created_at", "-id")
+        audit = AuditEvent.objects.filter(object_type="agent", object_id=agent.pk).order_by("-id")
+        return {
+            "connectivity_badge": display.badge(agent.connectivity),
+            "admin_state_badge": display.badge(agent.admin_state),
+            "last_seen": display.last_seen(agent.last_seen_at),
+            "label_chips": display.label_chips(agent.labels),
+            "capability_list": display.capability_list(agent.capabilities),
+            "credentials": list(credentials[:50]) if viewer.has_perm("registry.view_agentcredential") else None,
+            "audit_events": list(audit[:RECENT]) if viewer.has_perm("core.view_auditevent") else None,
+        }
 
 
 @admin.register(AgentCredential)
