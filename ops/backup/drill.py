@@ -23,7 +23,7 @@ from ops.backup.service import check_compatible, current_engine, open_archive
 from ops.backup.tables import count_differences
 
 # Models whose counts the smoke check reads through the ORM (app label, model name).
-SMOKE_MODELS = (("registry", "Agent"), ("tasks", "Job"), ("tasks", "Task"), ("ops", "AuditEvent"))
+SMOKE_MODELS = (("registry", "Agent"), ("tasks", "Job"), ("tasks", "Task"), ("core", "AuditEvent"))
 
 
 @dataclass
