@@ -1,4 +1,4 @@
-"""The audit log (read-only) and the requesting operator's personal API tokens."""
+"""The operator's JWT pair, the audit log (read-only) and the requesting operator's personal API tokens."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework_simplejwt.views import TokenObtainPairView
 
 from aegis_site.api.filters import StrictFilterSet, UtcDateTimeFilter
 from aegis_site.api.strict import refuse_body
+from aegis_site.api.throttling import EndpointThrottle
 from aegis_site.core.audit import Actor
 from aegis_site.core.models import AuditEvent
 from ops import actions
@@ -24,6 +26,13 @@ from ops.api.serializers import (
     AuditEventSerializer,
 )
 from ops.models import ApiToken
+
+
+class OperatorTokenView(TokenObtainPairView):
+    """An operator's username and password for a short-lived JWT pair (throttled like every credential check)."""
+
+    throttle_classes = [EndpointThrottle]
+    throttle_scope = "auth"
 
 
 class AuditEventFilter(StrictFilterSet):

@@ -6,7 +6,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
 from rest_framework import serializers
 
 from registry import policy
@@ -200,33 +199,6 @@ class HeartbeatSerializer(serializers.Serializer[Any]):
 class HeartbeatAnswerSerializer(serializers.Serializer[Any]):
     admin_state = serializers.CharField(read_only=True)
     server_time = serializers.DateTimeField(read_only=True)
-
-
-class ClaimSerializer(serializers.Serializer[Any]):
-    max_tasks = serializers.IntegerField(min_value=1, max_value=100, default=1)
-    wait_s = serializers.FloatField(min_value=0, default=0)
-
-    def validate_wait_s(self, value: float) -> float:
-        limit = float(settings.API_CLAIM_MAX_WAIT)
-        if value > limit:
-            raise serializers.ValidationError(f"At most {limit:g} seconds.")
-        return value
-
-
-class AssignmentSerializer(serializers.Serializer[Any]):
-    """One attempt of a task, as the MQTT ``task.assign`` message carries it."""
-
-    id = serializers.IntegerField(read_only=True)
-    attempt = serializers.IntegerField(read_only=True)
-    job_id = serializers.IntegerField(read_only=True)
-    kind = serializers.CharField(read_only=True)
-    payload = serializers.JSONField(read_only=True)
-    timeout_s = serializers.IntegerField(read_only=True)
-    lease_s = serializers.IntegerField(read_only=True)
-
-
-class ClaimAnswerSerializer(serializers.Serializer[Any]):
-    tasks = AssignmentSerializer(many=True, read_only=True)
 
 
 class JwtPairSerializer(serializers.Serializer[Any]):

@@ -1,11 +1,15 @@
-from django.urls import path, register_converter
+"""``/api/v1/agent/`` (enrol, tokens, me, heartbeat), ``/api/v1/agents/`` and ``/api/v1/enrolment-tokens/``.
+
+Included under the ``v1-registry`` namespace; the agent's task endpoints are in ``tasks.api.urls``.
+"""
+
+from __future__ import annotations
+
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from aegis_site.api.converters import IdConverter
 from registry.api import agent_views
 from registry.api.views import AgentViewSet, EnrolmentTokenViewSet
-
-register_converter(IdConverter, "id")
 
 router = SimpleRouter()
 router.register("agents", AgentViewSet, basename="agent")
@@ -17,11 +21,5 @@ urlpatterns = [
     path("agent/token/refresh/", agent_views.RefreshView.as_view(), name="agent-token-refresh"),
     path("agent/me/", agent_views.MeView.as_view(), name="agent-me"),
     path("agent/heartbeat/", agent_views.HeartbeatView.as_view(), name="agent-heartbeat"),
-    path("agent/tasks/", agent_views.AgentTaskListView.as_view(), name="agent-task-list"),
-    path("agent/tasks/claim/", agent_views.claim, name="agent-claim"),  # async: a long poll holds no connection
-    path("agent/tasks/<id:task_id>/", agent_views.AgentTaskDetailView.as_view(), name="agent-task-detail"),
-    path("agent/tasks/<id:task_id>/events/", agent_views.AgentTaskEventView.as_view(), name="agent-task-events"),
-    path("auth/token/", agent_views.OperatorTokenView.as_view(), name="auth-token"),
-    path("auth/token/refresh/", agent_views.RefreshView.as_view(), name="auth-token-refresh"),
     *router.urls,
 ]
