@@ -5,6 +5,7 @@ its transaction → PUBLISH. With it the dispatcher publishes from the commit
 hook, collects the PUBACKs and marks the rows sent in one UPDATE per pass. What
 is not acknowledged stays unsent, and the bridge publishes it after
 ``OUTBOX_HANDOFF_GRACE`` (at least once; agents drop duplicates by task id and attempt).
+The dispatcher owns its ``DirectPublisher`` and hands ``sink()`` to each claim.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import paho.mqtt.client as mqtt
 from django.conf import settings
 
 from aegis_site.core import clock, counters
-from broker import outbox, publisher
+from broker import publisher
 from broker.client import BrokerAddress, new_client, service_client_id
 from broker.models import OutboxMessage
+from broker.outbox import DirectSink
 
 log = logging.getLogger("aegis.dispatcher")
 
@@ -38,13 +40,18 @@ class DirectPublisher:
         self._lock = threading.Lock()
         self._in_flight: list[tuple[int, mqtt.MQTTMessageInfo]] = []
         self._stopping = False
+        self._connected = threading.Event()  # set by paho's network thread, read by the dispatcher's
+
+    def sink(self) -> DirectSink | None:
+        """What the dispatcher hands to a claim: ``publish`` while connected; ``None``: the bridge publishes."""
+        return self.publish if self._connected.is_set() else None
 
     def start(self) -> None:
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
 
     def stop(self) -> None:
-        outbox.set_direct_sink(None)
+        self._connected.clear()
         self.flush(timeout=2.0)
         self._stopping = True  # the disconnect below is no lost broker
         self.client.disconnect()
@@ -54,11 +61,11 @@ class DirectPublisher:
         if getattr(reason, "is_failure", False):
             log.error("broker refused the dispatcher's publisher: %s", reason)
             return
-        outbox.set_direct_sink(self.publish)
+        self._connected.set()
         log.info("dispatcher publishes assignments itself", extra={"client_id": self.client_id})
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, *args: object) -> None:
-        outbox.set_direct_sink(None)  # until it is back, the bridge publishes what the dispatcher writes
+        self._connected.clear()  # until it is back, the bridge publishes what the dispatcher writes
         if not self._stopping:
             log.warning("dispatcher's publisher lost the broker; the bridge publishes meanwhile")
 

@@ -1,14 +1,13 @@
 """Turning a batch of MQTT messages from agents into state changes. Runs in the bridge's Channels consumer.
 
-Malformed messages are logged, counted and dropped (acknowledged, never retried).
-Any other error propagates: the caller keeps the batch unacknowledged and tries
+Malformed messages are logged, counted (``aegis_mqtt_dropped_total``) and dropped
+(acknowledged, never retried). Any other error propagates: the caller keeps the batch unacknowledged and tries
 again, so nothing is lost while the database is away or a step fails.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
@@ -24,10 +23,6 @@ from tasks.engine.reports import Report
 log = logging.getLogger("aegis.bridge")
 
 _HEARTBEATS_IN = counters.MQTT_MESSAGES.labels("in", "heartbeat")  # the hot path: resolve the label once
-
-# Messages dropped since the process started, by reason (exported as metrics by the ops issue).
-dropped: Counter[str] = Counter()
-received: Counter[str] = Counter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,16 +45,13 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
         try:
             message = parse_agent_message(item.topic, item.payload)
         except ProtocolError as error:
-            if error.code == "empty":  # a retained message being cleared: nothing to apply
-                dropped["empty"] += 1
-            else:
+            if error.code != "empty":  # a retained message being cleared: nothing to apply, nothing wrong
                 drop(error.code, item.topic, error.message)
             continue
         if message.agent_id in revoked:
             drop("revoked_certificate", item.topic, f"agent {message.agent_id} has no live certificate")
             continue
         if isinstance(message, Heartbeat):  # the most frequent message touches memory only
-            received["Heartbeat"] += 1
             _HEARTBEATS_IN.inc()
             heartbeats.add(message.agent_id, now)
         else:
@@ -79,7 +71,6 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
 
 
 def drop(reason: str, topic: str, detail: str) -> None:
-    dropped[reason] += 1
     counters.MQTT_DROPPED.labels(reason).inc()
     log.warning("mqtt message dropped", extra={"reason": reason, "topic": topic[:200], "detail": detail[:300]})
 
@@ -95,7 +86,6 @@ def _apply_all(messages: list[Hello | Status | TaskEvent]) -> None:
     pending: list[TaskEvent] = []
     waiting: set[str] = set()  # agents with events in ``pending``
     for message in messages:
-        received[type(message).__name__] += 1
         counters.MQTT_MESSAGES.labels("in", type(message).__name__.lower()).inc()
         if isinstance(message, TaskEvent):
             pending.append(message)
@@ -130,20 +120,15 @@ def _apply_status(status: Status) -> None:
 
 
 def _apply_hello(hello: Hello) -> None:
-    agent, offers_changed = registry_actions.record_hello(
+    result = task_actions.agent_said_hello(
         hello.agent_id,
         version=hello.agent_version,
         capabilities=list(hello.capabilities),
         labels=hello.labels,
         max_concurrency=hello.max_concurrency,
+        running={(r.task_id, r.attempt) for r in hello.running},
+        finished=frozenset((r.task_id, r.attempt) for r in hello.finished),
     )
-    result = task_actions.reconcile_agent(
-        hello.agent_id,
-        {(r.task_id, r.attempt) for r in hello.running},
-        frozenset((r.task_id, r.attempt) for r in hello.finished),
-    )
-    if offers_changed:
-        task_actions.add_agent_to_continuous_jobs(agent)
     if result.resent or result.lost or result.canceled:
         log.info(
             "reconciled agent on hello",
@@ -154,4 +139,3 @@ def _apply_hello(hello: Hello) -> None:
                 "finishing": result.finishing,
             },
         )
-    wakeup.notify_on_commit(agents=[hello.agent_id])

@@ -2,9 +2,11 @@
 
 Every message is written in the transaction of the state change that caused it.
 Who publishes it after the commit: the bridge, woken by NOTIFY; or, when the
-writing process has its own MQTT connection (the dispatcher), that process at
-once from its commit hook, with the bridge as the fallback after
-``OUTBOX_HANDOFF_GRACE`` for whatever it did not get acknowledged.
+writer hands in its own publisher (a ``DirectSink``: the dispatcher's MQTT
+connection, ``broker.direct``), that publisher at once from the commit hook, with
+the bridge as the fallback after ``OUTBOX_HANDOFF_GRACE`` for whatever it did not
+get acknowledged. The sink is an argument, never process state: only the
+dispatcher's own claims and lease expiries pass one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from broker.models import OutboxMessage
 from broker.protocol import envelope, inbox_topic
 
 DirectSink = Callable[[Sequence[OutboxMessage]], None]
-_direct_sink: DirectSink | None = None
 
 
 def to_inbox(agent_id: str, message_type: str, at: datetime, **fields: Any) -> OutboxMessage:
@@ -33,29 +34,18 @@ def to_inbox(agent_id: str, message_type: str, at: datetime, **fields: Any) -> O
     )
 
 
-def set_direct_sink(sink: DirectSink | None) -> None:
-    """Install (or remove) this process's publisher for the messages it writes; ``None``: the bridge's job."""
-    global _direct_sink
-    _direct_sink = sink
-
-
-def direct_sink() -> DirectSink | None:
-    return _direct_sink
-
-
-def write(messages: Sequence[OutboxMessage]) -> None:
-    """Queue messages in the current transaction; they are published once it commits."""
+def write(messages: Sequence[OutboxMessage], sink: DirectSink | None = None) -> None:
+    """Queue messages in the current transaction; they are published once it commits (by ``sink``, if given)."""
     if not messages:
         return
     for message in messages:
-        message.direct = _direct_sink is not None
+        message.direct = sink is not None
     OutboxMessage.objects.bulk_create(messages)
-    after_write(messages)
+    after_write(messages, sink)
 
 
-def after_write(messages: Sequence[OutboxMessage]) -> None:
-    """Arrange publication of rows just written: this process's sink at commit, or a NOTIFY for the bridge."""
-    sink = _direct_sink
+def after_write(messages: Sequence[OutboxMessage], sink: DirectSink | None = None) -> None:
+    """Arrange publication of rows just written: ``sink`` at commit, or a NOTIFY for the bridge."""
     if sink is None or not all(message.direct for message in messages):
         wakeup.notify_on_commit(wakeup.OUTBOX_CHANNEL)
     else:

@@ -17,7 +17,7 @@ from aegis_site.core import clock
 from aegis_site.core.audit import Actor, record
 from aegis_site.core.errors import DomainError
 from aegis_site.core.tokens import hash_token
-from broker import outbox
+from registry import signals
 from registry.models import AdminState, Agent, AgentCredential, Connectivity, CredentialKind, EnrolmentToken, Transport
 from registry.pki.agents import AgentBundle, AgentCertificate, issue_certificate, issued_agent_certs, write_agent_files
 from registry.pki.crypto import common_name, normalize_serial
@@ -42,9 +42,10 @@ def register_agent(
     metadata: Mapping[str, Any] | None = None,
     transport: Transport | None = None,
 ) -> tuple[Agent, bool]:
-    """Create an agent, or update the given fields of an existing one."""
-    from tasks.actions import add_agent_to_continuous_jobs
+    """Create an agent, or update the given fields of an existing one.
 
+    ``signals.agent_registered`` (in this transaction): the agent joins the continuous jobs it matches.
+    """
     fields: dict[str, Any] = {}
     if max_concurrency is not None:
         fields["max_concurrency"] = max_concurrency
@@ -63,7 +64,7 @@ def register_agent(
     with transaction.atomic():
         agent, created = Agent.objects.update_or_create(pk=agent_id, defaults=fields)
         record(actor, "agent.register" if created else "agent.update", "agent", agent_id, **_jsonable(fields))
-    add_agent_to_continuous_jobs(agent)
+        signals.agent_registered.send(Agent, agent=agent, created=created)
     return agent, created
 
 
@@ -72,19 +73,18 @@ def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def set_admin_state(agent_id: str, state: AdminState, actor: Actor) -> Agent:
-    """Drain (finish what runs, take nothing new), disable, or make active again."""
+    """Drain (finish what runs, take nothing new), disable, or make active again.
+
+    A change is told to the agent (``signals.admin_state_changed``: ``agent.drain``, ``agent.resume``).
+    """
     now = clock.now()
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent_id)
         previous = agent.admin_state
         agent.admin_state = state
         agent.save(update_fields=["admin_state", "updated_at"])
-        if state == AdminState.DRAINING and previous != AdminState.DRAINING:
-            outbox.write([outbox.to_inbox(agent_id, "agent.drain", now)])
-        elif state == AdminState.ACTIVE and previous != AdminState.ACTIVE:
-            # The agent stopped taking work when it was drained: without this it would go on refusing
-            # (task.rejected "draining") every task the server now assigns it, until it restarts.
-            outbox.write([outbox.to_inbox(agent_id, "agent.resume", now)])
+        if state != previous:
+            signals.admin_state_changed.send(Agent, agent_id=agent_id, previous=previous, state=state, at=now)
         record(actor, f"agent.{_verb(state)}", "agent", agent_id, previous=previous)
     return agent
 
@@ -244,22 +244,15 @@ def authenticate_token_credential(token: str) -> AgentCredential | None:
 
 
 def remove_agent(agent_id: str, actor: Actor) -> None:
-    """Delete an agent. Its open pinned tasks are canceled first: no other agent may run them."""
-    from tasks.engine.jobs import cancel_tasks
-    from tasks.models import HELD_STATES, Task
+    """Delete an agent. Its open pinned tasks are canceled first: no other agent may run them.
 
+    That, and sending the unpinned tasks it held back to the queue, is the tasks side's
+    (``signals.agent_removing``), in this transaction, before the row goes.
+    """
     now = clock.now()
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent_id)
-        # Unpinned tasks it held go back to the queue on the dispatcher's next lease sweep.
-        Task.objects.filter(agent_id=agent_id, pinned=False, state__in=HELD_STATES).update(lease_expires_at=now)
-        cancel_tasks(
-            Task.objects.filter(agent_id=agent_id, pinned=True),
-            now,
-            force=True,
-            reason="agent removed",
-            actor=actor.label,
-        )
+        signals.agent_removing.send(Agent, agent_id=agent_id, actor=actor, at=now)
         record(actor, "agent.remove", "agent", agent_id, labels=agent.labels)
         agent.delete()
 
@@ -560,13 +553,13 @@ def revoked_certificate_agents() -> frozenset[str]:
 def ping_agent(agent_id: str, actor: Actor) -> Agent:
     """Ask the agent for a heartbeat now (protocol ``ping``): an operator's liveness probe, audited.
 
-    The message goes through the outbox like every inbox message, so it is published after the
-    commit. An agent that is offline gets it only if its broker session kept it.
+    The message goes through the outbox like every inbox message (``signals.agent_pinged``), so it
+    is published after the commit. An agent that is offline gets it only if its broker session kept it.
     """
     now = clock.now()
     with transaction.atomic():
         agent = Agent.objects.get(pk=agent_id)
-        outbox.write([outbox.to_inbox(agent_id, "ping", now)])
+        signals.agent_pinged.send(Agent, agent_id=agent_id, at=now)
         record(actor, "agent.ping", "agent", agent_id, connectivity=agent.connectivity)
     return agent
 

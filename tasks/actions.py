@@ -7,7 +7,8 @@ these; nothing else writes queue rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from datetime import datetime
 
 from django.db import IntegrityError, transaction
 
@@ -15,12 +16,15 @@ from aegis_site.core import clock, wakeup
 from aegis_site.core.audit import Actor, record
 from aegis_site.core.db import atomic_with_retry
 from aegis_site.core.errors import InvalidTransition, NotFound
+from broker.outbox import DirectSink
+from registry import actions as registry_actions
 from registry.models import Agent
 from tasks.engine import checks, control, expiry, reconcile, reports, stuck, submit
 from tasks.engine import claim as claim_engine
 from tasks.engine.claim import Assignment
 from tasks.engine.control import RetryAllowance
 from tasks.engine.explain import Explanation, explain
+from tasks.engine.jobs import cancel_tasks
 from tasks.engine.preview import JobPreview
 from tasks.engine.preview import build as build_preview
 from tasks.engine.reconcile import Reconciliation
@@ -79,14 +83,22 @@ def _create(spec: JobSpec, actor: Actor, fingerprint: str) -> Job:
 
 
 @atomic_with_retry
-def claim_tasks(agent_id: str, limit: int, push: bool = False) -> list[Assignment]:
-    """Assign up to ``limit`` tasks to the agent (``push``: dispatcher mode, writes outbox messages)."""
-    return claim_engine.claim_for(agent_id, limit, clock.now(), push=push)
+def claim_tasks(agent_id: str, limit: int, push: bool = False, sink: DirectSink | None = None) -> list[Assignment]:
+    """Assign up to ``limit`` tasks to the agent (``push``: dispatcher mode, writes outbox messages).
+
+    ``sink``: the caller's own publisher for those messages (``broker.outbox``); ``None``: the bridge's.
+    """
+    return claim_engine.claim_for(agent_id, limit, clock.now(), push=push, sink=sink)
 
 
-def claim_for_agents(agent_ids: Collection[str], limit: int) -> dict[str, list[Assignment]]:
-    """The dispatcher's claim: up to ``limit`` tasks for each online agent, pushed; runs its own transactions."""
-    return claim_engine.dispatch(agent_ids, limit, clock.now())
+def claim_for_agents(
+    agent_ids: Collection[str], limit: int, sink: DirectSink | None = None
+) -> dict[str, list[Assignment]]:
+    """The dispatcher's claim: up to ``limit`` tasks for each online agent, pushed; runs its own transactions.
+
+    ``sink``: the dispatcher's own publisher (``broker.direct``), called with the assignments at the commit.
+    """
+    return claim_engine.dispatch(agent_ids, limit, clock.now(), sink=sink)
 
 
 @atomic_with_retry
@@ -121,8 +133,9 @@ def report(agent_id: str, item: Report) -> Outcome:
 
 
 @atomic_with_retry
-def expire_leases(limit: int = 500) -> int:
-    return expiry.expire_leases(clock.now(), limit)
+def expire_leases(limit: int = 500, sink: DirectSink | None = None) -> int:
+    """Handle up to ``limit`` expired leases; ``sink`` publishes their cancels at the commit (else the bridge)."""
+    return expiry.expire_leases(clock.now(), limit, sink=sink)
 
 
 @atomic_with_retry
@@ -241,7 +254,7 @@ def preview_job(spec: JobSpec) -> JobPreview:
 
 
 def add_agent_to_continuous_jobs(agent: Agent) -> list[int]:
-    """Called by the registry when an agent appears or changes labels/capabilities."""
+    """An agent appeared or changed labels/capabilities (registered, or said hello): its continuous jobs."""
     with transaction.atomic():
         added = submit.add_agent_to_continuous_jobs(agent, clock.now())
         if added:
@@ -258,3 +271,49 @@ def reconcile_agent(
     ``finished``: attempts the agent has a result for that it has not seen acknowledged; they are left for it.
     """
     return reconcile.reconcile(agent_id, running, clock.now(), finished)
+
+
+@atomic_with_retry
+def agent_said_hello(
+    agent_id: str,
+    *,
+    version: str,
+    capabilities: list[str],
+    labels: Mapping[str, str],
+    max_concurrency: int,
+    running: set[tuple[int, int]],
+    finished: frozenset[tuple[int, int]] = frozenset(),
+) -> Reconciliation:
+    """An agent's hello, in one transaction: what it says about itself, what it holds, the work it may now take.
+
+    The registry records the agent (created on first contact, marked online); its
+    tasks are reconciled with what it reports running and finished; an agent whose
+    labels or capabilities changed joins the continuous jobs it now matches; and the
+    dispatcher is woken for it. ``running`` and ``finished``: ``(task id, attempt)``.
+    """
+    agent, offers_changed = registry_actions.record_hello(
+        agent_id, version=version, capabilities=capabilities, labels=labels, max_concurrency=max_concurrency
+    )
+    result = reconcile_agent(agent_id, running, finished)
+    if offers_changed:
+        add_agent_to_continuous_jobs(agent)
+    wakeup.notify_on_commit(agents=[agent_id])
+    return result
+
+
+def release_tasks_of_removed_agent(agent_id: str, actor: Actor, at: datetime) -> int:
+    """The agent is being removed (in the registry's transaction): what it held must not wait for it.
+
+    Its open pinned tasks are canceled (forced: no other agent may run them); the unpinned
+    tasks it held go back to the queue on the dispatcher's next lease sweep. Returns how
+    many pinned tasks ended.
+    """
+    with transaction.atomic():
+        Task.objects.filter(agent_id=agent_id, pinned=False, state__in=HELD_STATES).update(lease_expires_at=at)
+        return cancel_tasks(
+            Task.objects.filter(agent_id=agent_id, pinned=True),
+            at,
+            force=True,
+            reason="agent removed",
+            actor=actor.label,
+        )

@@ -5,7 +5,8 @@ Each step is a method that returns whether it did work (healthchecks'
 sleeps until a NOTIFY or the poll interval. A NOTIFY may name agents (new work
 pinned to them, or room freed on them): those are claimed for first. With an
 MQTT connection of its own (``broker.direct``) the dispatcher publishes the
-assignments it commits; otherwise the bridge does. Every step claims its rows with
+assignments (and lease-expiry cancels) it commits, handing its publisher to each
+claim as an argument; otherwise the bridge does. Every step claims its rows with
 ``SKIP LOCKED`` or a conditional UPDATE, so several replicas can run at once.
 """
 
@@ -23,6 +24,7 @@ from aegis_site.core.roles import FailedSteps, RoleBeacon
 from aegis_site.core.wakeup import Listener
 from broker import direct
 from broker.direct import DirectPublisher
+from broker.outbox import DirectSink
 from registry import actions as registry_actions
 from tasks import actions
 from tasks.engine import claim
@@ -70,8 +72,12 @@ class Dispatcher:
         self.hints: set[str] = set()  # agents named by NOTIFY payloads, claimed for first
         self.failed: list[str] = []  # the steps that raised in the last ``step()``
 
+    def sink(self) -> DirectSink | None:
+        """Its own publisher while connected, for what it writes to the outbox; ``None``: the bridge publishes."""
+        return None if self.direct is None else self.direct.sink()
+
     def expire_leases(self) -> bool:
-        expired = actions.expire_leases(self.batch_size)
+        expired = actions.expire_leases(self.batch_size, sink=self.sink())
         counters.LEASE_EXPIRIES.inc(expired)
         return expired > 0
 
@@ -101,7 +107,8 @@ class Dispatcher:
     def _claim(self, agent_ids: list[str]) -> int:
         assigned = 0
         for start in range(0, len(agent_ids), _AGENTS_PER_TRANSACTION):
-            claimed = actions.claim_for_agents(agent_ids[start : start + _AGENTS_PER_TRANSACTION], self.batch_size)
+            group = agent_ids[start : start + _AGENTS_PER_TRANSACTION]
+            claimed = actions.claim_for_agents(group, self.batch_size, sink=self.sink())
             assigned += sum(len(assignments) for assignments in claimed.values())
         return assigned
 

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,18 @@ def envelope(message_type: str, **fields: Any) -> bytes:
     """An agent → server message as an agent would publish it."""
     ts = datetime.now(UTC).isoformat()
     return json.dumps({"v": 1, "id": uuid.uuid4().hex, "ts": ts, "type": message_type, **fields}).encode()
+
+
+def mqtt_dropped() -> Counter[str]:
+    """The bridge's dropped messages so far in this process, by reason (``aegis_mqtt_dropped_total``)."""
+    from aegis_site.core import counters
+
+    totals: Counter[str] = Counter()
+    for metric in counters.MQTT_DROPPED.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                totals[sample.labels["reason"]] += int(sample.value)
+    return totals
 
 
 def broker_reachable(address: tuple[str, int] = ("127.0.0.1", 1883)) -> bool:

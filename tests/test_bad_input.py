@@ -28,7 +28,6 @@ from rest_framework.test import APIClient
 
 from aegis_site.core.audit import Actor
 from aegis_site.core.models import AuditEvent
-from broker import ingest
 from broker.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_agent_message
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential, EnrolmentToken
@@ -47,7 +46,7 @@ from tests.bad_input_corpus import (
     bodies,
     body_with,
 )
-from tests.support import broker_reachable, envelope, wait_for
+from tests.support import broker_reachable, envelope, mqtt_dropped, wait_for
 
 API = "/api/v1"
 REFUSED = {400, 413}
@@ -364,7 +363,7 @@ def test_the_bridge_logs_counts_and_drops_every_case_applies_nothing_and_keeps_w
         Dispatcher().assign()
         task_id = agent.next_message()["task"]["id"]
         events_before = TaskEvent.objects.filter(task_id=task_id).count()
-        before = ingest.dropped.copy()
+        before = mqtt_dropped()
         bridge_log = logging.getLogger("aegis.bridge")
         bridge_log.addHandler(caplog.handler)  # the project's logging config does not propagate "aegis.*" to root
         corpus = [*VALUES, *DOCUMENTS]
@@ -375,7 +374,7 @@ def test_the_bridge_logs_counts_and_drops_every_case_applies_nothing_and_keeps_w
             expected[hostile.mqtt_code] = expected.get(hostile.mqtt_code, 0) + 1
 
         def counted() -> bool:
-            delta = ingest.dropped - before
+            delta = mqtt_dropped() - before
             return all(delta[code] >= count for code, count in expected.items())
 
         wait_for(counted, what=f"drops counted: {expected}", timeout=30)

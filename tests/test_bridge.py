@@ -14,14 +14,13 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import ingest
 from broker.bridge import Bridge
 from broker.models import OutboxMessage
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task, TaskEvent
-from tests.support import broker_reachable, envelope, wait_for
+from tests.support import broker_reachable, envelope, mqtt_dropped, wait_for
 
 BROKER = ("127.0.0.1", 1883)
 
@@ -133,7 +132,7 @@ def test_the_last_will_or_offline_status_marks_the_agent_offline(bridge, agent):
 
 
 def test_malformed_messages_are_counted_and_dropped_and_the_bridge_keeps_working(bridge, agent, spec, operator):
-    before = ingest.dropped.copy()
+    before = mqtt_dropped()
     agent.hello()
     wait_for(lambda: Agent.objects.filter(pk=agent.id).exists(), what="hello")
     agent.send("events", b"not json at all")
@@ -145,7 +144,7 @@ def test_malformed_messages_are_counted_and_dropped_and_the_bridge_keeps_working
     expected = {"not_json": 1, "not_utf8": 1, "missing_field": 1, "oversized": 1, "unknown_task": 1}
 
     def counted() -> bool:
-        delta = ingest.dropped - before
+        delta = mqtt_dropped() - before
         return all(delta[reason] >= count for reason, count in expected.items())
 
     wait_for(counted, what=f"drops counted: {expected}")
@@ -157,7 +156,7 @@ def test_malformed_messages_are_counted_and_dropped_and_the_bridge_keeps_working
     agent.send("events", result)
     wait_for(lambda: Job.objects.get(pk=job.pk).state == "succeeded", what="job succeeded after garbage")
     agent.send("events", result)  # replayed message id
-    wait_for(lambda: (ingest.dropped - before)["duplicate"] >= 1, what="replay counted as duplicate")
+    wait_for(lambda: (mqtt_dropped() - before)["duplicate"] >= 1, what="replay counted as duplicate")
     assert TaskEvent.objects.filter(task_id=task["id"], kind="succeeded").count() == 1
 
 

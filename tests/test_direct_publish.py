@@ -15,6 +15,8 @@ from broker import outbox, publisher
 from broker.direct import DirectPublisher
 from broker.models import OutboxMessage
 from broker.protocol import task_assign
+from registry import actions as registry_actions
+from registry.models import AdminState
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tests.support import wait_for
@@ -37,7 +39,7 @@ def direct(settings) -> Iterator[DirectPublisher]:
     assert connected.wait(10), "the dispatcher's publisher did not connect"
     yield instance
     instance.stop()
-    assert outbox.direct_sink() is None
+    assert instance.sink() is None
 
 
 @pytest.mark.skipif(not broker_reachable(), reason="no MQTT broker on 127.0.0.1:1883")
@@ -47,10 +49,10 @@ def test_a_clean_stop_is_not_logged_as_a_lost_broker(settings, caplog) -> None:
     instance = DirectPublisher(client_id=f"dispatcher-{uuid.uuid4().hex[:8]}")
     instance.start()
     try:
-        wait_for(lambda: outbox.direct_sink() is not None, "the dispatcher's publisher connected", timeout=10)
+        wait_for(lambda: instance.sink() is not None, "the dispatcher's publisher connected", timeout=10)
     finally:
         instance.stop()
-    assert outbox.direct_sink() is None
+    assert instance.sink() is None
     assert "lost the broker" not in caplog.text
 
 
@@ -78,6 +80,89 @@ def test_the_dispatcher_publishes_at_commit_and_marks_sent_after_the_puback(
     row = OutboxMessage.objects.get(agent_id=fake_agent.id)
     assert row.direct
     assert row.sent_at is not None  # flush() waited for the PUBACK and marked it
+
+
+class RecordingPublisher:
+    """Stands in for the dispatcher's ``DirectPublisher`` (no broker): records what it is handed at commit."""
+
+    def __init__(self, connected: bool = True) -> None:
+        self.connected = connected
+        self.published: list[list[OutboxMessage]] = []
+
+    def sink(self) -> Any:
+        return self.publish if self.connected else None
+
+    def publish(self, messages: Any) -> None:
+        self.published.append(list(messages))
+
+    def flush(self, timeout: float = 5.0) -> int:
+        return 0
+
+
+def dispatcher_with(publisher: RecordingPublisher) -> Dispatcher:
+    dispatcher = Dispatcher(batch_size=10)
+    dispatcher.direct = publisher  # type: ignore[assignment]
+    return dispatcher
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatcher_hands_its_own_publisher_to_the_claim(make_agent, spec, operator):
+    make_agent("a1")
+    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
+    publisher_ = RecordingPublisher()
+
+    assert dispatcher_with(publisher_).assign()
+
+    (batch,) = publisher_.published  # after the commit, the rows the claim wrote
+    row = OutboxMessage.objects.get(agent_id="a1")
+    assert [(message.pk, message.message_type) for message in batch] == [(row.pk, "task.assign")]
+    assert row.direct
+
+
+@pytest.mark.django_db(transaction=True)
+def test_while_its_publisher_is_disconnected_the_dispatcher_leaves_the_assignment_to_the_bridge(
+    make_agent, spec, operator
+):
+    make_agent("a1")
+    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
+    publisher_ = RecordingPublisher(connected=False)
+
+    assert dispatcher_with(publisher_).assign()
+
+    assert publisher_.published == []
+    assert not OutboxMessage.objects.get(agent_id="a1").direct
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_dispatcher_publishes_the_cancels_of_expired_leases_itself(make_agent, spec, operator, frozen_clock):
+    make_agent("a1")
+    actions.submit_job(spec(target_agent_ids=["a1"], delivery_timeout_s=30), operator)
+    publisher_ = RecordingPublisher()
+    dispatcher = dispatcher_with(publisher_)
+    assert dispatcher.assign()
+    frozen_clock.advance(31)
+
+    assert dispatcher.expire_leases()
+
+    assert [message.message_type for batch in publisher_.published for message in batch] == [
+        "task.assign",
+        "task.cancel",
+    ]
+    assert OutboxMessage.objects.get(message_type="task.cancel").direct
+
+
+@pytest.mark.django_db(transaction=True)
+def test_what_others_write_in_the_dispatchers_process_stays_the_bridges(make_agent, spec, operator):
+    """No process-wide publisher: only the claims the dispatcher runs with its own go direct."""
+    make_agent("a1")
+    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
+    publisher_ = RecordingPublisher()
+    dispatcher_with(publisher_).assign()
+
+    registry_actions.set_admin_state("a1", AdminState.DRAINING, operator)
+
+    assert not OutboxMessage.objects.get(message_type="agent.drain").direct
+    assert len(publisher_.published) == 1
 
 
 @pytest.mark.django_db

@@ -18,13 +18,12 @@ import pytest
 from rest_framework.test import APIClient
 
 from aegis_site.core.audit import Actor
-from broker import ingest
 from registry import actions as registry_actions
 from registry.models import Agent, Connectivity
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task, TaskEvent, TaskState
-from tests.support import envelope, wait_for
+from tests.support import envelope, mqtt_dropped, wait_for
 from tests.test_broker_security import Broker, Probe, agent, broker, probes  # noqa: F401  (fixtures)
 from tests.test_e2e_tls import tls_bridge  # noqa: F401  (the bridge on that broker, with its certificate)
 
@@ -65,7 +64,7 @@ def state_of(task: Task) -> Callable[[], str]:
 def test_two_agents_publishing_the_same_message_id_both_get_their_results(broker, probes, tls_bridge, spec, operator):  # noqa: F811
     agent_a, agent_b = online(broker, probes, "agent-a"), online(broker, probes, "agent-b")
     task_a, task_b = assigned_task("agent-a", spec, operator), assigned_task("agent-b", spec, operator)
-    duplicates_before = ingest.dropped["duplicate"]
+    duplicates_before = mqtt_dropped()["duplicate"]
 
     # B first, with the id A will use: for instance one B saw A use before, or an id scheme it can predict.
     taken = event("result-0001", "task.succeeded", task_id=task_b.pk, attempt=1, result={"by": "b"})
@@ -78,11 +77,11 @@ def test_two_agents_publishing_the_same_message_id_both_get_their_results(broker
     assert Task.objects.get(pk=task_a.pk).result == {"by": "a"}
     assert Task.objects.get(pk=task_b.pk).result == {"by": "b"}
     assert Job.objects.get(pk=task_a.job_id).state == "succeeded"
-    assert ingest.dropped["duplicate"] == duplicates_before
+    assert mqtt_dropped()["duplicate"] == duplicates_before
 
     # The same agent sending its id again is still one message (a redelivery).
     assert agent_a.publish("aegis/agents/agent-a/events", real).value == 0
-    wait_for(lambda: ingest.dropped["duplicate"] == duplicates_before + 1, what="A's replay counted as duplicate")
+    wait_for(lambda: mqtt_dropped()["duplicate"] == duplicates_before + 1, what="A's replay counted as duplicate")
     assert TaskEvent.objects.filter(message_id="result-0001").count() == 2
 
 

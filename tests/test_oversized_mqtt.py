@@ -13,8 +13,8 @@ import uuid
 
 import pytest
 
-from broker import ingest, mosquitto
-from tests.support import wait_for
+from broker import mosquitto
+from tests.support import mqtt_dropped, wait_for
 from tests.test_broker_security import Broker, Probe, broker  # noqa: F401  (the module-scoped Mosquitto fixture)
 from tests.test_e2e_tls import tls_bridge  # noqa: F401
 
@@ -37,19 +37,19 @@ def test_a_message_over_the_protocol_limit_is_acknowledged_dropped_and_counted(b
         on_connect(*args)  # type: ignore[misc]
 
     client.client.on_connect = count
-    before = ingest.dropped.copy()
+    before = mqtt_dropped()
     try:
         assert client.start(broker, broker.agents["agent-a"])
         oversized = event(300 * 1024)
         assert len(oversized) > mosquitto.MAX_PAYLOAD_BYTES
         assert client.publish("aegis/agents/agent-a/events", oversized).value == 0  # PUBACK: never re-sent
-        wait_for(lambda: (ingest.dropped - before)["oversized"] >= 1, what="the bridge counted the oversized drop")
+        wait_for(lambda: (mqtt_dropped() - before)["oversized"] >= 1, what="the bridge counted the oversized drop")
         # Still connected and usable: the next message goes through too.
         assert client.publish("aegis/agents/agent-a/events", b"not json").value == 0
-        wait_for(lambda: (ingest.dropped - before)["not_json"] >= 1, what="the next message reached the bridge")
+        wait_for(lambda: (mqtt_dropped() - before)["not_json"] >= 1, what="the next message reached the bridge")
         assert not client.closed.is_set()
         assert len(connects) == 1
-        assert (ingest.dropped - before)["oversized"] == 1
+        assert (mqtt_dropped() - before)["oversized"] == 1
     finally:
         client.stop()
 

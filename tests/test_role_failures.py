@@ -23,13 +23,12 @@ from django.db import DatabaseError, connection
 
 from aegis_site.core.models import RoleHeartbeat
 from aegis_site.core.roles import RoleFailed
-from broker import ingest
 from broker.bridge import Bridge
 from registry.models import Agent
 from tasks import actions
 from tasks.dispatcher import Dispatcher
 from tasks.models import Job, Task
-from tests.support import envelope, wait_for
+from tests.support import envelope, mqtt_dropped, wait_for
 from tests.test_bridge import FakeAgent, broker_reachable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,11 +97,11 @@ def test_a_result_that_met_a_bug_is_retried_not_dropped(bridge_settings, agent, 
     try:
         job, task = _running_task(bridge, agent, spec, operator)
         calls = _failing_reports(monkeypatch, failures=2)
-        dropped_before = sum(ingest.dropped.values())
+        dropped_before = sum(mqtt_dropped().values())
         agent.send("events", envelope("task.succeeded", task_id=task["id"], attempt=1, result={"ok": True}))
         wait_for(lambda: Job.objects.get(pk=job.pk).state == "succeeded", what="the result applied after the bug")
         assert len(calls) == 3  # two failures, then the same batch again
-        assert sum(ingest.dropped.values()) == dropped_before
+        assert sum(mqtt_dropped().values()) == dropped_before
         assert Task.objects.get(pk=task["id"]).result == {"ok": True}
         assert bridge.exit_code == 0
     finally:

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from broker import ingest as ingest_module
 from broker.ingest import Incoming, ingest
 from broker.presence import HeartbeatBuffer, RevokedAgents
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential, CredentialKind
-from tests.support import envelope
+from tests.support import envelope, mqtt_dropped
 
 pytestmark = pytest.mark.django_db
 
@@ -50,10 +49,10 @@ def test_issuing_registers_the_certificate_and_revoking_makes_the_bridge_drop_th
 
     revoked = RevokedAgents()
     revoked.maybe_refresh()
-    before = ingest_module.dropped["revoked_certificate"]
+    before = mqtt_dropped()["revoked_certificate"]
     version_before = Agent.objects.get(pk="edge-1").version
     ingest([hello("edge-1"), hello("edge-2")], HeartbeatBuffer(), revoked)
-    assert ingest_module.dropped["revoked_certificate"] == before + 1
+    assert mqtt_dropped()["revoked_certificate"] == before + 1
     assert Agent.objects.get(pk="edge-1").version == version_before  # its hello changed nothing
     assert Agent.objects.get(pk="edge-2").version == "1"  # the other agent's was applied
 

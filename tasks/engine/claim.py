@@ -26,6 +26,7 @@ from django.db.models import F, Q
 from aegis_site.core.db import retry_on_conflict
 from aegis_site.core.errors import NotFound
 from broker import outbox
+from broker.outbox import DirectSink
 from registry.models import AdminState, Agent, Connectivity, Transport
 from tasks.engine import claim_pg, history
 from tasks.engine.assignment import Assignment
@@ -48,50 +49,56 @@ def free_capacity(agent: Agent) -> int:
 _LIMITED = Q(max_in_flight__isnull=False) | Q(max_in_flight_percent__isnull=False) | Q(rate_per_minute__isnull=False)
 
 
-def claim_for(agent_id: str, limit: int, now: datetime, push: bool) -> list[Assignment]:
+def claim_for(agent_id: str, limit: int, now: datetime, push: bool, sink: DirectSink | None = None) -> list[Assignment]:
     """Assign up to ``limit`` claimable tasks to the agent. Call inside a transaction."""
-    claimed = claim_many([agent_id], limit, now, push)
+    claimed = claim_many([agent_id], limit, now, push, sink)
     if agent_id not in claimed:
         raise NotFound(f"agent {agent_id} does not exist")
     return claimed[agent_id]
 
 
-def claim_many(agent_ids: Collection[str], limit: int, now: datetime, push: bool) -> dict[str, list[Assignment]]:
+def claim_many(
+    agent_ids: Collection[str], limit: int, now: datetime, push: bool, sink: DirectSink | None = None
+) -> dict[str, list[Assignment]]:
     """Up to ``limit`` tasks for each agent, in the caller's one transaction; agents that do not exist are left out.
 
     The agent rows are locked first (in id order), so claims for one agent never
     oversubscribe its capacity. ``push`` is the dispatcher's mode: the agent must
     be online, and each assignment is also written to the outbox, published after
-    the commit. One transaction for many agents saves a BEGIN and a COMMIT per agent.
+    the commit (by ``sink``, the caller's own publisher, if it passes one; else by
+    the bridge). One transaction for many agents saves a BEGIN and a COMMIT per agent.
     """
     if connection.vendor != "postgresql":
         agents = list(Agent.objects.select_for_update().filter(pk__in=list(agent_ids)).order_by("pk"))
         claimed: dict[str, list[Assignment]] = {agent.pk: [] for agent in agents}
         if agents:
-            _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
+            _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed, sink)
     else:
-        claimed, limited = claim_pg.claim_agents(list(agent_ids), limit, now, push)
+        claimed, limited = claim_pg.claim_agents(list(agent_ids), limit, now, push, sink=sink)
         if limited:  # rollouts: the agents are locked already; their rows are read again for the targets
             short = [agent_id for agent_id, assignments in claimed.items() if len(assignments) < limit]
             agents = list(Agent.objects.filter(pk__in=short).order_by("pk"))
-            _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed)
+            _claim_in_turns(agents, _open_jobs(), limit, now, push, claimed, sink)
     transaction.on_commit(partial(log_assigned, claimed))
     return claimed
 
 
-def dispatch(agent_ids: Collection[str], limit: int, now: datetime) -> dict[str, list[Assignment]]:
+def dispatch(
+    agent_ids: Collection[str], limit: int, now: datetime, sink: DirectSink | None = None
+) -> dict[str, list[Assignment]]:
     """The dispatcher's claim (push mode) in transactions of its own: on PostgreSQL, one round trip.
 
     Jobs with rollout limits, when there are any, get a second transaction on
     the general path. Inside a transaction (tests), it claims in that one.
+    ``sink``: the dispatcher's own publisher for the assignments (``None``: the bridge's job).
     """
     if connection.in_atomic_block:
-        return claim_many(agent_ids, limit, now, push=True)
+        return claim_many(agent_ids, limit, now, push=True, sink=sink)
     if connection.vendor != "postgresql":
-        return retry_on_conflict(_claim_many_atomic)(agent_ids, limit, now)
-    claimed, limited = retry_on_conflict(claim_pg.claim_agents)(list(agent_ids), limit, now, True, True)
+        return retry_on_conflict(_claim_many_atomic)(agent_ids, limit, now, sink)
+    claimed, limited = retry_on_conflict(claim_pg.claim_agents)(list(agent_ids), limit, now, True, True, sink)
     if limited:
-        more = retry_on_conflict(_claim_limited_atomic)(sorted(claimed), limit, now, claimed)
+        more = retry_on_conflict(_claim_limited_atomic)(sorted(claimed), limit, now, claimed, sink)
         for agent_id, assignments in more.items():
             claimed[agent_id] += assignments
     log_assigned(claimed)  # both transactions have committed
@@ -120,20 +127,22 @@ def log_assigned(claimed: dict[str, list[Assignment]]) -> None:
             )
 
 
-def _claim_many_atomic(agent_ids: Collection[str], limit: int, now: datetime) -> dict[str, list[Assignment]]:
+def _claim_many_atomic(
+    agent_ids: Collection[str], limit: int, now: datetime, sink: DirectSink | None
+) -> dict[str, list[Assignment]]:
     with transaction.atomic():
-        return claim_many(agent_ids, limit, now, push=True)
+        return claim_many(agent_ids, limit, now, push=True, sink=sink)
 
 
 def _claim_limited_atomic(
-    agent_ids: list[str], limit: int, now: datetime, claimed: dict[str, list[Assignment]]
+    agent_ids: list[str], limit: int, now: datetime, claimed: dict[str, list[Assignment]], sink: DirectSink | None
 ) -> dict[str, list[Assignment]]:
     with transaction.atomic():
         jobs = _open_jobs()
         short = [agent_id for agent_id in agent_ids if len(claimed[agent_id]) < limit]
         agents = list(Agent.objects.select_for_update().filter(pk__in=short).order_by("pk"))
         more: dict[str, list[Assignment]] = {agent.pk: list(claimed[agent.pk]) for agent in agents}
-        _claim_in_turns(agents, jobs, limit, now, True, more)
+        _claim_in_turns(agents, jobs, limit, now, True, more, sink)
         return {agent_id: assignments[len(claimed[agent_id]) :] for agent_id, assignments in more.items()}
 
 
@@ -144,6 +153,7 @@ def _claim_in_turns(
     now: datetime,
     push: bool,
     claimed: dict[str, list[Assignment]],
+    sink: DirectSink | None = None,
 ) -> None:
     """The general path for a group of locked agents, adding to ``claimed``.
 
@@ -157,7 +167,7 @@ def _claim_in_turns(
         for agent in agents:
             room = limit - len(claimed[agent.pk])
             if room > 0:
-                claimed[agent.pk] += _claim_general_for(agent, jobs, room, now, push)
+                claimed[agent.pk] += _claim_general_for(agent, jobs, room, now, push, sink)
         return
     last = rollouts[0].last_agent_id
     turn = [agent for agent in agents if agent.pk > last] + [agent for agent in agents if agent.pk <= last]
@@ -166,20 +176,22 @@ def _claim_in_turns(
         for agent in turn:
             if len(claimed[agent.pk]) >= limit:
                 continue
-            got = _claim_general_for(agent, jobs, 1, now, push)
+            got = _claim_general_for(agent, jobs, 1, now, push, sink)
             if got:
                 claimed[agent.pk] += got
                 took.append(agent)
         turn = took
 
 
-def _claim_general_for(agent: Agent, jobs: list[OpenJob], limit: int, now: datetime, push: bool) -> list[Assignment]:
+def _claim_general_for(
+    agent: Agent, jobs: list[OpenJob], limit: int, now: datetime, push: bool, sink: DirectSink | None
+) -> list[Assignment]:
     if agent.admin_state != AdminState.ACTIVE:
         return []
     if push and (agent.connectivity != Connectivity.ONLINE or agent.transport != Transport.MQTT):
         return []
     any_jobs = [job.id for job in jobs if job.mode == JobMode.ANY and _selects(job, agent)]
-    return _written(agent, _claim_general(agent, limit, now, any_jobs), now, push)
+    return _written(agent, _claim_general(agent, limit, now, any_jobs), now, push, sink)
 
 
 @dataclass(frozen=True)
@@ -221,9 +233,11 @@ def _selects(job: OpenJob, agent: Agent) -> bool:
     return matches(target, agent.pk, agent.labels, agent.capabilities)
 
 
-def _written(agent: Agent, assignments: list[Assignment], now: datetime, push: bool) -> list[Assignment]:
+def _written(
+    agent: Agent, assignments: list[Assignment], now: datetime, push: bool, sink: DirectSink | None
+) -> list[Assignment]:
     if push and assignments:
-        outbox.write([outbox.to_inbox(agent.pk, "task.assign", now, task=a.as_message()) for a in assignments])
+        outbox.write([outbox.to_inbox(agent.pk, "task.assign", now, task=a.as_message()) for a in assignments], sink)
     return assignments
 
 

@@ -127,7 +127,12 @@ ORDER BY a.priority DESC, a.id
 
 
 def claim_agents(
-    agent_ids: Sequence[str], limit: int, now: datetime, push: bool, commit: bool = False
+    agent_ids: Sequence[str],
+    limit: int,
+    now: datetime,
+    push: bool,
+    commit: bool = False,
+    sink: outbox.DirectSink | None = None,
 ) -> tuple[dict[str, list[Assignment]], bool]:
     """Lock the agents and claim from jobs without rollout limits for each.
 
@@ -139,10 +144,11 @@ def claim_agents(
     Returns the assignments of every agent that exists (ids without an agent are
     left out) and whether some open job has rollout limits (then the caller runs
     the general path too). In push mode the outbox rows are written and handed to
-    ``broker.outbox``, published once committed.
+    ``broker.outbox``, published once committed: by ``sink`` (the dispatcher's own
+    publisher) when given, else by the bridge.
     """
     ids = sorted(set(agent_ids))
-    direct = outbox.direct_sink() is not None
+    direct = sink is not None
     connection.ensure_connection()
     if commit and (connection.in_atomic_block or not connection.get_autocommit()):
         raise RuntimeError("claim_agents(commit=True) runs its own transaction: call it outside atomic()")
@@ -171,7 +177,7 @@ def claim_agents(
     existing = {agent_id for agent_id, _limited in locked}
     limited = any(flag for _agent_id, flag in locked)
     # Outside a transaction, Django runs on-commit callbacks (the outbox's publication) at once.
-    claimed = {agent_id: _assignments(agent_id, rows[agent_id], now, push, direct) for agent_id in sorted(existing)}
+    claimed = {agent_id: _assignments(agent_id, rows[agent_id], now, push, sink) for agent_id in sorted(existing)}
     return claimed, limited
 
 
@@ -189,7 +195,7 @@ def _params(agent_id: str, limit: int, now: datetime, push: bool, direct: bool) 
 
 
 def _assignments(
-    agent_id: str, rows: list[tuple[Any, ...]], now: datetime, push: bool, direct: bool
+    agent_id: str, rows: list[tuple[Any, ...]], now: datetime, push: bool, sink: outbox.DirectSink | None
 ) -> list[Assignment]:
     assignments = [Assignment(row[0], row[3], row[1], row[2], _json(row[4]), row[5], row[6]) for row in rows]
     for row in rows:
@@ -205,10 +211,11 @@ def _assignments(
                     message_type="task.assign",
                     payload=_json(row[8]),
                     created_at=now,
-                    direct=direct,
+                    direct=sink is not None,
                 )
                 for row in rows
-            ]
+            ],
+            sink,
         )
     return assignments
 

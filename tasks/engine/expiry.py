@@ -10,14 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 
 from broker import outbox
+from broker.outbox import DirectSink
 from tasks.engine import history
 from tasks.engine.jobs import count_terminal, record_terminal
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEventKind, TaskState
 
 
-def expire_leases(now: datetime, limit: int) -> int:
-    """Handle up to ``limit`` expired leases. Call inside a transaction. Returns how many were handled."""
+def expire_leases(now: datetime, limit: int, sink: DirectSink | None = None) -> int:
+    """Handle up to ``limit`` expired leases. Call inside a transaction. Returns how many were handled.
+
+    ``sink``: the caller's own publisher for the cancels (the dispatcher's); ``None``: the bridge's job.
+    """
     expired = list(
         Task.objects.filter(state__in=HELD_STATES, lease_expires_at__lt=now)
         .select_for_update(skip_locked=True)
@@ -46,6 +50,6 @@ def expire_leases(now: datetime, limit: int) -> int:
         events.append(history.event(task.pk, kind, task.attempt, now, previous, task.state, agent_id, data=data))
     save_tasks(expired)
     history.write_events(events)
-    outbox.write(cancels)
+    outbox.write(cancels, sink)
     record_terminal(count_terminal((t.job_id, t.state) for t in expired if t.state in TERMINAL_STATES), now)
     return len(expired)
