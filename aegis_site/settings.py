@@ -333,9 +333,9 @@ API_THROTTLE_RATES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "aegis_site.api.authentication.AgentTokenAuthentication",
+        "registry.api.authentication.AgentTokenAuthentication",
         "ops.api.authentication.OperatorTokenAuthentication",
-        "aegis_site.api.authentication.AegisJWTAuthentication",
+        "registry.api.authentication.AegisJWTAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["aegis_site.api.permissions.IsOperator"],

@@ -11,12 +11,13 @@ Unknown fields are ignored so a version 1 peer may add optional fields.
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Final, Literal, TypeAlias, cast, get_args
+
+from aegis_site.core import strict_json
 
 PROTOCOL_VERSION: Final = 1
 MAX_MESSAGE_BYTES: Final = 256 * 1024
@@ -27,7 +28,7 @@ HELLO, HEARTBEAT, STATUS, EVENTS, INBOX = "hello", "heartbeat", "status", "event
 AGENT_CHANNELS: Final = (HELLO, HEARTBEAT, STATUS, EVENTS)  # agent → server; ``inbox`` is server → agent
 
 # Limits. Integers match the database columns they end up in (attempt is a smallint).
-MAX_DEPTH: Final = 32  # nesting of the whole document, envelope included
+MAX_DEPTH: Final = strict_json.MAX_DEPTH  # nesting of the whole document, envelope included
 MAX_MESSAGE_ID_CHARS: Final = 100  # tasks.TaskEvent.message_id
 MAX_TASK_ID: Final = 2**63 - 1
 MAX_ATTEMPT: Final = 32_767
@@ -263,7 +264,6 @@ _REPORT_FIELDS = ("kind", "task_id", "attempt", "message_id", "progress", "resul
 # --- decoding and field readers -----------------------------------------------------------
 
 _MISSING: Final = object()
-_BAD_CHARS: Final = re.compile("[\x00\ud800-\udfff]")
 _RFC3339: Final = re.compile(
     r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
 )
@@ -279,62 +279,13 @@ def _decode(payload: bytes) -> dict[str, Any]:
 def decode_json(payload: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     """Any JSON document under the protocol's rules (size, strict JSON, depth, no NUL or lone surrogates).
 
-    The HTTP API parses its bodies with it too (``aegis_site.api.parsers``), so both transports refuse the same input.
+    The rules are ``aegis_site.core.strict_json``'s, which the HTTP API's parser uses too, so both
+    transports refuse the same input; here a refusal is a ``ProtocolError`` with the same code.
     """
-    if not payload:
-        raise ProtocolError("empty", "empty payload")
-    if len(payload) > max_bytes:
-        raise ProtocolError("oversized", f"{len(payload)} bytes, the limit is {max_bytes}")
     try:
-        text = bytes(payload).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("not_utf8", f"invalid UTF-8 at byte {exc.start}") from None
-    try:
-        data = json.loads(text, object_pairs_hook=_object, parse_constant=_no_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ProtocolError("too_deep", f"nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError, and the hooks' refusals
-        raise ProtocolError("not_json", str(exc)[:200]) from None
-    # The tree walk only matters when the raw text allows what it looks for: NUL and lone
-    # surrogates can only arrive as \u escapes (strict JSON refuses raw control characters,
-    # and valid UTF-8 holds no surrogates), and nesting deeper than MAX_DEPTH needs more
-    # than MAX_DEPTH brackets. Two C-level scans spare heartbeats the walk.
-    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
-        _check_tree(data)
-    return data
-
-
-def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    data = dict(pairs)
-    if len(data) != len(pairs):
-        raise ValueError("duplicate key in object")
-    return data
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number out of range: {text[:40]}")
-    return value
-
-
-def _check_tree(document: Any) -> None:
-    """Bound nesting and refuse text PostgreSQL cannot store; iterative, so no input can exhaust the stack."""
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            if _BAD_CHARS.search(value):
-                raise ProtocolError("bad_string", "text holds NUL or a lone surrogate")
-        elif isinstance(value, dict | list):
-            if depth > MAX_DEPTH:
-                raise ProtocolError("too_deep", f"nested deeper than {MAX_DEPTH} levels")
-            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
+        return strict_json.decode_json(payload, max_bytes)
+    except strict_json.JsonRefused as refused:
+        raise ProtocolError(refused.code, refused.message) from None
 
 
 def _field(data: dict[str, Any], key: str, path: str | None = None) -> Any:

@@ -19,7 +19,14 @@ PACKAGES = ("aegis_site", "registry", "tasks", "broker", "ops", "aegis_agent")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 WRONG_WAY = {
-    "aegis_site/core/wrong_way.py": ("import registry.models\n", "The ground floor (aegis_site.core) imports no app"),
+    "aegis_site/core/wrong_way.py": (
+        "import registry.models\n",
+        "The ground floor (aegis_site.core) imports no app and not the API kit",
+    ),
+    "aegis_site/api/wrong_way.py": (
+        "from broker.protocol import decode_json\n",
+        "The API kit (aegis_site.api) imports no app",
+    ),
     "registry/wrong_way.py": (
         "def later():\n    from tasks.models import Task\n    return Task\n",
         "The registry imports neither tasks, nor broker, nor ops",

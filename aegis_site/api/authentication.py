@@ -1,6 +1,8 @@
-"""Bearer credentials: an agent's token (``aeg_``) or a JWT; an operator's personal token (``aeo_``) is
-``ops.api.authentication`` (the roof owns operators' tokens), built from the helpers here.
+"""The bearer-credential helpers every authentication class shares: the token from the header,
+the failed-credential log event and counter, the per-address flood refusal.
 
+The classes are the apps': an agent's token (``aeg_``) and JWTs (agents' and operators') are
+``registry.api.authentication``; an operator's personal token (``aeo_``) is ``ops.api.authentication``.
 Each class claims only the tokens that look like its own and leaves the others to
 the next class, so the order in ``REST_FRAMEWORK`` does not matter. A token that
 looks like ours but does not authenticate is an ``auth_failed`` log event (with
@@ -16,16 +18,10 @@ from typing import Any
 
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
-from rest_framework_simplejwt.authentication import JWTAuthentication
-from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
-from aegis_site.api import jwt_claims
-from aegis_site.api.principals import AgentPrincipal
 from aegis_site.api.throttling import FailedCredentials
 from aegis_site.client_address import client_address
 from aegis_site.core import counters
-from registry import actions as registry_actions
-from registry.models import AdminState, AgentCredential
 
 log = logging.getLogger("aegis.api")
 
@@ -62,66 +58,3 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
-
-
-class AgentTokenAuthentication(authentication.BaseAuthentication):
-    """``Authorization: Bearer aeg_...``: a per-agent token, stored as a hash."""
-
-    def authenticate(self, request: Request) -> tuple[AgentPrincipal, AgentCredential] | None:
-        token = bearer_token(request)
-        if token is None or not token.startswith(registry_actions.TOKEN_PREFIX):
-            return None
-        refuse_flooding_address(request)
-        found = registry_actions.authenticate_token_credential(token)
-        if found is None:
-            raise auth_failed(request, "agent_token", "unknown, revoked or expired token", token)
-        return AgentPrincipal(found.agent, found.pk), found
-
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
-
-
-class AegisJWTAuthentication(JWTAuthentication):
-    """Short-lived JWTs: an operator's (a user id claim) or an agent's (``agent_id`` + ``credential_id`` claims).
-
-    An agent's JWT stays valid only while the credential it was exchanged for is
-    live: rotating or revoking the credential revokes its JWTs too.
-    """
-
-    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
-        token = bearer_token(request)
-        if token is None or token.count(".") != 2:
-            return None
-        refuse_flooding_address(request)
-        try:
-            validated = self.get_validated_token(token.encode())
-        except (InvalidToken, TokenError) as exc:
-            raise auth_failed(request, "jwt", str(exc)[:100], token) from exc
-        if "agent_id" in validated:
-            credential = live_credential(validated.get("credential_id"), validated.get("agent_id"))
-            if credential is None:
-                raise auth_failed(request, "jwt", "the agent credential behind this token is gone", token)
-            return AgentPrincipal(credential.agent, credential.pk), validated
-        try:
-            user = self.get_user(validated)
-        except (InvalidToken, exceptions.AuthenticationFailed) as exc:
-            raise auth_failed(request, "jwt", "no active user for this token", token) from exc
-        if not jwt_claims.issued_under_current_password(validated, user):
-            raise auth_failed(request, "jwt", "the password changed since this token was issued", token)
-        return user, validated
-
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
-
-
-def live_credential(credential_id: Any, agent_id: Any) -> AgentCredential | None:
-    credential = (
-        AgentCredential.objects.select_related("agent")
-        .filter(pk=credential_id, agent_id=agent_id, revoked_at__isnull=True)
-        .first()
-    )
-    if credential is None or credential.agent.admin_state == AdminState.DISABLED:
-        return None
-    if credential.expires_at is not None and credential.expires_at <= registry_actions.clock.now():
-        return None
-    return credential

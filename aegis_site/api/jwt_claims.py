@@ -4,7 +4,7 @@ The claim is an HMAC of the stored password hash (keyed with ``SECRET_KEY``, as 
 session auth hash is), so it changes with every ``set_password`` and gives nothing to whoever
 reads the token. The access check is in ``AegisJWTAuthentication``; the refresh check here
 also refuses a removed or deactivated operator (a removed one answered 404, as if the URL were wrong).
-Agents' JWTs name a credential instead (``authentication.live_credential``).
+Agents' JWTs name a credential instead (``registry.api.authentication.live_credential``).
 """
 
 from __future__ import annotations

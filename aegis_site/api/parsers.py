@@ -2,7 +2,7 @@
 
 The body is read up to its limit (``API_MAX_BODY_BYTES``; an agent's views set
 ``max_body_bytes`` to the protocol's message size), then decoded by
-``broker.protocol.decode_json``: strict JSON (no NaN, no infinite numbers, no
+``aegis_site.core.strict_json`` (as MQTT messages are): strict JSON (no NaN, no infinite numbers, no
 duplicate keys), nested at most ``MAX_DEPTH`` levels, no NUL or lone surrogate
 in any key or string (PostgreSQL stores neither; SQLite would, and the pages
 showing them would fail). Too large is a 413, anything else a 400 whose ``code``
@@ -19,7 +19,7 @@ from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 
 from aegis_site.api.exceptions import TooLarge
-from broker.protocol import ProtocolError, decode_json
+from aegis_site.core.strict_json import JsonRefused, decode_json
 
 # The protocol's codes that mean more to a client than "parse_error".
 _OWN_CODES = {"too_deep", "bad_string"}
@@ -46,7 +46,7 @@ class LimitedJSONParser(JSONParser):
             raise TooLarge(f"The request body is over {limit} bytes.")
         try:
             return decode_json(data, max_bytes=limit)
-        except ProtocolError as refused:
+        except JsonRefused as refused:
             if refused.code == "oversized":
                 raise TooLarge(f"The request body is over {limit} bytes.") from None
             code = refused.code if refused.code in _OWN_CODES else "parse_error"

@@ -52,7 +52,7 @@ class _Bearer(OpenApiAuthenticationExtension):
 
 
 class AgentTokenScheme(_Bearer):
-    target_class = "aegis_site.api.authentication.AgentTokenAuthentication"
+    target_class = "registry.api.authentication.AgentTokenAuthentication"
     name = "agentToken"
     description = "An agent's own token, `aeg_...` (from enrolment or rotation)."
 
@@ -64,7 +64,7 @@ class OperatorTokenScheme(_Bearer):
 
 
 class JwtScheme(OpenApiAuthenticationExtension):
-    target_class = "aegis_site.api.authentication.AegisJWTAuthentication"
+    target_class = "registry.api.authentication.AegisJWTAuthentication"
     name = "jwt"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, Any]:

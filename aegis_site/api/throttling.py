@@ -13,7 +13,6 @@ from typing import Any
 from rest_framework.request import Request
 from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 
-from aegis_site.api.principals import AgentPrincipal
 from aegis_site.client_address import client_address
 
 
@@ -26,8 +25,8 @@ class ClientThrottle(ByClientAddress, SimpleRateThrottle):
     """Per agent, per operator, or per client address for anonymous requests (scope ``agent``/``operator``/``anon``)."""
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
-        user = request.user
-        if isinstance(user, AgentPrincipal):
+        user: Any = request.user  # a Django user, or an agent's principal (``is_agent``)
+        if getattr(user, "is_agent", False) is True:
             self.scope, ident = "agent", f"agent:{user.agent_id}"
         elif user is not None and user.is_authenticated:
             self.scope, ident = "operator", f"user:{user.pk}"

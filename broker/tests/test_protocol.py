@@ -585,11 +585,13 @@ def test_the_agent_id_pattern_is_the_registry_one():
 
 
 def test_the_protocol_imports_with_the_standard_library_only_and_no_django_settings():
+    # aegis_site: the ground floor's strict_json, itself the standard library only (no Django is loaded)
     env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
     code = (
         "import json, sys; before = set(sys.modules); import broker.protocol as p; "
         "loaded = {m.split('.')[0] for m in set(sys.modules) - before}; "
-        "print(json.dumps(sorted(loaded - set(sys.stdlib_module_names) - {'broker'})), p.PROTOCOL_VERSION)"
+        "ours = {'broker', 'aegis_site'}; "
+        "print(json.dumps(sorted(loaded - set(sys.stdlib_module_names) - ours)), p.PROTOCOL_VERSION)"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -21,13 +21,14 @@ from rest_framework_simplejwt.tokens import RefreshToken
 from rest_framework_simplejwt.views import TokenRefreshView
 
 from aegis_site.api import errors
-from aegis_site.api.authentication import AgentTokenAuthentication, client_address
+from aegis_site.api.authentication import client_address
 from aegis_site.api.permissions import IsAgent
-from aegis_site.api.principals import AgentPrincipal
 from aegis_site.api.strict import refuse_body
 from aegis_site.api.throttling import EndpointThrottle
 from aegis_site.core import clock
 from registry import actions as registry_actions
+from registry.api.authentication import AgentTokenAuthentication
+from registry.api.principals import AgentPrincipal
 from registry.api.serializers import (
     AgentSerializer,
     EnrolSerializer,

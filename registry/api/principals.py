@@ -1,4 +1,7 @@
-"""Who a request comes from when it is not a Django user: an agent holding a credential."""
+"""Who a request comes from when it is not a Django user: an agent holding a credential.
+
+The API kit recognises it by ``is_agent`` (``aegis_site.api.permissions``, ``throttling``), not by its class.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ class AgentPrincipal:
     agent: Agent
     credential_id: int
 
+    is_agent = True
     is_authenticated = True
     is_anonymous = False
     is_staff = False
