@@ -18,7 +18,7 @@ from aegis_site.core.db import atomic_with_retry
 from aegis_site.core.errors import InvalidTransition, NotFound
 from broker.outbox import DirectSink
 from registry import actions as registry_actions
-from registry.models import Agent
+from registry.models import Agent, Transport
 from tasks.engine import checks, control, expiry, reconcile, reports, stuck, submit
 from tasks.engine import claim as claim_engine
 from tasks.engine.claim import Assignment
@@ -89,6 +89,18 @@ def claim_tasks(agent_id: str, limit: int, push: bool = False, sink: DirectSink 
     ``sink``: the caller's own publisher for those messages (``broker.outbox``); ``None``: the bridge's.
     """
     return claim_engine.claim_for(agent_id, limit, clock.now(), push=push, sink=sink)
+
+
+def claim_over_http(agent: Agent, limit: int) -> list[Assignment]:
+    """An agent's claim over HTTP: it becomes an HTTP agent, then claims up to ``limit`` tasks.
+
+    The dispatcher pushes only to MQTT agents, so an agent that claims over HTTP is recorded so
+    first (a conditional UPDATE, nothing written when it already is): its tasks no longer go to an
+    MQTT inbox it does not read. The wait of a long poll is the transport's (``tasks.api.agent_views``).
+    """
+    if agent.transport != Transport.HTTP:
+        registry_actions.use_transport(agent.pk, Transport.HTTP)
+    return claim_tasks(agent.pk, limit)
 
 
 def claim_for_agents(

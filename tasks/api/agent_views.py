@@ -21,9 +21,7 @@ from rest_framework.response import Response
 
 from aegis_site.api.exceptions import Conflict
 from aegis_site.core.errors import NotFound
-from registry import actions as registry_actions
 from registry.api.agent_views import AgentView, principal
-from registry.models import Transport
 from tasks import actions as task_actions
 from tasks.api.agent_serializers import (
     AgentTaskSerializer,
@@ -62,12 +60,10 @@ class ClaimView(AgentView):
         body = ClaimSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         me = principal(request)
-        if me.agent.transport != Transport.HTTP:
-            registry_actions.use_transport(me.agent_id, Transport.HTTP)
         max_tasks, wait_s = body.validated_data["max_tasks"], body.validated_data["wait_s"]
         deadline = time.monotonic() + wait_s
         mark = WAITS.mark()
-        assignments = task_actions.claim_tasks(me.agent_id, max_tasks)
+        assignments = task_actions.claim_over_http(me.agent, max_tasks)
         if assignments or wait_s <= 0:
             return Response(claim_answer(assignments))
         if not WAITS.reserve(me.agent_id, settings.API_CLAIM_MAX_WAITS_PER_AGENT):
