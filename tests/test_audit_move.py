@@ -7,8 +7,13 @@ before the upgrade (``ops.view_auditevent``) may still view it after (``core.vie
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 from django.apps import apps
 from django.contrib.auth.models import Group, Permission, User
@@ -16,6 +21,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import connection
 
 from aegis_site.core.models import AuditEvent, RoleHeartbeat
+from tests.runbook import ScratchDatabase
 
 pytestmark = pytest.mark.django_db
 
@@ -43,3 +49,40 @@ def test_a_grant_made_before_the_move_holds_after_it() -> None:
     assert ContentType.objects.get_for_model(AuditEvent).pk == before.pk
     assert User.objects.get(pk=user.pk).has_perm("core.view_auditevent")
     assert not ContentType.objects.filter(app_label="ops", model="auditevent").exists()
+
+
+@pytest.mark.postgres
+def test_the_documented_rollback_undoes_the_rename_and_the_upgrade_redoes_it(tmp_path) -> None:
+    """docs/deployment.md's rollback (``manage.py migrate core zero``), on a database of its own."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL (run with DATABASE_URL=postgres://...)")
+    scratch = ScratchDatabase(os.environ["DATABASE_URL"])
+    scratch.create()
+    env = {**os.environ, "DATABASE_URL": scratch.url, "DATA_DIR": str(tmp_path)}
+
+    def manage(*args: str) -> None:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args, "--noinput"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+    def labels() -> set[str]:
+        with psycopg.connect(scratch.url) as db:
+            rows = db.execute("SELECT app_label FROM django_content_type WHERE model = 'auditevent'").fetchall()
+        return {row[0] for row in rows}
+
+    try:
+        manage("migrate")
+        assert labels() == {"core"}
+        manage("migrate", "core", "zero")
+        assert labels() == {"ops"}
+        manage("migrate")
+        assert labels() == {"core"}
+    finally:
+        scratch.drop()
