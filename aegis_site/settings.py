@@ -237,6 +237,10 @@ TASK_DEFAULT_DELIVERY_TIMEOUT = _positive_int("TASK_DEFAULT_DELIVERY_TIMEOUT", 6
 TASK_DEFAULT_EXECUTION_TIMEOUT = _positive_int("TASK_DEFAULT_EXECUTION_TIMEOUT", 600)
 TASK_DEFAULT_BACKOFF_BASE = _positive_float("TASK_DEFAULT_BACKOFF_BASE", 5.0)
 TASK_DEFAULT_BACKOFF_CAP = _positive_float("TASK_DEFAULT_BACKOFF_CAP", 600.0)
+# Task output (``task.log``) kept per attempt and per task, in bytes; past a cap the output ends with a
+# "truncated" marker (docs/task-output.md).
+TASK_LOG_MAX_BYTES_PER_ATTEMPT = _positive_int("TASK_LOG_MAX_BYTES_PER_ATTEMPT", 64 * 1024 * 1024)
+TASK_LOG_MAX_BYTES_PER_TASK = _positive_int("TASK_LOG_MAX_BYTES_PER_TASK", 256 * 1024 * 1024)
 
 
 # --- Auth, i18n, static ------------------------------------------------------------

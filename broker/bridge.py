@@ -36,7 +36,7 @@ from broker.publisher import publish_pending
 
 log = logging.getLogger("aegis.bridge")
 
-SUBSCRIBED_CHANNELS = (protocol.HELLO, protocol.HEARTBEAT, protocol.STATUS, protocol.EVENTS)
+SUBSCRIBED_CHANNELS = (protocol.HELLO, protocol.HEARTBEAT, protocol.STATUS, protocol.EVENTS, protocol.LOGS)
 
 
 def subscriptions(mqtt5: bool, group: str) -> list[tuple[str, int]]:

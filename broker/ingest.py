@@ -15,9 +15,19 @@ from django.db import transaction
 
 from aegis_site.core import clock, counters, wakeup
 from broker.presence import HeartbeatBuffer
-from broker.protocol import Heartbeat, Hello, ProtocolError, Status, TaskEvent, parse_agent_message, report_fields
+from broker.protocol import (
+    Heartbeat,
+    Hello,
+    ProtocolError,
+    Status,
+    TaskEvent,
+    TaskLog,
+    parse_agent_message,
+    report_fields,
+)
 from registry import actions as registry_actions
 from tasks import actions as task_actions
+from tasks.engine.logs import DROPPED_STATUSES, Chunk
 from tasks.engine.reports import Report
 
 log = logging.getLogger("aegis.bridge")
@@ -40,6 +50,7 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
     the rest is applied in one transaction.
     """
     parsed: list[Hello | Status | TaskEvent] = []
+    output: list[TaskLog] = []
     now = clock.now()
     for item in batch:
         try:
@@ -54,9 +65,11 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
         if isinstance(message, Heartbeat):  # the most frequent message touches memory only
             _HEARTBEATS_IN.inc()
             heartbeats.add(message.agent_id, now)
+        elif isinstance(message, TaskLog):  # output is independent of the rest: one engine call for the batch
+            output.append(message)
         else:
             parsed.append(message)
-    if not parsed:
+    if not parsed and not output:
         return 0
     # Any error propagates, not only a DatabaseError: the batch stays unacknowledged and the broker keeps it.
     # Only a message proven malformed (above) is acknowledged without being applied; a valid result that
@@ -65,9 +78,11 @@ def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Cont
         # Hellos and statuses change their agents in arrival order; the claims and the heartbeat flush lock
         # agents in id order. Taking those agents first, in id order, keeps one order everywhere (no deadlock).
         # Task events lock no agent row: a batch of results alone takes no agent lock.
+        # Task output locks no agent row either, only the output summaries of its attempts (after the above).
         registry_actions.lock_agents(message.agent_id for message in parsed if not isinstance(message, TaskEvent))
         _apply_all(parsed)
-    return len(parsed)
+        _apply_output(output)
+    return len(parsed) + len(output)
 
 
 def drop(reason: str, topic: str, detail: str) -> None:
@@ -109,6 +124,28 @@ def _apply_events(events: list[TaskEvent]) -> None:
             drop("unknown_task", f"aegis/agents/{event.agent_id}/events", f"task {event.task_id}")
         elif outcome.status == "duplicate":
             drop("duplicate", f"aegis/agents/{event.agent_id}/events", f"message {event.message_id}")
+
+
+def _apply_output(chunks: list[TaskLog]) -> None:
+    """Every chunk of the batch in one engine call; an unusable chunk is counted and dropped, never an error."""
+    if not chunks:
+        return
+    counters.MQTT_MESSAGES.labels("in", "tasklog").inc(len(chunks))
+    statuses = task_actions.store_task_output(
+        [Chunk(c.agent_id, c.task_id, c.attempt, c.seq, c.stream, c.data) for c in chunks]
+    )
+    over_cap = 0
+    for chunk, status in zip(chunks, statuses, strict=True):
+        if status == "over_cap":  # after the truncation marker: counted, not logged one by one
+            over_cap += 1
+        elif status in DROPPED_STATUSES:
+            drop(
+                status,
+                f"aegis/agents/{chunk.agent_id}/logs",
+                f"task {chunk.task_id} attempt {chunk.attempt} seq {chunk.seq}",
+            )
+    if over_cap:
+        counters.MQTT_DROPPED.labels("over_cap").inc(over_cap)
 
 
 def _apply_status(status: Status) -> None:

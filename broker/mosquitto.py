@@ -41,7 +41,7 @@ AUTOSAVE_INTERVAL_S = 60
 SHARE_GROUP = "aegis"
 
 # Topics every agent may use, %u being its username (the certificate CN).
-AGENT_WRITE_TOPICS = ("hello", "heartbeat", "status", "events")
+AGENT_WRITE_TOPICS = ("hello", "heartbeat", "status", "events", "logs")
 AGENT_READ_TOPICS = ("inbox",)
 BROADCAST_TOPIC = "aegis/broadcast"
 

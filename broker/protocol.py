@@ -10,6 +10,8 @@ Unknown fields are ignored so a version 1 peer may add optional fields.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import uuid
@@ -25,7 +27,8 @@ MAX_MESSAGE_BYTES: Final = 256 * 1024
 AGENT_ID_RE: Final = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,62}\Z")
 BROADCAST_TOPIC: Final = "aegis/broadcast"
 HELLO, HEARTBEAT, STATUS, EVENTS, INBOX = "hello", "heartbeat", "status", "events", "inbox"
-AGENT_CHANNELS: Final = (HELLO, HEARTBEAT, STATUS, EVENTS)  # agent → server; ``inbox`` is server → agent
+LOGS: Final = "logs"  # task output: its own topic, so bulk output never queues results behind it
+AGENT_CHANNELS: Final = (HELLO, HEARTBEAT, STATUS, EVENTS, LOGS)  # agent → server; ``inbox`` is server → agent
 
 # Limits. Integers match the database columns they end up in (attempt is a smallint).
 MAX_DEPTH: Final = strict_json.MAX_DEPTH  # nesting of the whole document, envelope included
@@ -45,10 +48,14 @@ MAX_REASON_CHARS: Final = 1_000
 MAX_ERROR_CODE_CHARS: Final = 100
 MAX_ERROR_MESSAGE_CHARS: Final = 10_000
 MAX_LOAD: Final = 1e6
+MAX_LOG_CHUNK_BYTES: Final = 16 * 1024  # the decoded bytes of one task.log chunk
 
 EventKind: TypeAlias = Literal["accepted", "progress", "succeeded", "failed", "rejected"]
 EVENT_KINDS: Final[tuple[EventKind, ...]] = get_args(EventKind)
 AgentState: TypeAlias = Literal["online", "offline"]
+LogStream: TypeAlias = Literal["stdout", "stderr", "system"]
+LOG_STREAMS: Final[tuple[LogStream, ...]] = get_args(LogStream)
+LOG_ENCODINGS: Final = ("utf-8", "base64")
 
 ERROR_CODES: Final = (
     "bad_topic",  # not an agent → server topic, or the agent id in it is invalid
@@ -65,6 +72,7 @@ ERROR_CODES: Final = (
     "agent_mismatch",  # the optional "agent_id" field names another agent than the topic
     "missing_field",  # a required field is absent
     "bad_field",  # a field has the wrong type, is out of bounds or malformed
+    "too_long",  # a task.log chunk decodes to more than MAX_LOG_CHUNK_BYTES bytes
 )
 
 
@@ -84,7 +92,7 @@ class ProtocolError(Exception):
 @dataclass(frozen=True, slots=True)
 class Topic:
     agent_id: str | None  # None for the broadcast topic
-    channel: str  # hello | heartbeat | status | events | inbox | broadcast
+    channel: str  # hello | heartbeat | status | events | logs | inbox | broadcast
 
 
 def agent_topic(agent_id: str, channel: str) -> str:
@@ -175,7 +183,19 @@ class TaskEvent(Message):
         return f"task.{self.kind}"
 
 
-AgentMessage: TypeAlias = Hello | Heartbeat | Status | TaskEvent
+@dataclass(frozen=True, slots=True)
+class TaskLog(Message):
+    """A chunk of a task's output: ``seq`` counts from 1 without gaps per (task, attempt); ``data`` is raw bytes."""
+
+    type: ClassVar[str] = "task.log"
+    task_id: int
+    attempt: int
+    seq: int
+    stream: LogStream
+    data: bytes  # decoded: the UTF-8 of the text, or the bytes the base64 carried
+
+
+AgentMessage: TypeAlias = Hello | Heartbeat | Status | TaskEvent | TaskLog
 
 
 def parse_agent_message(topic: str, payload: bytes) -> AgentMessage:
@@ -220,12 +240,44 @@ def parse_agent_message(topic: str, payload: bytes) -> AgentMessage:
         if state not in ("online", "offline"):
             raise ProtocolError("bad_field", "state must be 'online' or 'offline'", "state")
         return Status(*head, state=cast(AgentState, state))
+    if message_type == "task.log":
+        return _task_log(data, head)
     return _task_event(data, head, cast(EventKind, message_type.removeprefix("task.")))
 
 
-_CHANNEL_OF_TYPE: Final = {"hello": HELLO, "heartbeat": HEARTBEAT, "status": STATUS} | {
+_CHANNEL_OF_TYPE: Final = {"hello": HELLO, "heartbeat": HEARTBEAT, "status": STATUS, "task.log": LOGS} | {
     f"task.{kind}": EVENTS for kind in EVENT_KINDS
 }
+
+
+def _task_log(data: dict[str, Any], head: tuple[str, str, datetime]) -> TaskLog:
+    task_id = _int(data, "task_id", 1, MAX_TASK_ID)
+    attempt = _int(data, "attempt", 0, MAX_ATTEMPT)
+    seq = _int(data, "seq", 1, MAX_SEQ)
+    stream = _text(data, "stream", 1, 16)
+    if stream not in LOG_STREAMS:
+        raise ProtocolError("bad_field", "stream must be 'stdout', 'stderr' or 'system'", "stream")
+    encoding = data.get("encoding", "utf-8")
+    if not isinstance(encoding, str) or encoding not in LOG_ENCODINGS:
+        raise ProtocolError("bad_field", "encoding must be 'utf-8' or 'base64'", "encoding")
+    text = _field(data, "data")
+    if not isinstance(text, str):
+        raise ProtocolError("bad_field", f"data must be a string, got {_show(text)}", "data")
+    if encoding == "base64":
+        if len(text) > 4 * ((MAX_LOG_CHUNK_BYTES + 2) // 3):
+            raise ProtocolError("too_long", f"data decodes to more than {MAX_LOG_CHUNK_BYTES} bytes", "data")
+        try:
+            chunk = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("bad_field", "data is not valid base64", "data") from None
+    else:
+        if len(text) > MAX_LOG_CHUNK_BYTES:  # a character is at least one byte: refuse before encoding
+            raise ProtocolError("too_long", f"data is more than {MAX_LOG_CHUNK_BYTES} bytes", "data")
+        chunk = text.encode()  # the decoder already refused lone surrogates
+    if len(chunk) > MAX_LOG_CHUNK_BYTES:
+        raise ProtocolError("too_long", f"data is {len(chunk)} bytes, the limit is {MAX_LOG_CHUNK_BYTES}", "data")
+    stream = cast(LogStream, stream)
+    return TaskLog(*head, task_id=task_id, attempt=attempt, seq=seq, stream=stream, data=chunk)
 
 
 def _task_event(data: dict[str, Any], head: tuple[str, str, datetime], kind: EventKind) -> TaskEvent:

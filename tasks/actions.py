@@ -10,6 +10,7 @@ import logging
 from collections.abc import Collection, Mapping
 from datetime import datetime
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from aegis_site.core import clock, wakeup
@@ -19,7 +20,7 @@ from aegis_site.core.errors import InvalidTransition, NotFound
 from broker.outbox import DirectSink
 from registry import actions as registry_actions
 from registry.models import Agent, Transport
-from tasks.engine import checks, control, expiry, reconcile, reports, stuck, submit
+from tasks.engine import checks, control, expiry, logs, reconcile, reports, stuck, submit
 from tasks.engine import claim as claim_engine
 from tasks.engine.claim import Assignment
 from tasks.engine.control import RetryAllowance
@@ -329,3 +330,13 @@ def release_tasks_of_removed_agent(agent_id: str, actor: Actor, at: datetime) ->
             reason="agent removed",
             actor=actor.label,
         )
+
+
+@atomic_with_retry
+def store_task_output(chunks: list[logs.Chunk]) -> list[logs.ChunkStatus]:
+    """Store chunks of task output from many agents in one transaction (fenced by attempt, capped, deduplicated).
+
+    Takes no agent lock and no task lock: only the output summaries of the attempts written.
+    """
+    caps = logs.Caps(settings.TASK_LOG_MAX_BYTES_PER_ATTEMPT, settings.TASK_LOG_MAX_BYTES_PER_TASK)
+    return logs.store_chunks(chunks, clock.now(), caps)

@@ -268,3 +268,60 @@ class TaskEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of task {self.task_id} (attempt {self.attempt})"
+
+
+class LogStream(models.TextChoices):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    SYSTEM = "system"  # written by the agent or the server about the output, e.g. the truncation marker
+
+
+class TaskLogChunk(models.Model):
+    """One chunk of a task's output, as the agent sent it (``task.log``): raw bytes, in ``seq`` order per attempt.
+
+    Written set-based by ``tasks.engine.logs`` in the bridge's batch transaction; the unique
+    (task, attempt, seq) both drops resent duplicates and is the index a reader follows by ``seq``.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_chunks", db_index=False)
+    attempt = models.PositiveSmallIntegerField()
+    seq = models.BigIntegerField()
+    stream = models.CharField(max_length=6, choices=LogStream.choices)
+    data = models.BinaryField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "task_log_chunks"
+        ordering = ["task", "attempt", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "attempt", "seq"], name="task_log_chunks_task_attempt_seq_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.stream} chunk {self.seq} of task {self.task_id} (attempt {self.attempt})"
+
+
+class TaskLogAttempt(models.Model):
+    """What one attempt's output amounts to: bytes stored, chunks, the highest seq, truncation and drops.
+
+    ``max_seq - chunks`` is how many chunks are missing (a gap a later resend may fill);
+    ``truncated_at`` is set once a cap stopped the output (a ``system`` chunk says so).
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="log_attempts", db_index=False)
+    attempt = models.PositiveSmallIntegerField()
+    bytes = models.BigIntegerField(default=0)
+    chunks = models.BigIntegerField(default=0)
+    max_seq = models.BigIntegerField(default=0)
+    truncated_at = models.BigIntegerField(null=True, blank=True)
+    dropped = models.BigIntegerField(default=0, help_text="Chunks refused after the output was truncated.")
+
+    class Meta:
+        db_table = "task_log_attempts"
+        ordering = ["task", "attempt"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "attempt"], name="task_log_attempts_task_attempt_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"output of task {self.task_id} (attempt {self.attempt})"

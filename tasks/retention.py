@@ -19,7 +19,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from aegis_site.core import clock
 from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from tasks.models import TERMINAL_STATES, Job, JobState, Task, TaskEvent
+from tasks.models import TERMINAL_STATES, Job, JobState, Task, TaskEvent, TaskLogAttempt, TaskLogChunk
 
 DURATION_RE = re.compile(r"\A\s*(\d+)\s*([dhm])\s*\Z")
 UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -39,6 +39,7 @@ def parse_duration(text: str) -> timedelta:
 class PruneCounts:
     tasks: int = 0
     task_events: int = 0
+    task_log_chunks: int = 0
     jobs: int = 0
     audit_events: int = 0
     outbox_messages: int = 0
@@ -78,6 +79,7 @@ def prune(
         tasks = prunable_tasks(cutoff)
         counts.tasks = tasks.count()
         counts.task_events = TaskEvent.objects.filter(task__in=tasks).count()
+        counts.task_log_chunks = TaskLogChunk.objects.filter(task__in=tasks).count()
         counts.jobs = prunable_jobs(cutoff).count()
         counts.audit_events = prunable_audit(cutoff).count()
         counts.outbox_messages = prunable_outbox(cutoff).count()
@@ -90,8 +92,13 @@ def prune(
     while ids := list(prunable_tasks(cutoff).order_by("id").values_list("id", flat=True)[:batch_size]):
         with transaction.atomic():
             deleted_events, _ = TaskEvent.objects.filter(task_id__in=ids).delete()
+            # One DELETE each (nothing refers to these rows: Django deletes them without loading them),
+            # by the leading column of their unique indexes; the tasks' cascade then finds nothing left.
+            deleted_chunks, _ = TaskLogChunk.objects.filter(task_id__in=ids).delete()
+            TaskLogAttempt.objects.filter(task_id__in=ids).delete()
             deleted_tasks, _ = Task.objects.filter(id__in=ids).delete()
         counts.task_events += deleted_events
+        counts.task_log_chunks += deleted_chunks
         counts.tasks += deleted_tasks
         report("tasks", counts.tasks)
     counts.jobs = _delete_in_batches(lambda: prunable_jobs(cutoff), Job.objects.all(), batch_size)

@@ -307,12 +307,12 @@ def test_agent_events_reach_the_bridge_through_the_shared_subscription(broker, p
 
 def test_agent_cannot_publish_on_another_agents_topics(broker, probes, bridge):
     agent_a = agent(broker, probes, "agent-a")
-    forged = {suffix: token(f"forged-{suffix}") for suffix in ("hello", "heartbeat", "status", "events")}
+    forged = {suffix: token(f"forged-{suffix}") for suffix in ("hello", "heartbeat", "status", "events", "logs")}
     for suffix, payload in forged.items():
         assert agent_a.publish(f"aegis/agents/agent-b/{suffix}", payload).value == NOT_AUTHORIZED
     assert agent_a.publish("aegis/agents/agent-b/inbox", token("forged-inbox")).value == NOT_AUTHORIZED
     marker = token("marker")
-    assert agent_a.publish("aegis/agents/agent-a/events", marker).value == 0
+    assert agent_a.publish("aegis/agents/agent-a/logs", marker).value == 0  # its own output topic: allowed
     bridge.expect(is_payload(marker))
     assert not any(bridge.received(payload) for payload in forged.values())
 

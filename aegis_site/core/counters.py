@@ -17,6 +17,11 @@ MQTT_MESSAGES = Counter("aegis_mqtt_messages", "MQTT messages handled by the bri
 MQTT_DROPPED = Counter("aegis_mqtt_dropped", "Malformed or unusable MQTT messages dropped.", ["reason"])
 LEASE_EXPIRIES = Counter("aegis_lease_expiries", "Task leases that expired (delivery or execution timeout).")
 TASK_RETRIES = Counter("aegis_task_retries", "Failed or rejected attempts put back in the queue (with backoff).")
+TASK_LOG_GAPS = Counter(
+    "aegis_task_log_gaps", "Task output chunks stored with a seq past the next expected one (a gap opened)."
+)
+TASK_LOG_CHUNKS = Counter("aegis_task_log_chunks", "Task output chunks stored.")
+TASK_LOG_BYTES = Counter("aegis_task_log_bytes", "Task output bytes stored.")
 TIME_TO_ASSIGNMENT = Histogram(
     "aegis_time_to_assignment_seconds",
     "From a task becoming claimable (not_before) to its assignment, on PostgreSQL's claim path.",

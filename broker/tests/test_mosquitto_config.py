@@ -16,6 +16,7 @@ DESIGN_AGENT_RULES = [
     "pattern write aegis/agents/%u/heartbeat",
     "pattern write aegis/agents/%u/status",
     "pattern write aegis/agents/%u/events",
+    "pattern write aegis/agents/%u/logs",
     "pattern read aegis/agents/%u/inbox",
 ]
 
@@ -127,6 +128,7 @@ def test_bridge_subscriptions_are_shared_and_cover_every_agent_topic():
         "$share/aegis/aegis/agents/+/heartbeat",
         "$share/aegis/aegis/agents/+/status",
         "$share/aegis/aegis/agents/+/events",
+        "$share/aegis/aegis/agents/+/logs",
     ]
 
 

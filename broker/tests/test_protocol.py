@@ -7,6 +7,7 @@ all makes it raise anything but ``ProtocolError``.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from broker.protocol import (
     RunningTask,
     Status,
     TaskEvent,
+    TaskLog,
     parse_agent_message,
 )
 
@@ -68,6 +70,7 @@ VALID: dict[str, tuple[str, dict[str, Any]]] = {
         "events",
         message("task.failed", task_id=812, attempt=2, error={"code": "timeout", "message": "ran 600 s"}),
     ),
+    "task.log": ("logs", message("task.log", task_id=812, attempt=2, seq=1, stream="stdout", data="hello\n")),
 }
 
 REQUIRED = {
@@ -79,6 +82,7 @@ REQUIRED = {
     "task.progress": ("task_id", "attempt", "progress"),
     "task.succeeded": ("task_id", "attempt", "result"),
     "task.failed": ("task_id", "attempt", "error"),
+    "task.log": ("task_id", "attempt", "seq", "stream", "data"),
 }
 
 
@@ -339,7 +343,15 @@ def test_a_type_that_is_not_a_short_string_is_refused(message_type):
 
 @pytest.mark.parametrize(
     ("channel", "message_type"),
-    [("heartbeat", "hello"), ("status", "task.succeeded"), ("events", "heartbeat"), ("hello", "status")],
+    [
+        ("heartbeat", "hello"),
+        ("status", "task.succeeded"),
+        ("events", "heartbeat"),
+        ("hello", "status"),
+        ("events", "task.log"),
+        ("logs", "task.succeeded"),
+        ("logs", "heartbeat"),
+    ],
 )
 def test_a_message_on_the_topic_of_another_kind_is_refused(channel, message_type):
     assert refused(channel, valid(message_type)).code == "wrong_topic"
@@ -358,7 +370,7 @@ def test_a_message_on_the_topic_of_another_kind_is_refused(channel, message_type
         "aegis/agents/+/status",
         "aegis/agents/edge 01/status",
         "aegis/agents/edge-01/status/extra",
-        "aegis/agents/edge-01/logs",
+        "aegis/agents/edge-01/output",
         "aegis/agents/edge-01\n/status",
         "other/agents/edge-01/status",
         "",
@@ -426,6 +438,21 @@ BAD_FIELDS = [
     ("status", {"state": "busy"}, "state"),
     ("status", {"state": "ONLINE"}, "state"),
     ("status", {"state": True}, "state"),
+    ("task.log", {"task_id": 0}, "task_id"),
+    ("task.log", {"attempt": 32_768}, "attempt"),
+    ("task.log", {"seq": 0}, "seq"),
+    ("task.log", {"seq": 2**63}, "seq"),
+    ("task.log", {"seq": True}, "seq"),
+    ("task.log", {"seq": "1"}, "seq"),
+    ("task.log", {"stream": "stdin"}, "stream"),
+    ("task.log", {"stream": 1}, "stream"),
+    ("task.log", {"data": None}, "data"),
+    ("task.log", {"data": ["x"]}, "data"),
+    ("task.log", {"encoding": "latin-1"}, "encoding"),
+    ("task.log", {"encoding": ["base64"]}, "encoding"),
+    ("task.log", {"encoding": None}, "encoding"),
+    ("task.log", {"encoding": "base64", "data": "not base64!"}, "data"),
+    ("task.log", {"encoding": "base64", "data": "QQ"}, "data"),  # padding is required
 ]
 
 
@@ -455,10 +482,47 @@ def test_a_protocol_error_says_what_is_wrong_in_words():
     assert str(error) == "bad_field: attempt must be in 0..32767"
 
 
+# --- task output ------------------------------------------------------------------------
+
+
+def test_a_log_chunk_parses_into_its_bytes_and_the_encoding_defaults_to_utf8():
+    chunk = parse("logs", valid("task.log", data="żółw\n", stream="stderr", seq=7))
+    assert chunk == TaskLog(
+        AGENT, chunk.message_id, SENT_AT, task_id=812, attempt=2, seq=7, stream="stderr", data="żółw\n".encode()
+    )
+    assert chunk.type == "task.log"
+    assert parse("logs", valid("task.log", data="")).data == b""
+
+
+def test_base64_carries_any_bytes_exactly():
+    raw = bytes(range(256)) * 64  # exactly the limit, every byte value, NUL and invalid UTF-8 included
+    assert len(raw) == protocol.MAX_LOG_CHUNK_BYTES
+    document = valid("task.log", data=base64.b64encode(raw).decode(), encoding="base64", stream="system")
+    assert parse("logs", document).data == raw
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"data": "x" * (16 * 1024 + 1)},
+        {"data": "é" * (8 * 1024) + "x"},  # 8,193 characters, 16,385 bytes
+        {"data": base64.b64encode(b"x" * (16 * 1024 + 1)).decode(), "encoding": "base64"},
+        {"data": "A" * 100_000, "encoding": "base64"},
+    ],
+)
+def test_a_chunk_over_16_kib_is_refused_as_too_long(changes):
+    error = refused("logs", valid("task.log", **changes))
+    assert (error.code, error.field) == ("too_long", "data")
+
+
+def test_a_chunk_of_exactly_16_kib_of_text_parses():
+    assert len(parse("logs", valid("task.log", data="é" * (8 * 1024))).data) == 16 * 1024
+
+
 # --- events become reports ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message_type", [t for t in VALID if t.startswith("task.")])
+@pytest.mark.parametrize("message_type", [t for t in VALID if t.startswith("task.") and t != "task.log"])
 def test_every_event_becomes_the_report_the_engine_applies(message_type):
     from tasks.engine.reports import REPORT_KINDS, Report
 
@@ -569,7 +633,7 @@ def test_topics_are_built_and_parsed_alike():
     assert protocol.parse_topic("aegis/broadcast") == protocol.Topic(None, "broadcast")
 
 
-@pytest.mark.parametrize(("agent", "channel"), [("Edge", "status"), ("a/b", "status"), (AGENT, "logs"), (AGENT, "")])
+@pytest.mark.parametrize(("agent", "channel"), [("Edge", "status"), ("a/b", "status"), (AGENT, "output"), (AGENT, "")])
 def test_building_a_topic_that_does_not_exist_is_a_programming_error(agent, channel):
     with pytest.raises(ValueError, match="no such topic"):
         protocol.agent_topic(agent, channel)

@@ -109,7 +109,10 @@ def test_dry_run_deletes_nothing_and_counts_what_would_go():
 
     call_command("prune", "--older-than", "30d", "--dry-run", stdout=out)
 
-    assert "would delete: 2 tasks, 2 task events, 1 jobs, 1 audit events, 0 sent outbox messages" in out.getvalue()
+    assert (
+        "would delete: 2 tasks, 2 task events, 0 output chunks, 1 jobs, 1 audit events, 0 sent outbox messages"
+        in out.getvalue()
+    )
     assert Task.objects.count() == 2
     assert Job.objects.count() == 1
     assert AuditEvent.objects.count() == 1

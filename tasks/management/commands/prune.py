@@ -26,6 +26,7 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         verb = "would delete" if options["dry_run"] else "deleted"
         self.stdout.write(
-            f"{verb}: {counts.tasks} tasks, {counts.task_events} task events, {counts.jobs} jobs, "
+            f"{verb}: {counts.tasks} tasks, {counts.task_events} task events, "
+            f"{counts.task_log_chunks} output chunks, {counts.jobs} jobs, "
             f"{counts.audit_events} audit events, {counts.outbox_messages} sent outbox messages"
         )
