@@ -30,7 +30,8 @@ class Command(BaseCommand):
             raise CommandError(str(error)) from error
         except FileNotFoundError as error:
             raise CommandError(f"no CA in {layout.directory}: run setup_broker first ({error})") from error
-        assert result.bundle is not None  # written to out_directory
         bundle, issued = result.bundle, result.certificate.issued
+        if bundle is None:  # issue_agent_certificate writes the files whenever out_directory is given
+            raise CommandError(f"the certificate of {options['agent_id']} was issued but its files were not written")
         self.stdout.write(f"cert {bundle.cert}\nkey {bundle.key}\nca {bundle.ca_cert}")
         self.stdout.write(f"serial {issued.serial:x}\nsha256 {issued.fingerprint}\nexpires {issued.not_valid_after}")
