@@ -1,8 +1,10 @@
 """Storing task output (``task.log`` chunks), set-based, in the bridge's batch transaction.
 
-Fence: a chunk is kept when its task exists, is held by the sending agent and the chunk's
-attempt is the task's current one, in any state (a late chunk of the current attempt, arriving
-after its result on the other topic, is kept). Otherwise it is dropped with a reason.
+Fence: a chunk is kept when its task exists, the chunk's attempt is the task's current one, in
+any state (a late chunk of the current attempt, arriving after its result on the other topic, is
+kept), and the sending agent holds the task or, when the task no longer names it, was the one that
+attempt was assigned to (a failed attempt waiting for its retry no longer names an agent, and its
+output is what the operator wants to read). Otherwise it is dropped with a reason.
 
 Caps (``TASK_LOG_MAX_BYTES_PER_ATTEMPT``, ``TASK_LOG_MAX_BYTES_PER_TASK``): the first chunk
 that would take its attempt or its task over a cap is replaced, at its ``seq``, by a ``system``
@@ -28,7 +30,7 @@ from django.db.models import Q, Sum
 
 from aegis_site.core import counters
 from tasks.engine.history import update_each
-from tasks.models import LogStream, Task, TaskLogAttempt, TaskLogChunk
+from tasks.models import LogStream, Task, TaskEvent, TaskEventKind, TaskLogAttempt, TaskLogChunk
 
 ChunkStatus = Literal[
     "stored", "truncated", "over_cap", "duplicate_seq", "stale_attempt", "not_your_task", "unknown_task"
@@ -81,16 +83,25 @@ def store_chunks(chunks: Sequence[Chunk], now: datetime, caps: Caps) -> list[Chu
         )
     }
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)  # (task, attempt) -> indexes of fenced chunks
+    released: list[int] = []  # current attempt, but the task names no agent or another one
     for index, chunk in enumerate(chunks):
         holder = holders.get(chunk.task_id)
         if holder is None:
             statuses[index] = "unknown_task"
-        elif holder[0] != chunk.agent_id:
-            statuses[index] = "not_your_task"
         elif holder[1] != chunk.attempt:
             statuses[index] = "stale_attempt"
+        elif holder[0] != chunk.agent_id:
+            released.append(index)
         else:
             groups[(chunk.task_id, chunk.attempt)].append(index)
+    if released:
+        assigned_to = _assignees({(chunks[i].task_id, chunks[i].attempt) for i in released})
+        for index in released:
+            chunk = chunks[index]
+            if assigned_to.get((chunk.task_id, chunk.attempt)) == chunk.agent_id:
+                groups[(chunk.task_id, chunk.attempt)].append(index)
+            else:
+                statuses[index] = "not_your_task"
     if groups:
         summaries = _lock_summaries(sorted(groups))
         stored = _stored_seqs(groups, chunks)
@@ -136,6 +147,15 @@ def store_chunks(chunks: Sequence[Chunk], now: datetime, caps: Caps) -> list[Chu
         counters.TASK_LOG_CHUNKS.inc(len(rows))
         counters.TASK_LOG_BYTES.inc(sum(len(row[4]) for row in rows))
     return [status or "unknown_task" for status in statuses]
+
+
+def _assignees(keys: set[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """The agent each (task, attempt) was assigned to, from the history's ``assigned`` events."""
+    wanted = Q()
+    for task_id, attempts in _by_task(sorted(keys)).items():
+        wanted |= Q(task_id=task_id, attempt__in=attempts)
+    rows = TaskEvent.objects.filter(wanted, kind=TaskEventKind.ASSIGNED).values_list("task_id", "attempt", "agent_id")
+    return {(task_id, attempt): agent_id for task_id, attempt, agent_id in rows}
 
 
 def _lock_summaries(keys: list[tuple[int, int]]) -> dict[tuple[int, int], _Summary]:

@@ -212,3 +212,14 @@ def test_prune_deletes_the_output_of_the_tasks_it_prunes_in_batches_and_keeps_th
     assert not TaskLogAttempt.objects.filter(task_id=running.pk).exists()
     assert output(kept) == [(1, "stdout", b"still running")]
     assert summary(kept).chunks == 1
+
+
+def test_late_output_of_a_failed_attempt_waiting_for_its_retry_is_kept_from_its_agent_only(running):
+    Task.objects.filter(pk=running.pk).update(pinned=False)  # any agent may take the retry
+    actions.report(
+        "a1", actions.reports.Report("failed", running.pk, 1, message_id="f", error={"code": "x", "message": ""})
+    )
+    running.refresh_from_db()
+    assert (running.state, running.agent_id, running.attempt) == ("queued", None, 1)  # released for its retry
+    feed(publish("a1", running, 1, b"why it failed\n"), publish("a2", running, 2, b"not a2's"))
+    assert output(running) == [(1, "stdout", b"why it failed\n")]
