@@ -1,0 +1,116 @@
+"""``GET /api/v1/tasks/{id}/logs/``: the output by cursor, complete and in order, as JSON or as the bytes."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from django.core.cache import cache
+
+from tasks import actions
+from tasks.engine.logs import Caps, Chunk
+from tasks.models import Task
+from tests.support import client_for, staff_user
+
+pytestmark = pytest.mark.django_db
+
+BIG = Caps(per_attempt=10**9, per_task=10**9)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles() -> None:
+    cache.clear()
+
+
+@pytest.fixture
+def running(make_agent, spec, operator) -> Task:
+    make_agent("a1")
+    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
+    (assignment,) = actions.claim_tasks("a1", 10)
+    return Task.objects.get(pk=assignment.task_id)
+
+
+def store(task: Task, *chunks: tuple[int, str, bytes], caps: Caps = BIG) -> None:
+    from django.db import transaction
+
+    from aegis_site.core import clock
+    from tasks.engine.logs import store_chunks
+
+    with transaction.atomic():
+        store_chunks(
+            [Chunk("a1", task.pk, task.attempt, seq, stream, data) for seq, stream, data in chunks], clock.now(), caps
+        )
+
+
+def reader(perms=("tasks.view_task",)):
+    from django.contrib.auth.models import User
+
+    User.objects.filter(username="reader").delete()
+    return client_for(staff_user("reader", perms=perms))
+
+
+def logs(task: Task, user_perms=("tasks.view_task",), **params):
+    return reader(user_perms).get(f"/api/v1/tasks/{task.pk}/logs/", params)
+
+
+def test_json_pages_follow_the_cursor_without_skipping_or_repeating(running):
+    store(running, *[(seq, "stdout" if seq % 2 else "stderr", f"line {seq}\n".encode()) for seq in range(1, 8)])
+    first = logs(running, limit=3).json()
+    assert [c["seq"] for c in first["chunks"]] == [1, 2, 3]
+    assert (first["after_seq"], first["more"], first["max_seq"], first["missing"]) == (3, True, 7, 0)
+    assert first["chunks"][1] == {"seq": 2, "stream": "stderr", "data": "line 2\n", "encoding": "utf-8"}
+    rest = logs(running, after_seq=first["after_seq"], limit=10).json()
+    assert [c["seq"] for c in rest["chunks"]] == [4, 5, 6, 7]
+    assert (rest["after_seq"], rest["more"]) == (7, False)
+    idle = logs(running, after_seq=7).json()
+    assert (idle["chunks"], idle["after_seq"]) == ([], 7)
+
+
+def test_a_gap_filled_later_is_read_after_the_cursor_reaches_it(running):
+    store(running, (1, "stdout", b"a"), (3, "stdout", b"c"))
+    page = logs(running).json()
+    assert ([c["seq"] for c in page["chunks"]], page["missing"]) == ([1, 3], 1)
+    store(running, (2, "stdout", b"b"))
+    assert logs(running).json()["missing"] == 0
+    assert [c["data"] for c in logs(running).json()["chunks"]] == ["a", "b", "c"]
+
+
+def test_bytes_that_are_not_utf8_come_as_base64_and_plain_text_is_the_exact_bytes(running):
+    raw = bytes(range(256))
+    store(running, (1, "stdout", b"text "), (2, "stdout", raw), (3, "stderr", b"\n"))
+    chunk = logs(running).json()["chunks"][1]
+    assert chunk["encoding"] == "base64"
+    assert base64.b64decode(chunk["data"]) == raw
+    plain = reader().get(f"/api/v1/tasks/{running.pk}/logs/", {"after_seq": 0}, HTTP_ACCEPT="text/plain")
+    assert plain.status_code == 200
+    assert plain["Content-Type"].startswith("text/plain")
+    assert plain.content == b"text " + raw + b"\n"
+    assert (plain["X-Aegis-After-Seq"], plain["X-Aegis-More"]) == ("3", "false")
+    by_format = logs(running, format="txt", limit=1)
+    assert (by_format.content, by_format["X-Aegis-More"]) == (b"text ", "true")
+
+
+def test_the_truncation_marker_and_an_earlier_attempt_are_readable(running):
+    store(running, (1, "stdout", b"x" * 10), (2, "stdout", b"y" * 10), caps=Caps(per_attempt=15, per_task=10**9))
+    page = logs(running).json()
+    assert page["truncated_at"] == 10
+    assert page["chunks"][-1]["stream"] == "system"
+    assert "truncated at 10 bytes" in page["chunks"][-1]["data"]
+    assert logs(running, attempt=1).json()["attempts"] == [1]
+    assert logs(running, attempt=2).json()["chunks"] == []
+
+
+@pytest.mark.parametrize(
+    "params", [{"after_seq": "-1"}, {"limit": "0"}, {"limit": "1001"}, {"attempt": "x"}, {"tail": "5"}]
+)
+def test_bad_query_is_a_400_naming_it(running, params):
+    response = logs(running, **params)
+    assert response.status_code == 400, response.content
+    assert response["Content-Type"].startswith("application/json")
+
+
+def test_needs_view_permission_and_an_existing_task(running):
+    assert logs(running, user_perms=()).status_code == 403
+    missing = reader().get("/api/v1/tasks/999999/logs/")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
