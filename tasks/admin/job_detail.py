@@ -7,13 +7,15 @@ their attempt reasons. The words (state labels, "3 failed (3 timed out)") are ``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django.db.models import Count
+from django.db.models import Count, F, Max, Window
 from django.db.models.fields.json import KT
+from django.db.models.functions import RowNumber
 from django.urls import reverse
 
 from aegis_site.core import clock
@@ -22,10 +24,13 @@ from tasks.admin.job_display import progress_bar
 from tasks.admin.task_display import attempt_html, attempt_reasons, duration_text, outcome_summary
 from tasks.engine.claim import assigned_in_window
 from tasks.engine.jobs import exceeds_failure_threshold
-from tasks.models import HELD_STATES, OPEN_JOB_STATES, Job, JobState, Task, TaskState
+from tasks.models import HELD_STATES, OPEN_JOB_STATES, Job, JobState, Task, TaskLogChunk, TaskState
 
 TASKS_SHOWN = 50
 FAILURE_GROUPS_SHOWN = 20
+TAIL_LINES = 10  # the last lines of output shown under each failure group
+TAIL_CHUNKS = 4  # read from the task's last chunks (at most 16 KiB each)
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
 FAILED_STATES = (TaskState.FAILED, TaskState.TIMED_OUT)
 
 
@@ -49,6 +54,8 @@ class FailureGroup:
     message: str | None
     count: int
     url: str
+    example_task_id: int | None = None  # the group's newest task, whose output's last lines are shown
+    last_lines: str = ""
 
     @property
     def label(self) -> str:
@@ -83,22 +90,51 @@ def count_cells(job_id: int, counts: dict[str, int]) -> list[StateCount]:
 
 
 def failures_by_error(job_id: int) -> list[FailureGroup]:
-    """The job's failed and timed-out tasks grouped by error code and message, the largest groups first."""
-    rows = (
+    """The job's failed and timed-out tasks grouped by error code and message, the largest groups first,
+    each with the last lines its newest task printed (its final attempt's output)."""
+    rows = list(
         Task.objects.filter(job_id=job_id, state__in=FAILED_STATES)
         .order_by()
         .annotate(code=KT("error__code"), message=KT("error__message"))
         .values_list("state", "code", "message")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("id"), newest=Max("id"))
         .order_by("-n", "state", "code")[:FAILURE_GROUPS_SHOWN]
     )
+    tails = output_tails([newest for *_, newest in rows])
     groups = []
-    for state, code, message, count in rows:
+    for state, code, message, count, newest in rows:
         params: dict[str, Any] = {"job": job_id, "state__exact": state}
         if code:
             params["error__code"] = code
-        groups.append(FailureGroup(state, code, message, count, task_list_url(**params)))
+        groups.append(FailureGroup(state, code, message, count, task_list_url(**params), newest, tails.get(newest, "")))
     return groups
+
+
+def output_tails(task_ids: list[int]) -> dict[int, str]:
+    """The last ``TAIL_LINES`` lines of each task's output (its current attempt, every stream), in one query.
+
+    Read from the last ``TAIL_CHUNKS`` chunks of each; ANSI escapes are taken out, undecodable
+    bytes shown as U+FFFD. The page escapes the text like any other.
+    """
+    if not task_ids:
+        return {}
+    newest_first = Window(RowNumber(), partition_by=[F("task_id")], order_by=F("seq").desc())
+    rows = (
+        TaskLogChunk.objects.filter(task_id__in=task_ids, attempt=F("task__attempt"))
+        .annotate(rank=newest_first)
+        .filter(rank__lte=TAIL_CHUNKS)
+        .order_by("task_id", "seq")
+        .values_list("task_id", "data")
+    )
+    joined: dict[int, bytes] = {}
+    for task_id, data in rows:
+        joined[task_id] = joined.get(task_id, b"") + bytes(data)
+    return {task_id: tail_text(data) for task_id, data in joined.items()}
+
+
+def tail_text(data: bytes) -> str:
+    text = ANSI_ESCAPE.sub("", data.decode("utf-8", errors="replace"))
+    return "\n".join(text.rstrip("\n").splitlines()[-TAIL_LINES:])
 
 
 @dataclass(frozen=True)

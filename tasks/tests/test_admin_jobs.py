@@ -435,6 +435,41 @@ def test_detail_shows_counts_rollout_failures_and_tasks(admin_client, make_agent
     assert sorted(t.pk for t in all_tasks) == [t.pk for t in tasks]
 
 
+def test_failures_show_the_last_lines_of_the_newest_task_of_each_group(admin_client, make_agent, spec, operator):
+    from django.db import transaction
+
+    from aegis_site.core import clock
+    from tasks.engine.logs import Caps, Chunk, store_chunks
+
+    make_agent("a-1", max_concurrency=10)
+    job, _ = actions.submit_job(spec(mode="any", task_count=3, max_attempts=1), operator)
+    first, second, quiet = Task.objects.filter(job=job).order_by("id")
+    printed = "".join(f"line {n}\n" for n in range(1, 13)).encode()
+    for task in (first, second):
+        current_attempt("a-1", task)
+        lines = [printed[:40], printed[40:] + b"\x1b[31m<script>red</script>\x1b[0m\n"]
+        task.refresh_from_db()
+        with transaction.atomic():
+            store_chunks(
+                [Chunk("a-1", task.pk, task.attempt, seq, "stderr", data) for seq, data in enumerate(lines, 1)],
+                clock.now(),
+                Caps(per_attempt=10**6, per_task=10**6),
+            )
+        fail("a-1", task, code="exit_1", message="exit status 1")
+    fail("a-1", quiet, code="no_output", message="silent")
+
+    response = admin_client.get(detail_url(job))
+
+    groups = {group.code: group for group in response.context["failures"]}
+    assert groups["exit_1"].example_task_id == second.pk  # the newest of the group
+    assert groups["exit_1"].last_lines.splitlines() == [f"line {n}" for n in range(4, 13)] + ["<script>red</script>"]
+    assert groups["no_output"].last_lines == ""
+    page = response.content.decode()
+    assert "&lt;script&gt;red&lt;/script&gt;" in page  # escaped, and the colour codes are gone
+    assert "<script>red" not in page
+    assert "\x1b" not in page
+
+
 # --- actions ----------------------------------------------------------------------------------------
 
 
