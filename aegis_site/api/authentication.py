@@ -58,3 +58,30 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+class PrefixedTokenAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <prefix>...``: a token stored as a hash; the app's subclass says how to look it up.
+
+    A token without ``prefix`` is left to the next class; one with it that does not authenticate is a 401.
+    """
+
+    prefix = ""
+    scheme = ""  # the auth_failed event's scheme, e.g. "agent_token"
+
+    def lookup(self, token: str) -> tuple[Any, Any] | None:
+        """``(user, auth)`` for a live token, ``None`` otherwise."""
+        raise NotImplementedError
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        token = bearer_token(request)
+        if token is None or not token.startswith(self.prefix):
+            return None
+        refuse_flooding_address(request)
+        found = self.lookup(token)
+        if found is None:
+            raise auth_failed(request, self.scheme, "unknown, revoked or expired token", token)
+        return found
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

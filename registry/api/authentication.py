@@ -8,33 +8,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import authentication, exceptions
+from rest_framework import exceptions
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import InvalidToken, TokenError
 
 from aegis_site.api import jwt_claims
-from aegis_site.api.authentication import auth_failed, bearer_token, refuse_flooding_address
+from aegis_site.api.authentication import (
+    PrefixedTokenAuthentication,
+    auth_failed,
+    bearer_token,
+    refuse_flooding_address,
+)
 from registry import actions as registry_actions
 from registry.api.principals import AgentPrincipal
 from registry.models import AdminState, AgentCredential
 
 
-class AgentTokenAuthentication(authentication.BaseAuthentication):
+class AgentTokenAuthentication(PrefixedTokenAuthentication):
     """``Authorization: Bearer aeg_...``: a per-agent token, stored as a hash."""
 
-    def authenticate(self, request: Request) -> tuple[AgentPrincipal, AgentCredential] | None:
-        token = bearer_token(request)
-        if token is None or not token.startswith(registry_actions.TOKEN_PREFIX):
-            return None
-        refuse_flooding_address(request)
-        found = registry_actions.authenticate_token_credential(token)
-        if found is None:
-            raise auth_failed(request, "agent_token", "unknown, revoked or expired token", token)
-        return AgentPrincipal(found.agent, found.pk), found
+    prefix = registry_actions.TOKEN_PREFIX
+    scheme = "agent_token"
 
-    def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
+    def lookup(self, token: str) -> tuple[AgentPrincipal, AgentCredential] | None:
+        found = registry_actions.authenticate_token_credential(token)
+        return None if found is None else (AgentPrincipal(found.agent, found.pk), found)
 
 
 class AegisJWTAuthentication(JWTAuthentication):
