@@ -15,6 +15,33 @@ from typing import Any
 log = logging.getLogger("aegis.broker")
 
 
+class UnackedDeliveryFilter(logging.Filter):
+    """One warning line, not a traceback, for a delivery a vanished client never acknowledged.
+
+    amqtt logs each QoS 1 delivery still waiting for a PUBACK from a client that was killed as an
+    exception with its traceback (when the wait times out, and again at shutdown). A killed agent is
+    an expected event here: its session is gone and the bridge redelivers by the protocol's rules.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, TimeoutError) and "PUBACK" in str(error):
+            record.msg = "embedded broker: a client went away without acknowledging a delivery (%s)"
+            record.args = (str(error),)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+def quiet_unacked_deliveries() -> None:
+    """Install :class:`UnackedDeliveryFilter` on amqtt's broker logger (once)."""
+    logger = logging.getLogger("amqtt.broker")
+    if not any(isinstance(existing, UnackedDeliveryFilter) for existing in logger.filters):
+        logger.addFilter(UnackedDeliveryFilter())
+
+
 def broker_config(host: str, port: int) -> dict[str, object]:
     return {
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
@@ -46,6 +73,7 @@ def broker_class() -> type[Any]:
 
 
 async def serve(host: str, port: int, stop: asyncio.Event) -> None:
+    quiet_unacked_deliveries()
     broker = broker_class()(broker_config(host, port))
     await broker.start()
     log.info("embedded MQTT broker listening on %s:%d (MQTT 3.1.1, anonymous, no TLS)", host, port)
