@@ -6,6 +6,7 @@ this module must stay importable without Django, so it repeats the shapes here.
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,9 @@ from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 256 * 1024
+# The largest decoded chunk of task output one task.log carries (the server refuses more: too_long).
+MAX_LOG_CHUNK_BYTES = 16 * 1024
+LOG_STREAMS = ("stdout", "stderr", "system")
 BROADCAST_TOPIC = "aegis/broadcast"
 # A hello lists a finished task until its result reached a subscriber, and this long after: with several
 # bridges one can apply the hello before another applies the result it took from the broker first.
@@ -52,6 +56,10 @@ class Topics:
     @property
     def events(self) -> str:
         return f"aegis/agents/{self.agent_id}/events"
+
+    @property
+    def logs(self) -> str:
+        return f"aegis/agents/{self.agent_id}/logs"
 
     @property
     def inbox(self) -> str:
@@ -137,6 +145,36 @@ def task_failed(task_id: TaskId, attempt: int, code: str, message: str, retryabl
         error={"code": code, "message": message},
         retryable=retryable,
     )
+
+
+def _is_plain_text(data: bytes) -> bool:
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def task_log(task_id: int, attempt: int, seq: int, stream: str, data: bytes) -> bytes:
+    """One chunk of a task's output as an encoded task.log message (docs/protocol.md).
+
+    The chunk travels as text when it is valid UTF-8 without NUL, else as base64, so any bytes survive.
+    """
+    if stream not in LOG_STREAMS:
+        raise ValueError(f"stream must be one of {LOG_STREAMS}, not {stream!r}")
+    if len(data) > MAX_LOG_CHUNK_BYTES:
+        raise MessageTooLarge(f"task.log chunk is {len(data)} bytes, over {MAX_LOG_CHUNK_BYTES}")
+    if seq < 1:
+        raise ValueError(f"seq starts at 1, not {seq}")
+    fields: dict[str, Any] = {"task_id": task_id, "attempt": attempt, "seq": seq, "stream": stream}
+    if _is_plain_text(data):
+        fields["data"] = data.decode("utf-8")
+    else:
+        fields["data"] = base64.b64encode(data).decode("ascii")
+        fields["encoding"] = "base64"
+    return encode(envelope("task.log", **fields))
 
 
 # --- incoming -----------------------------------------------------------------
