@@ -2,12 +2,14 @@
 
 It behaves like the reference agent where the server can tell: a hello lists the
 finished tasks whose result has not reached a subscriber yet, and a cancel stops
-the task and frees its slot at once.
+the task and frees its slot at once. With the fleet's ``OutputSpec`` a task prints
+output (``task.log`` on the agent's logs topic) at a chosen rate before its result.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +28,57 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REMEMBERED_FINISHED = 256
+MIN_OUTPUT_CHUNK_BYTES = 128  # room for a chunk's header line
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What every simulated task prints before its result (issue 17's output benchmarks, ``bench/task_logs.py``).
+
+    ``bytes_per_task`` 0 prints nothing. ``rate_bps`` is the pace of each task's output in bytes per second
+    (0: as fast as the window allows); ``chunk_bytes`` the size of a chunk (the last one may be shorter);
+    ``stderr_fraction`` the share of chunks written to stderr, the rest to stdout. At most ``window`` chunks
+    of a task wait for their PUBACK at once, so a fast task never piles its output up in memory, and the
+    result is published once every chunk reached the broker.
+
+    Each chunk is log-like ASCII text that starts with a header line naming the stream, task, attempt and
+    seq and the wall-clock time of the publish, ``t=<unix seconds>``: a reader measures its lag from it.
+    """
+
+    bytes_per_task: int = 0
+    rate_bps: float = 0.0
+    chunk_bytes: int = 4096
+    stderr_fraction: float = 0.0
+    window: int = 32
+
+    def __post_init__(self) -> None:
+        if self.bytes_per_task < 0:
+            raise ValueError("output bytes per task must not be negative")
+        if self.rate_bps < 0:
+            raise ValueError("output rate must not be negative (0: unpaced)")
+        if not MIN_OUTPUT_CHUNK_BYTES <= self.chunk_bytes <= wire.MAX_LOG_CHUNK_BYTES:
+            raise ValueError(
+                f"output chunk size must be {MIN_OUTPUT_CHUNK_BYTES}..{wire.MAX_LOG_CHUNK_BYTES} bytes, "
+                f"not {self.chunk_bytes}"
+            )
+        if not 0.0 <= self.stderr_fraction <= 1.0:
+            raise ValueError("the output stderr fraction must be between 0 and 1")
+        if self.window < 1:
+            raise ValueError("the output window of unacknowledged chunks must be at least 1")
+
+
+def filler_text(rng: random.Random, size: int = 256 * 1024) -> bytes:
+    """Log-like lines (levels, components, ids, timings) to cut chunks from: about as compressible as real logs."""
+    levels, components = ("INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR"), ("fetch", "build", "test", "upload")
+    lines, total = [], 0
+    while total < size:
+        line = (
+            f"{rng.choice(levels)} {rng.choice(components)}[{rng.randrange(16)}] step {rng.randrange(100000)} "
+            f"item {rng.getrandbits(64):016x} took {rng.uniform(0, 500):.1f} ms\n"
+        )
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
 
 
 @dataclass
@@ -42,15 +95,29 @@ class FleetStats:
     canceled: int = 0
     invalid: int = 0
     ignored: int = 0
+    log_chunks: int = 0
+    log_bytes: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
 
 
 @dataclass
+class Output:
+    """How far a running task got with its output; touched on the loop thread only."""
+
+    started: float  # the loop's clock when the task was accepted
+    sent: int = 0  # bytes published
+    seq: int = 0  # the last seq published: gap-free from 1 per (task, attempt), over both streams
+    unacked: int = 0  # chunks published whose PUBACK has not come back
+    waiting: bool = False  # paused until a PUBACK frees the window
+
+
+@dataclass
 class Running:
     task: wire.TaskSpec
-    timer: Any  # asyncio.TimerHandle
+    timer: Any  # asyncio.TimerHandle: the task's next step (a chunk or its result); cancel() stops the task
+    output: Output | None = None
 
 
 @dataclass
@@ -220,8 +287,54 @@ class SimAgent:
             seconds = task.payload.get("seconds")
             if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
                 duration = float(seconds)
-        timer = fleet.mux.loop.call_later(duration, self._complete, task)
-        self.running[key] = Running(task, timer)
+        loop = fleet.mux.loop
+        if fleet.output.bytes_per_task > 0 and isinstance(task.id, int):  # the server's task ids are integers
+            running = self.running[key] = Running(task, None, Output(started=loop.time()))
+            running.timer = loop.call_later(0, self._print, task, duration)
+        else:
+            self.running[key] = Running(task, loop.call_later(duration, self._complete, task))
+
+    def _print(self, task: wire.TaskSpec, duration: float) -> None:
+        """Publish the task's next chunks (as the pace and the window allow); the result follows the last PUBACK."""
+        running = self.running.get(task.key)
+        if running is None or running.output is None:  # canceled, or replaced by a newer attempt
+            return
+        output, spec, loop = running.output, self.fleet.output, self.fleet.mux.loop
+        while output.sent < spec.bytes_per_task:
+            if output.unacked >= spec.window:
+                output.waiting = True
+                return
+            if spec.rate_bps > 0:
+                due = output.started + output.sent / spec.rate_bps
+                if due > loop.time():
+                    running.timer = loop.call_later(due - loop.time(), self._print, task, duration)
+                    return
+            self._publish_chunk(task, output, duration)
+        if output.unacked:
+            output.waiting = True
+            return
+        remaining = max(0.0, output.started + duration - loop.time())
+        running.timer = loop.call_later(remaining, self._complete, task)
+
+    def _publish_chunk(self, task: wire.TaskSpec, output: Output, duration: float) -> None:
+        fleet, spec = self.fleet, self.fleet.output
+        output.seq += 1
+        size = min(spec.chunk_bytes, spec.bytes_per_task - output.sent)
+        stream = "stderr" if spec.stderr_fraction and fleet.random.random() < spec.stderr_fraction else "stdout"
+        data = fleet.output_chunk(task.key, output.seq, stream, size)
+        payload = wire.task_log(int(task.id), task.attempt, output.seq, stream, data)
+
+        def delivered() -> None:  # on the thread that reads the PUBACK: the loop thread here
+            output.unacked -= 1
+            if output.waiting:
+                output.waiting = False
+                fleet.mux.loop.call_soon(self._print, task, duration)
+
+        output.unacked += 1
+        output.sent += size
+        self._publish(self.topics.logs, payload, on_delivered=delivered)
+        fleet.stats.log_chunks += 1
+        fleet.stats.log_bytes += size
 
     def _complete(self, task: wire.TaskSpec) -> None:
         fleet = self.fleet

@@ -2,6 +2,7 @@
 
     python -m aegis_agent.simulate --count N --host H --port P [--prefix sim-]
         [--duration-ms D] [--failure-rate F] [--tls-dir DIR]
+        [--output-bytes B [--output-rate R] [--output-chunk C] [--output-stderr F]]
 
 Each simulated agent speaks protocol v1 like the reference agent (status +
 Last Will, hello on every connect listing what it runs, heartbeats, accepted ->
@@ -9,6 +10,12 @@ succeeded/failed, cancel, drain, idempotent by task id + attempt), but "runs" a
 task with a timer on one asyncio loop instead of a thread. With ``--tls-dir``
 each agent connects with ``DIR/<agent id>.crt`` + ``.key`` (CN = agent id) and
 trusts ``DIR/ca.crt``.
+
+With ``--output-bytes B`` every task prints B bytes before its result, as
+``task.log`` chunks of ``--output-chunk`` bytes (at most 16 KiB) on the agent's
+logs topic, paced at ``--output-rate`` bytes/s per task (0: as fast as 32
+unacknowledged chunks per task allow), ``--output-stderr`` of the chunks on
+stderr; seq is gap-free per attempt. See ``simagent.OutputSpec``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from types import FrameType
 from aegis_agent import connection, logs, wire
 from aegis_agent.config import AGENT_ID_RE
 from aegis_agent.multiplex import Multiplexer
-from aegis_agent.simagent import FleetStats, SimAgent
+from aegis_agent.simagent import FleetStats, OutputSpec, SimAgent, filler_text
 
 log = logging.getLogger("aegis_agent.simulate")  # not ``__main__`` under ``python -m``
 
@@ -58,6 +65,7 @@ class Fleet:
         keepalive_s: int = 60,
         connect_workers: int = 4,
         seed: int | None = None,
+        output: OutputSpec | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
@@ -76,6 +84,8 @@ class Fleet:
         self.session_expiry_s = session_expiry_s
         self.keepalive_s = keepalive_s
         self.random = random.Random(seed)  # noqa: S311 (simulation, not security)  # nosec B311
+        self.output = output or OutputSpec()
+        self._filler = filler_text(self.random) if self.output.bytes_per_task else b""
         self.stats = FleetStats()
         self.agent_ids = [f"{prefix}{i}" for i in range(count)]
         self.mux = Multiplexer(connect_workers=connect_workers)
@@ -106,6 +116,16 @@ class Fleet:
 
     def status_online(self) -> bytes:
         return wire.encode(wire.status("online"))
+
+    def output_chunk(self, key: wire.TaskKey, seq: int, stream: str, size: int) -> bytes:
+        """``size`` bytes of a task's output: a header line with the publish time, then log-like lines."""
+        task_id, attempt = key
+        header = f"{stream} task {task_id} attempt {attempt} seq {seq} t={time.time():.6f}\n".encode()
+        if size <= len(header):
+            return header[:size]
+        body = size - len(header)
+        offset = self.random.randrange(len(self._filler) - body + 1)
+        return header + self._filler[offset : offset + body]
 
     # --- control (any thread) ---------------------------------------------------------
 
@@ -182,6 +202,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mqtt-version", type=int, choices=(5, 311), default=5)
     parser.add_argument("--connect-workers", type=int, default=4, help="threads for TCP/TLS connects")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--output-bytes", type=int, default=0, help="bytes each task prints (0: none)")
+    parser.add_argument("--output-rate", type=float, default=0.0, help="bytes/s of each task's output (0: unpaced)")
+    parser.add_argument("--output-chunk", type=int, default=4096, help="bytes per task.log chunk (128..16384)")
+    parser.add_argument("--output-stderr", type=float, default=0.0, help="fraction of chunks on stderr (0..1)")
     parser.add_argument("--stats-every-s", type=float, default=10.0, help="log counters this often (0: never)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser.parse_args(argv)
@@ -204,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             mqtt_version=args.mqtt_version,
             connect_workers=args.connect_workers,
             seed=args.seed,
+            output=OutputSpec(args.output_bytes, args.output_rate, args.output_chunk, args.output_stderr),
         )
     except (ValueError, OSError) as exc:
         print(f"aegis_agent.simulate: {exc}", file=sys.stderr)
