@@ -241,6 +241,7 @@ TASK_DEFAULT_BACKOFF_CAP = _positive_float("TASK_DEFAULT_BACKOFF_CAP", 600.0)
 # "truncated" marker (docs/task-output.md).
 TASK_LOG_MAX_BYTES_PER_ATTEMPT = _positive_int("TASK_LOG_MAX_BYTES_PER_ATTEMPT", 64 * 1024 * 1024)
 TASK_LOG_MAX_BYTES_PER_TASK = _positive_int("TASK_LOG_MAX_BYTES_PER_TASK", 256 * 1024 * 1024)
+TASK_LOG_MAX_FOLLOWERS = _positive_int("TASK_LOG_MAX_FOLLOWERS", 200)  # readers following output per process; more: 503
 
 
 # --- Auth, i18n, static ------------------------------------------------------------

@@ -5,6 +5,11 @@ chunk's bytes are valid UTF-8 (``encoding: "utf-8"``), else base64 (``encoding: 
 output, or a character split across two chunks). Plain text (``Accept: text/plain`` or
 ``?format=txt``): the chunks' bytes, concatenated in ``seq`` order, every stream together, with the
 cursor in ``X-Aegis-After-Seq`` and ``X-Aegis-More: true`` when ``limit`` cut the page.
+
+``?follow=S`` (1-60 seconds): when nothing follows the cursor yet, the answer waits up to S
+seconds for the next chunk, or for the task to end, holding no database connection
+(``tasks.engine.output_waits``); the view is async for that, like the agent's long-poll claim.
+``?download=1``: the whole attempt as a file, streamed from the database page by page.
 """
 
 from __future__ import annotations
@@ -12,22 +17,46 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
-from rest_framework import serializers
-from rest_framework.renderers import BaseRenderer
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponseBase, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from tasks.engine import output_waits
 from tasks.engine.output import OutputChunk, OutputPage, read_output
+from tasks.models import Task
 
 MAX_LIMIT = 1000
+MAX_FOLLOW_S = 60
+DOWNLOAD_PAGE = 256  # chunks per read of a download: at most 4 MiB in memory at once
 
 
 class OutputQuerySerializer(serializers.Serializer):
     attempt = serializers.IntegerField(min_value=1, max_value=32_767, required=False, help_text="Default: the current.")
     after_seq = serializers.IntegerField(min_value=0, max_value=2**63 - 1, default=0, help_text="The cursor.")
     limit = serializers.IntegerField(min_value=1, max_value=MAX_LIMIT, default=200, help_text="Chunks at most.")
+    follow = serializers.IntegerField(
+        min_value=0,
+        max_value=MAX_FOLLOW_S,
+        default=0,
+        help_text="Seconds to wait (1-60) when nothing follows the cursor yet: the answer comes as soon as a "
+        "chunk after it is stored or the task ends, else an empty page after this long. 0: answer at once.",
+    )
+    download = serializers.IntegerField(
+        min_value=0,
+        max_value=1,
+        default=0,
+        help_text="1: the whole attempt's bytes as a file (text/plain, Content-Disposition: attachment); "
+        "after_seq, limit and follow do not apply.",
+    )
 
 
 class OutputChunkSerializer(serializers.Serializer):
@@ -100,10 +129,128 @@ def page_json(page: OutputPage) -> dict[str, Any]:
     }
 
 
-def respond(request: Request, task_id: int) -> Response:
-    wanted = query(request)
-    page = read_output(task_id, wanted.get("attempt"), wanted["after_seq"], wanted["limit"])
-    if isinstance(request.accepted_renderer, PlainOutputRenderer):
-        headers = {"X-Aegis-After-Seq": str(page.after_seq), "X-Aegis-More": "true" if page.more else "false"}
-        return Response(b"".join(chunk.data for chunk in page.chunks), headers=headers)
-    return Response(page_json(page))
+class TooManyFollowers(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "This server has as many readers following output as it allows; retry, or read without follow."
+    default_code = "too_many_followers"
+
+
+class PendingOutput(Response):
+    """A page with nothing after the cursor that may wait: ``logs`` (below) follows, then fills it in."""
+
+    def __init__(self, task_id: int, wanted: dict[str, Any], page: OutputPage, plain: bool) -> None:
+        super().__init__()
+        self.task_id, self.wanted, self.plain = task_id, wanted, plain
+        self.attempt = page.attempt  # fixed at the first read: a new attempt starting meanwhile is not this one
+        fill(self, page, plain)
+
+
+class PendingDownload(Response):
+    """The view checked the request; ``logs`` streams the file (an async iterator: no thread per chunk)."""
+
+    def __init__(self, task_id: int, attempt: int) -> None:
+        super().__init__()
+        self.task_id, self.attempt = task_id, attempt
+
+
+def fill(response: Response, page: OutputPage, plain: bool) -> None:
+    if plain:
+        response.data = b"".join(chunk.data for chunk in page.chunks)
+        response["X-Aegis-After-Seq"] = str(page.after_seq)
+        response["X-Aegis-More"] = "true" if page.more else "false"
+    else:
+        response.data = page_json(page)
+
+
+class TaskOutputView(APIView):
+    """A task's output by cursor (docs/task-output.md)."""
+
+    # The URL calls ``logs`` (below), which waits for ``?follow=`` and streams downloads.
+
+    queryset = Task.objects.all()  # GET needs tasks.view_task
+    renderer_classes = [JSONRenderer, PlainOutputRenderer]
+
+    @extend_schema(
+        parameters=[OutputQuerySerializer],
+        responses={
+            200: OutputPageSerializer,
+            503: OpenApiResponse(
+                description="too_many_followers: TASK_LOG_MAX_FOLLOWERS readers already follow in this process."
+            ),
+        },
+        summary="The task's output after a cursor (after_seq), as JSON chunks or, with Accept: text/plain, "
+        "the bytes; follow waits for what comes next, download serves the whole attempt as a file.",
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        wanted = query(request)
+        if wanted["download"]:
+            page = read_output(pk, wanted.get("attempt"), 0, 1)  # the task exists; the attempt is fixed now
+            return PendingDownload(pk, page.attempt)
+        page = read_output(pk, wanted.get("attempt"), wanted["after_seq"], wanted["limit"])
+        plain = isinstance(request.accepted_renderer, PlainOutputRenderer)
+        if page.chunks or not wanted["follow"] or output_waits.finished(page):
+            response = Response()
+            fill(response, page, plain)
+            return response
+        if not output_waits.FOLLOWERS.reserve(settings.TASK_LOG_MAX_FOLLOWERS):
+            raise TooManyFollowers()
+        output_waits.release_connection()
+        return PendingOutput(pk, wanted, page, plain)
+
+
+_output_view = TaskOutputView.as_view()
+
+
+async def logs(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+    """``GET tasks/{id}/logs/``: ``TaskOutputView`` answers, or hands back a follow to wait for or a file to stream.
+
+    If the client goes away, Django cancels this coroutine and the ``finally`` frees the follower's slot.
+    """
+    response = await sync_to_async(_output_view)(request, *args, **kwargs)
+    if isinstance(response, PendingDownload):
+        return download(response.task_id, response.attempt)
+    if not isinstance(response, PendingOutput):
+        return response
+    try:
+        wanted = response.wanted
+
+        def read() -> OutputPage:
+            return read_output(response.task_id, response.attempt, wanted["after_seq"], wanted["limit"])
+
+        page = await output_waits.follow(read, response.task_id, wanted["follow"])
+        fill(response, page, response.plain)
+    finally:
+        output_waits.FOLLOWERS.release()
+    return response
+
+
+# What drf-spectacular and Django read off a view function.
+logs.cls = TaskOutputView  # type: ignore[attr-defined]
+logs.initkwargs = {}  # type: ignore[attr-defined]
+logs.csrf_exempt = True  # type: ignore[attr-defined]
+
+
+def download(task_id: int, attempt: int) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(attempt_bytes(task_id, attempt), content_type="text/plain")
+    response["Content-Disposition"] = f'attachment; filename="task-{task_id}-attempt-{attempt}.log"'
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+async def attempt_bytes(task_id: int, attempt: int) -> AsyncIterator[bytes]:
+    """The attempt's chunks in ``seq`` order, ``DOWNLOAD_PAGE`` at a time, each read with a connection given back."""
+
+    def read(after_seq: int) -> OutputPage:
+        try:
+            return read_output(task_id, attempt, after_seq, DOWNLOAD_PAGE)
+        finally:
+            output_waits.release_connection()
+
+    after_seq = 0
+    while True:
+        page = await sync_to_async(read)(after_seq)
+        if page.chunks:
+            yield b"".join(chunk.data for chunk in page.chunks)
+        if not page.more:
+            return
+        after_seq = page.after_seq

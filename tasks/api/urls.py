@@ -6,7 +6,7 @@ from django.urls import path, register_converter
 from rest_framework.routers import SimpleRouter
 
 from aegis_site.api.converters import IdConverter
-from tasks.api import agent_views
+from tasks.api import agent_views, output
 from tasks.api.views import JobViewSet, TaskViewSet
 
 register_converter(IdConverter, "id")
@@ -20,5 +20,6 @@ urlpatterns = [
     path("agent/tasks/claim/", agent_views.claim, name="agent-claim"),  # async: a long poll holds no connection
     path("agent/tasks/<id:task_id>/", agent_views.AgentTaskDetailView.as_view(), name="agent-task-detail"),
     path("agent/tasks/<id:task_id>/events/", agent_views.AgentTaskEventView.as_view(), name="agent-task-events"),
+    path("tasks/<id:pk>/logs/", output.logs, name="task-logs"),  # async: a follow holds no connection
     *router.urls,
 ]

@@ -8,14 +8,12 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.serializers import BaseSerializer
 
 from aegis_site.core.audit import Actor
 from tasks import actions
-from tasks.api import output
 from tasks.api.filters import JobFilter, TaskFilter
 from tasks.api.serializers import (
     CancelSerializer,
@@ -151,7 +149,6 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         "cancel": ["tasks.change_task"],
         "retry": ["tasks.change_task"],
         "explain": ["tasks.view_task"],
-        "logs": ["tasks.view_task"],
     }
 
     def get_queryset(self) -> QuerySet[Task]:
@@ -192,15 +189,6 @@ class TaskViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         task = self.get_queryset().get(pk=task.pk)
         context = {**self.get_serializer_context(), "allowance": allowance.as_dict()}
         return Response(TaskRetriedSerializer(task, context=context).data)
-
-    @extend_schema(
-        parameters=[output.OutputQuerySerializer],
-        responses={200: output.OutputPageSerializer},
-        summary="The task's output after a cursor (after_seq), as JSON chunks or, with Accept: text/plain, the bytes.",
-    )
-    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, output.PlainOutputRenderer])
-    def logs(self, request: Request, pk: int) -> Response:
-        return output.respond(request, pk)
 
     @extend_schema(responses=ExplanationSerializer, summary="Why the task is not running (yet).")
     @action(detail=True, methods=["get"])

@@ -15,6 +15,9 @@ Concurrency: bridge replicas share the subscriptions, so chunks of one attempt m
 transactions at once. Each batch locks the summary rows (``task_log_attempts``) of the attempts
 it writes, in (task, attempt) order, before it reads what is stored: the byte counts and the
 duplicate check see every committed chunk. No agent row and no task row is locked.
+
+Followers (the API's ``?follow=``, the admin's live tail) are woken by a NOTIFY naming the tasks
+that got chunks, sent in the same transaction, so delivered at its commit (``output_waits``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.models import Q, Sum
 
 from aegis_site.core import counters
+from tasks.engine import output_waits
 from tasks.engine.history import update_each
 from tasks.models import LogStream, Task, TaskEvent, TaskEventKind, TaskLogAttempt, TaskLogChunk
 
@@ -139,6 +143,8 @@ def store_chunks(chunks: Sequence[Chunk], now: datetime, caps: Caps) -> list[Chu
                 summary.bytes += len(data)
                 rows.append((task_id, attempt, chunk.seq, stream, data, now))
         _insert_chunks(rows)
+        if rows:
+            output_waits.notify_on_commit({row[0] for row in rows})
         update_each(
             TaskLogAttempt,
             ("bytes", "chunks", "max_seq", "truncated_at", "dropped"),

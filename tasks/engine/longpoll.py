@@ -13,6 +13,10 @@ again then.
 
 Waits are counted per agent: ``reserve`` refuses more than ``per_agent`` at once
 in this process, so one agent's clients cannot pile up waiters.
+
+The same machinery, on its own channel and keyed by task id, wakes the readers following
+a task's output (``tasks.engine.output_waits``): a ``Waits`` is keyed by whatever names
+its waiters in the NOTIFY payloads.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ _STOP_CHECK_S = 1.0  # how often the LISTEN thread looks whether it should stop
 
 @dataclass(eq=False)
 class _Waiter:
-    agent_id: str
+    key: str  # what the NOTIFY payloads name: an agent id (claims), a task id (output)
     loop: asyncio.AbstractEventLoop
     event: asyncio.Event
 
@@ -46,8 +50,13 @@ class _Waiter:
 class Waits:
     """The process's waiting claims, one LISTEN connection for all of them, and a cap per agent."""
 
-    def __init__(self, channel: str = wakeup.CHANNEL) -> None:
+    def __init__(
+        self, channel: str = wakeup.CHANNEL, recheck_s: float = RECHECK_S, poll_s: float = POLL_S, name: str = "claim"
+    ) -> None:
         self.channel = channel
+        self.recheck_s = recheck_s  # listening: the longest wait before the caller looks again anyway
+        self.poll_s = poll_s  # not listening: the caller polls at this interval
+        self.name = name  # of the LISTEN thread and in its log lines
         self._lock = threading.Lock()
         self._waiters: set[_Waiter] = set()
         self._per_agent: Counter[str] = Counter()
@@ -83,18 +92,18 @@ class Waits:
         with self._lock:
             return self._generation
 
-    async def wait(self, agent_id: str, mark: int, timeout: float) -> int:
-        """Until a NOTIFY that may concern ``agent_id``, or ``timeout`` (shortened to the recheck interval).
+    async def wait(self, key: str, mark: int, timeout: float) -> int:
+        """Until a NOTIFY that may concern ``key``, or ``timeout`` (shortened to the recheck interval).
 
         Returns the new mark, taken when the wait ended: the caller claims next.
         """
         self._ensure_listening()
-        waiter = _Waiter(agent_id, asyncio.get_running_loop(), asyncio.Event())
+        waiter = _Waiter(key, asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             if self._generation != mark:
                 return self._generation
             self._waiters.add(waiter)
-            limit = min(timeout, RECHECK_S if self._listening else POLL_S)
+            limit = min(timeout, self.recheck_s if self._listening else self.poll_s)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.event.wait(), max(limit, 0.0))
@@ -104,12 +113,17 @@ class Waits:
         with self._lock:
             return self._generation
 
+    def waiters(self, key: str) -> int:
+        """How many waits of ``key`` are waiting now (tests wait for one before storing what should wake it)."""
+        with self._lock:
+            return sum(1 for waiter in self._waiters if waiter.key == key)
+
     def wake(self, payload: str = "") -> None:
-        """A NOTIFY arrived: wake the named agents' waits (an empty payload names nobody: wake all)."""
-        named = {agent_id for agent_id in payload.split(",") if agent_id}
+        """A NOTIFY arrived: wake the waits of the keys it names (an empty payload names nobody: wake all)."""
+        named = {key for key in payload.split(",") if key}
         with self._lock:
             self._generation += 1
-            chosen = [waiter for waiter in self._waiters if not named or waiter.agent_id in named]
+            chosen = [waiter for waiter in self._waiters if not named or waiter.key in named]
         for waiter in chosen:
             with contextlib.suppress(RuntimeError):  # that request's loop is closed: nobody waits there any more
                 waiter.loop.call_soon_threadsafe(waiter.event.set)
@@ -124,7 +138,7 @@ class Waits:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
-            self._thread = threading.Thread(target=self._listen, name="claim-wakeups", daemon=True)
+            self._thread = threading.Thread(target=self._listen, name=f"{self.name}-wakeups", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -139,7 +153,7 @@ class Waits:
             try:
                 conn = wakeup.listen_connection(self.channel)
             except Exception:
-                log.warning("claim wakeups: cannot LISTEN; long-poll claims poll", exc_info=True)
+                log.warning("%s wakeups: cannot LISTEN; waits poll", self.name, exc_info=True)
                 self._stop.wait(_RECONNECT_S)
                 continue
             with self._lock:
@@ -149,7 +163,7 @@ class Waits:
                     for notify in conn.notifies(timeout=_STOP_CHECK_S):
                         self.wake(notify.payload)
             except Exception:
-                log.warning("claim wakeups: LISTEN connection lost; long-poll claims poll", exc_info=True)
+                log.warning("%s wakeups: LISTEN connection lost; waits poll", self.name, exc_info=True)
             finally:
                 with self._lock:
                     self._listening = False
