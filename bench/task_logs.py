@@ -1,0 +1,616 @@
+"""Task output (issue 17) through Mosquitto and the real bridge into PostgreSQL, and read back through the API.
+
+    .venv/bin/python bench/task_logs.py [--agents 10] [--mb-per-task 10] [--chunk 16384] [--runs 3]
+        [--tail-mbs 20] [--tail-seconds 10] [--reader auto|follow|poll] [--profile FILE] [--quick]
+
+Separate processes with the production defaults (the PostgreSQL pool on, ``DEBUG``
+off): Mosquitto started from the configuration ``manage.py setup_broker`` generates
+(TLS, client certificates, the ACL and the ``aegis_auth`` plugin, persistence on),
+``manage.py run_bridge``, ``manage.py run_dispatcher``, ``daphne`` (the API) and
+``python -m aegis_agent.simulate`` (N agents, each with its own certificate, every
+task printing ``--mb-per-task`` of log-like text in ``--chunk``-byte ``task.log``
+chunks, 20 % of them on stderr), on a scratch database ``<name>_bench_logs`` (from
+``DATABASE_URL``; created, migrated, dropped here).
+
+1. Baseline, no bridge: the same simulator output read straight from Mosquitto by
+   the bridge's own MQTT client class (``broker.client.BatchingClient``, TLS, QoS 1,
+   the bridge's certificate) that only counts the messages: the transport's
+   ceiling on this machine. The ratio ingestion / baseline is the share of that
+   ceiling the bridge keeps while it decodes, validates and stores every chunk.
+2. Ingestion: one ``each`` job of one ``noop`` task per agent, output unpaced (each
+   task keeps 32 chunks awaiting their PUBACK); MB/s and chunks/s from the job's
+   commit to the moment ``task_log_attempts`` holds every byte. Database bytes per
+   MB of output: ``pg_total_relation_size`` of ``task_log_chunks`` and
+   ``task_log_attempts`` (table, TOAST, indexes) after the run minus before.
+3. Tail: the same with each task paced at ``--tail-mbs`` / N MB/s for
+   ``--tail-seconds`` (then again at half the ingestion rate measured in 2, where
+   the bridge keeps up), and one reader per task (each its own operator, as the
+   API throttles per operator) following it through the API
+   (``GET /api/v1/tasks/{id}/logs/?after_seq=&follow=`` when the server has
+   ``follow``, else polling every 50 ms: ``--reader``). The lag of a chunk is the
+   instant its reader has it minus the publish time the simulator wrote in its
+   first line; p50/p99 over every chunk of the run.
+
+``--profile FILE``: a ``py-spy record`` (raw collapsed stacks, idle threads too) of
+the bridge over the ingest runs (``pip install py-spy``).
+
+MB is 2^20 bytes. Figures are medians over ``--runs``; percentiles nearest-rank per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._infra import (
+    PYTHON,
+    Processes,
+    drop_database,
+    free_port,
+    median,
+    percentile,
+    role_env,
+    scratch_database_url,
+    setup_django,
+    wait_port,
+    wait_until,
+)
+
+MB = 1024 * 1024
+DAPHNE = str(Path(PYTHON).parent / "daphne")
+TARGETS = {"ingest_mbs": 20.0, "tail_p99_s": 1.0}
+STDERR_FRACTION = 0.2
+POLL_S = 0.05
+FOLLOW_S = 10
+
+
+# --- the broker -------------------------------------------------------------------------------------------------
+
+
+class GeneratedBroker:
+    """Mosquitto from the generated configuration on a free port, and one certificate per simulated agent."""
+
+    def __init__(self, procs: Processes) -> None:
+        from broker import mosquitto
+
+        self.root = procs.tmp / "broker"
+        self.agents_dir = procs.tmp / "agents"
+        self.port = free_port()
+        run_as = "root" if os.geteuid() == 0 else None  # a throwaway broker may stay root (see test_broker_security)
+        files = mosquitto.write_broker_files(
+            self.root, port=self.port, log_file=procs.tmp / "mosquitto.log", run_as_user=run_as
+        )
+        self.layout = files.layout
+        self.process = procs.start("mosquitto", mosquitto.mosquitto_command(self.layout))
+        wait_port(self.port)
+
+    def issue(self, agent_ids: list[str]) -> None:
+        from registry.pki.agents import write_agent_bundle
+
+        for agent_id in agent_ids:
+            write_agent_bundle(self.layout.directory, agent_id, self.agents_dir)
+
+    def bridge_env(self) -> dict[str, str]:
+        return {
+            "MQTT_URL": f"mqtts://127.0.0.1:{self.port}",
+            "MQTT_CA_FILE": str(self.layout.ca_cert),
+            "MQTT_CERT_FILE": str(self.layout.bridge_cert),
+            "MQTT_KEY_FILE": str(self.layout.bridge_key),
+        }
+
+
+class RawReader:
+    """The baseline's consumer: the bridge's MQTT client class with the bridge's identity, counting messages only."""
+
+    def __init__(self, broker: GeneratedBroker) -> None:
+        import ssl
+
+        import paho.mqtt.client as mqtt
+
+        from broker.client import BatchingClient, service_client_id, set_nodelay
+
+        self.count = 0
+        self.first = self.last = 0.0
+        self.hellos: set[str] = set()
+        self.lock = threading.Condition()
+        self.client = BatchingClient(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=service_client_id("bench-raw"), protocol=mqtt.MQTTv5
+        )
+        self.client.tls_set(
+            ca_certs=str(broker.layout.ca_cert),
+            certfile=str(broker.layout.bridge_cert),
+            keyfile=str(broker.layout.bridge_key),
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        self.client.on_socket_open = set_nodelay
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+        self.client.subscribe([(f"aegis/agents/+/{channel}", 1) for channel in ("logs", "events", "hello")])
+        if not subscribed.wait(10):
+            raise TimeoutError("the baseline reader's subscription was not acknowledged")
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        if message.topic.endswith("/logs"):
+            now = time.perf_counter()
+            with self.lock:
+                self.first = self.first or now
+                self.last = now
+                self.count += 1
+                self.lock.notify_all()
+        elif message.topic.endswith("/hello"):
+            with self.lock:
+                self.hellos.add(message.topic.split("/")[2])
+                self.lock.notify_all()
+
+    def assign(self, agent_ids: list[str], task_id: int) -> None:
+        from aegis_agent import wire
+
+        for agent_id in agent_ids:
+            task = {"id": task_id, "attempt": 1, "job_id": 1, "kind": "noop", "payload": {}}
+            message = wire.envelope("task.assign", task={**task, "timeout_s": 600, "lease_s": 600})
+            self.client.publish(wire.Topics(agent_id).inbox, wire.encode(message), qos=1)
+            task_id += 1
+
+    def wait_hellos(self, agent_ids: list[str]) -> None:
+        """An agent's hello follows its inbox subscription: after it, an assignment reaches the agent."""
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.hellos.issuperset(agent_ids), 60):
+                raise TimeoutError(f"baseline: {len(self.hellos)} of {len(agent_ids)} agents said hello")
+
+    def measure(self, agent_ids: list[str], first_task_id: int, chunks: int, timeout_s: float) -> float:
+        """Seconds from the first chunk to the last one of a round of one task per agent."""
+        with self.lock:
+            self.count, self.first, self.last = 0, 0.0, 0.0
+        self.assign(agent_ids, first_task_id)
+        with self.lock:
+            if not self.lock.wait_for(lambda: self.count >= chunks, timeout_s):
+                raise TimeoutError(f"baseline: {self.count} of {chunks} chunks in {timeout_s}s")
+            return self.last - self.first
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# --- the control plane ------------------------------------------------------------------------------------------
+
+
+def _simulator(procs: Processes, broker: GeneratedBroker, name: str, args: argparse.Namespace, rate_bps: float) -> str:
+    prefix = f"{name}{os.getpid()}-"
+    agent_ids = [f"{prefix}{i}" for i in range(args.agents)]
+    broker.issue(agent_ids)
+    procs.start(
+        name,
+        [
+            PYTHON,
+            "-m",
+            "aegis_agent.simulate",
+            *("--count", str(args.agents), "--port", str(broker.port), "--prefix", prefix),
+            *("--tls-dir", str(broker.agents_dir), "--stats-every-s", "0", "--log-level", "WARNING"),
+            *("--output-bytes", str(int(args.mb_per_task * MB)), "--output-rate", str(rate_bps)),
+            *("--output-chunk", str(args.chunk), "--output-stderr", str(STDERR_FRACTION)),
+            *("--max-concurrency", "4", "--seed", "17"),
+        ],
+    )
+    return prefix
+
+
+def _online(prefix: str) -> int:
+    from registry.models import Agent, Connectivity
+
+    return Agent.objects.filter(pk__startswith=prefix, connectivity=Connectivity.ONLINE).count()
+
+
+def _wait_online(procs: Processes, prefix: str, count: int) -> None:
+    def all_online() -> bool:
+        procs.check_alive()
+        return _online(prefix) == count
+
+    wait_until(all_online, 60, f"{count} simulated agents online in the database", 0.2)
+
+
+def _submit(agent_ids: list[str]) -> tuple[list[int], float]:
+    """One noop task per agent; returns the task ids and the commit instant (perf_counter)."""
+    from django.db import transaction
+
+    from aegis_site.core.audit import Actor
+    from tasks import actions
+    from tasks.engine.submit import JobSpec
+    from tasks.models import Task
+
+    committed: list[float] = []
+    with transaction.atomic():
+        transaction.on_commit(lambda: committed.append(time.perf_counter()))
+        spec = JobSpec(kind="noop", mode="each", target_agent_ids=agent_ids, execution_timeout_s=3600)
+        job, _ = actions.submit_job(spec, Actor.system("bench"))
+    task_ids = list(Task.objects.filter(job=job).order_by("pk").values_list("pk", flat=True))
+    return task_ids, committed[0]
+
+
+def _stored(task_ids: list[int]) -> tuple[int, int]:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT coalesce(sum(bytes), 0), coalesce(sum(chunks), 0) FROM task_log_attempts WHERE task_id = ANY(%s)",
+            [task_ids],
+        )
+        stored_bytes, chunks = cursor.fetchone()
+    return int(stored_bytes), int(chunks)
+
+
+def _table_bytes() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size('task_log_chunks') + pg_total_relation_size('task_log_attempts')")
+        return int(cursor.fetchone()[0])
+
+
+def _cpu(pid: int) -> float:
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def _backends() -> list[int]:
+    """The PostgreSQL backends of the scratch database (the roles' pooled connections, this process's)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+        return [int(row[0]) for row in cursor.fetchall()]
+
+
+def _backends_cpu(pids: list[int]) -> float:
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            total += _cpu(pid)
+        except psutil.Error:  # a backend that ended (the pool closed it): its time is lost
+            continue
+    return total
+
+
+class Profile:
+    """``py-spy record`` of a process (raw collapsed stacks, idle threads included) until ``stop``."""
+
+    def __init__(self, procs: Processes, pid: int, path: str) -> None:
+        import shutil
+
+        spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+        argv = [spy, "record", "--format", "raw", "--idle", "--rate", "100", "-o", path, "-p", str(pid)]
+        self.procs, self.process = procs, procs.start("py-spy", argv)
+
+    def stop(self) -> None:
+        import signal
+
+        self.process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        self.process.wait(30)
+        self.procs.stop(self.process)
+
+
+def _ingest(
+    procs: Processes, agent_ids: list[str], total: int, timeout_s: float, during: Callable[[list[int]], None] | None
+) -> dict[str, float]:
+    """Submit one task per agent, wait until every byte is stored; ``during`` starts readers on the task ids."""
+    before = _table_bytes()
+    task_ids, committed = _submit(agent_ids)
+    if during is not None:
+        during(task_ids)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stored, chunks = _stored(task_ids)
+        if stored >= total:
+            elapsed = time.perf_counter() - committed
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{stored} of {total} bytes stored after {timeout_s}s")
+        procs.check_alive()
+        time.sleep(0.02)
+    return {
+        "mbs": total / MB / elapsed,
+        "chunks_per_s": chunks / elapsed,
+        "db_bytes_per_mb": (_table_bytes() - before) / (total / MB),
+        "seconds": elapsed,
+    }
+
+
+# --- the readers --------------------------------------------------------------------------------------------------
+
+
+class Reader(threading.Thread):
+    """Follows one task's output through the API until it has ``expected`` bytes, noting each chunk's lag."""
+
+    def __init__(self, base_url: str, token: str, task_id: int, expected: int, follow: bool) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{base_url}/api/v1/tasks/{task_id}/logs/"
+        self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        self.expected = expected
+        self.follow = follow
+        self.lags: list[float] = []
+        self.read = 0
+        self.throttled = 0  # 429 answers (waited out as Retry-After says)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._follow()
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+
+    def _follow(self) -> None:
+        after = 0
+        deadline = time.monotonic() + 600
+        while self.read < self.expected and time.monotonic() < deadline:
+            query = f"?after_seq={after}&limit=1000" + (f"&follow={FOLLOW_S}" if self.follow else "")
+            try:
+                page = _get_json(self.url + query, self.headers)
+            except urllib.error.HTTPError as exc:
+                if exc.code != 429:
+                    raise
+                self.throttled += 1
+                time.sleep(float(exc.headers.get("Retry-After") or 1))
+                continue
+            now = time.time()
+            for chunk in page["chunks"]:
+                data = chunk["data"]
+                self.read += len(data.encode())
+                header = data.split("\n", 1)[0]
+                if " t=" in header:
+                    self.lags.append(now - float(header.rsplit("t=", 1)[1]))
+                after = chunk["seq"]
+            if not page["chunks"] and not self.follow:
+                time.sleep(POLL_S)
+
+
+class Readers:
+    """Tail runs: paced output from a fresh simulator, one reader per task (each with its own operator)."""
+
+    def __init__(self, base_url: str, tokens: list[str], follow: bool) -> None:
+        self.base_url, self.tokens, self.follow = base_url, tokens, follow
+
+    def tail(
+        self,
+        procs: Processes,
+        broker: GeneratedBroker,
+        args: argparse.Namespace,
+        name: str,
+        mbs: float,
+        timeout_s: float,
+    ) -> dict[str, float]:
+        """``args.runs`` runs with every task printing at ``mbs`` / N MB/s for ``args.tail_seconds``; medians."""
+        rate_bps = mbs * MB / args.agents
+        per_task = int(rate_bps * args.tail_seconds)
+        paced = argparse.Namespace(**{**vars(args), "mb_per_task": per_task / MB})
+        prefix = _simulator(procs, broker, name, paced, rate_bps)
+        _wait_online(procs, prefix, args.agents)
+        agent_ids = [f"{prefix}{i}" for i in range(args.agents)]
+        runs = []
+        for _ in range(args.runs):
+            readers: list[Reader] = []
+
+            def start(task_ids: list[int], readers: list[Reader] = readers) -> None:
+                pairs = zip(task_ids, self.tokens, strict=True)
+                readers.extend(Reader(self.base_url, token, task, per_task, self.follow) for task, token in pairs)
+                for thread in readers:
+                    thread.start()
+
+            run = _ingest(procs, agent_ids, per_task * args.agents, timeout_s, start)
+            for thread in readers:
+                thread.join(60)
+                if thread.error is not None or thread.is_alive():
+                    raise RuntimeError(f"a reader failed: {thread.error!r} (read {thread.read} bytes)")
+            lags = [lag for thread in readers for lag in thread.lags]
+            throttled = sum(thread.throttled for thread in readers)
+            run |= {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": max(lags), "throttled": throttled}
+            runs.append(run)
+            print(
+                f"  tail run at {mbs:.1f} MB/s offered: {run['mbs']:.1f} MB/s ingested, lag p50 {run['p50'] * 1000:.0f}"
+                f" ms, p99 {run['p99'] * 1000:.0f} ms, max {run['max'] * 1000:.0f} ms ({len(lags)} chunks read, "
+                f"{throttled} answers 429)",
+                flush=True,
+            )
+        procs.stop(next(process for n, process in procs.children if n == name))
+        return {"offered": mbs} | {key: median([run[key] for run in runs]) for key in ("mbs", "p50", "p99", "max")}
+
+
+def _get_json(url: str, headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=FOLLOW_S + 30) as response:  # nosec B310
+        return json.load(response)
+
+
+def _has_follow(base_url: str, token: str, task_id: int) -> bool:
+    """Whether the API takes ``?follow=`` (contract 2 of issue 17): older servers answer 400 to it."""
+    try:
+        _get_json(f"{base_url}/api/v1/tasks/{task_id}/logs/?follow=1", {"Authorization": f"Bearer {token}"})
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:
+            return False
+        raise
+    return True
+
+
+def _tokens(count: int) -> list[str]:
+    """One operator (and token) per reader: the API throttles each operator (``API_THROTTLE_OPERATOR``)."""
+    from django.contrib.auth.models import User
+
+    from aegis_site.core.audit import Actor
+    from ops import actions as ops_actions
+
+    tokens = []
+    for n in range(count):
+        user = User.objects.create_superuser(f"bench-logs-{n}", password=None)
+        tokens.append(ops_actions.issue_api_token(user, "bench", Actor.system("bench"))[1])
+    return tokens
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    procs = Processes()
+    database_url = scratch_database_url("bench_logs")
+    failed = True
+    per_task = int(args.mb_per_task * MB)
+    total = per_task * args.agents
+    chunks_per_round = args.agents * -(-per_task // args.chunk)
+    timeout_s = 120 + total / MB  # at 1 MB/s it would still finish
+    results: dict[str, Any] = {}
+    try:
+        setup_django(database_url)
+        broker = GeneratedBroker(procs)
+
+        # 1. the baseline: Mosquitto alone
+        prefix = _simulator(procs, broker, "raw", args, 0.0)
+        raw_ids = [f"{prefix}{i}" for i in range(args.agents)]
+        reader = RawReader(broker)
+        try:
+            reader.wait_hellos(raw_ids)
+            reader.measure(raw_ids, 1_000_000, chunks_per_round, timeout_s)  # warm-up
+            seconds = [
+                reader.measure(raw_ids, 1_000_000 * (run + 2), chunks_per_round, timeout_s) for run in range(args.runs)
+            ]
+        finally:
+            reader.close()
+        procs.stop(next(p for n, p in procs.children if n == "raw"))
+        results["raw_mbs"] = median([total / MB / s for s in seconds])
+        results["raw_chunks_per_s"] = median([chunks_per_round / s for s in seconds])
+
+        # 2. ingestion through the bridge
+        tag = f"bench-logs-{os.getpid()}"
+        data_dir = procs.tmp / "data"
+        (data_dir / "static").mkdir(parents=True)  # whitenoise's STATIC_ROOT (the API needs no static files)
+        env = role_env(
+            database_url,
+            broker.port,
+            tag,
+            **broker.bridge_env(),
+            LOG_LEVEL="WARNING",
+            TRANSITION_LOG_LEVEL="WARNING",
+            BRIDGE_OUTBOX_POLL_INTERVAL="0.05",
+            ALLOWED_HOSTS="127.0.0.1,localhost",
+            HTTPS_ONLY="0",  # plain HTTP on the loopback, as in bench/soak.py
+            DATA_DIR=str(data_dir),
+            MQTT_CLIENT_ID=f"aegis-bridge-{tag}",  # aegis_auth admits the bridge's certificate as aegis-bridge-*
+        )
+        bridge = procs.django_command("bridge", ["run_bridge"], {**env, "LOG_LEVEL": "INFO"})
+        procs.django_command("dispatcher", ["run_dispatcher"], env)
+        procs.wait_log("bridge", "bridge connected")
+        time.sleep(0.5)  # the SUBACK follows the log line
+        prefix = _simulator(procs, broker, "ingest", args, 0.0)
+        _wait_online(procs, prefix, args.agents)
+        simulator = next(p for n, p in procs.children if n == "ingest")
+        agent_ids = [f"{prefix}{i}" for i in range(args.agents)]
+        print(
+            f"agents={args.agents}, output per task={args.mb_per_task:g} MB in {args.chunk}-byte chunks "
+            f"({STDERR_FRACTION:.0%} stderr), runs={args.runs}, broker=generated configuration (TLS) on :{broker.port}",
+            flush=True,
+        )
+        _ingest(procs, agent_ids, total, timeout_s, None)  # warm-up
+        ingests: list[dict[str, float]] = []
+        cpu: dict[str, list[float]] = {"bridge": [], "simulator": [], "mosquitto": [], "postgres backends": []}
+        pids = {"bridge": bridge.pid, "simulator": simulator.pid, "mosquitto": broker.process.pid}
+        profile = Profile(procs, bridge.pid, args.profile) if args.profile else None
+        for _ in range(args.runs):
+            backends = _backends()
+            before = {name: _cpu(pid) for name, pid in pids.items()} | {"postgres backends": _backends_cpu(backends)}
+            started = time.perf_counter()
+            ingests.append(_ingest(procs, agent_ids, total, timeout_s, None))
+            wall = time.perf_counter() - started
+            after = {name: _cpu(pid) for name, pid in pids.items()} | {"postgres backends": _backends_cpu(backends)}
+            for name, used in after.items():
+                cpu[name].append((used - before[name]) / wall * 100)
+            print(
+                f"  ingest run: {ingests[-1]['mbs']:.1f} MB/s, {ingests[-1]['chunks_per_s']:,.0f} chunks/s", flush=True
+            )
+        if profile is not None:
+            profile.stop()
+        procs.stop(simulator)
+        for key in ("mbs", "chunks_per_s", "db_bytes_per_mb"):
+            results[f"ingest_{key}"] = median([run[key] for run in ingests])
+        results["cpu"] = {name: median(values) for name, values in cpu.items()}
+
+        # 3. the tail: paced output, one API reader per task
+        web_port = free_port()
+        procs.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(web_port), "aegis_site.asgi:application"], env)
+        wait_port(web_port, 30)
+        base_url, tokens = f"http://127.0.0.1:{web_port}", _tokens(args.agents)
+        follow = args.reader == "follow" or (args.reader == "auto" and _has_follow(base_url, tokens[0], 1))
+        results["reader"] = "follow" if follow else f"poll every {POLL_S * 1000:.0f} ms"
+        readers = Readers(base_url, tokens, follow)
+        results["tail"] = readers.tail(procs, broker, args, "tail", args.tail_mbs, timeout_s)
+        # At half the measured ingestion rate the bridge keeps up: the lag is the follow path's, not a backlog's.
+        results["tail_kept_up"] = readers.tail(procs, broker, args, "tailhalf", results["ingest_mbs"] / 2, timeout_s)
+        procs.check_alive()
+        failed = False
+        return results
+    finally:
+        procs.stop_all(failed)
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(database_url)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=10, help="simulated agents, one task each per run")
+    parser.add_argument("--mb-per-task", type=float, default=10.0, help="output of each task in the ingest runs")
+    parser.add_argument("--chunk", type=int, default=16384, help="bytes per task.log chunk (128..16384)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--tail-mbs", type=float, default=20.0, help="output of all agents together in the tail runs")
+    parser.add_argument("--tail-seconds", type=float, default=10.0, help="how long each tail run's tasks print")
+    parser.add_argument("--reader", choices=("auto", "follow", "poll"), default="auto")
+    parser.add_argument("--profile", help="write a py-spy profile of the bridge over the ingest runs to this file")
+    parser.add_argument("--quick", action="store_true", help="2 MB per task, 3 s tail runs, 2 runs")
+    args = parser.parse_args()
+    if args.quick:
+        args.mb_per_task, args.tail_seconds, args.runs = 2.0, 3.0, 2
+
+    r = run(args)
+    print()
+    print(f"{'metric':<52}{'value':>12}{'target':>10}")
+    rows = [
+        ("baseline: Mosquitto alone, MB/s", f"{r['raw_mbs']:.1f}", ""),
+        ("baseline: chunks/s", f"{r['raw_chunks_per_s']:,.0f}", ""),
+        ("ingested through the bridge, MB/s", f"{r['ingest_mbs']:.1f}", ">= 20"),
+        ("ingested, chunks/s", f"{r['ingest_chunks_per_s']:,.0f}", ""),
+        ("ingested / baseline", f"{r['ingest_mbs'] / r['raw_mbs']:.2f}", ""),
+        ("database bytes per MB of output", f"{r['ingest_db_bytes_per_mb'] / MB:.2f} MB", ""),
+    ]
+    for key, target in (("tail", "< 1000"), ("tail_kept_up", "")):
+        tail = r[key]
+        rows += [
+            (f"tail at {tail['offered']:.1f} MB/s offered: ingested, MB/s", f"{tail['mbs']:.1f}", ""),
+            ("  lag p50, ms (publish -> API reader has it)", f"{tail['p50'] * 1000:.0f}", ""),
+            ("  lag p99, ms", f"{tail['p99'] * 1000:.0f}", target),
+            ("  lag max, ms", f"{tail['max'] * 1000:.0f}", ""),
+        ]
+    for label, value, target in rows:
+        print(f"{label:<52}{value:>12}{target:>10}")
+    cpu = ", ".join(f"{name} {percent:.0f}" for name, percent in r["cpu"].items())
+    print(f"CPU during the ingest runs (% of one core, median): {cpu}")
+    print(f"tail readers: {r['reader']}")
+
+
+if __name__ == "__main__":
+    main()
