@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -33,6 +35,7 @@ import paho.mqtt.client as mqtt
 from aegis_agent import connection, wire
 from aegis_agent.config import AgentConfig
 from aegis_agent.handlers import HandlerRegistry, TaskContext, TaskError, default_registry
+from aegis_agent.output import OutputSpool, TaskOutput
 from aegis_agent.redelivery import redelivery
 from aegis_agent.wire import FINISHED_LISTED_S, TaskId, TaskKey
 
@@ -85,6 +88,14 @@ class Agent:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
+        spool_dir = Path(config.output_spool_dir or tempfile.gettempdir())
+        self.output_spool = OutputSpool(
+            self._publish_output,
+            memory_max_bytes=config.output_spool_memory_bytes,
+            disk_path=spool_dir / f"aegis-agent-{config.agent_id}.output-spool",
+            disk_max_bytes=config.output_spool_disk_bytes,
+        )
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -132,6 +143,8 @@ class Agent:
         deadline = time.monotonic() + grace
         while self._running and time.monotonic() < deadline:
             time.sleep(0.05)
+        if self.client.is_connected() and not self.output_spool.wait_empty(max(deadline - time.monotonic(), 1.0)):
+            log.warning("stopping with %s task output chunk(s) not acknowledged", self.output_spool.pending())
         if self.client.is_connected():
             info = self.client.publish(self.topics.status, wire.encode(wire.status("offline")), qos=1, retain=True)
             try:
@@ -140,6 +153,7 @@ class Agent:
                 log.warning("offline status not confirmed before disconnect")
         self.client.disconnect()
         self.client.loop_stop()
+        self.output_spool.close()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join(timeout=5)
         self._stopped.set()
@@ -200,6 +214,13 @@ class Agent:
     def _locked(self, publish: Callable[..., Any], *args: Any) -> None:
         with self._lock:
             publish(*args)
+
+    def _on_publish(self, client: mqtt.Client, _userdata: Any, mid: int, reason: Any, _props: Any) -> None:
+        redelivery.on_publish(client, mid, reason)
+        self.output_spool.on_publish(mid, reason)
+
+    def _publish_output(self, payload: bytes) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(self.topics.logs, payload, qos=1)
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
         self._connected.clear()
@@ -267,9 +288,14 @@ class Agent:
                     if previous is not None:
                         log.info("task %s: attempt %s supersedes %s", task.id, task.attempt, latest)
                         previous.cancel(force=True, code="superseded")
-                    ctx = TaskContext(
-                        task.id, task.attempt, task.kind, task.payload, task.timeout_s, self._progress_reporter(key)
+                    output = TaskOutput(
+                        task.id if isinstance(task.id, int) else 0,
+                        task.attempt,
+                        self.output_spool if isinstance(task.id, int) else None,  # task.log carries integer ids
+                        self.config.output_flush_interval_s,
                     )
+                    report = self._progress_reporter(key)
+                    ctx = TaskContext(task.id, task.attempt, task.kind, task.payload, task.timeout_s, report, output)
                     self._running[key] = ctx
                     self._latest_attempt[task.id] = task.attempt
                     self._latest_attempt.move_to_end(task.id)
@@ -336,6 +362,7 @@ class Agent:
         except Exception as exc:
             log.exception("handler %s failed on task %s attempt %s", task.kind, task.id, task.attempt)
             final = wire.task_failed(task.id, task.attempt, "handler_error", f"{type(exc).__name__}: {exc}", True)
+        ctx.output.close()  # the result goes out only once every chunk of output is in the spool
         self._finish(task.key, final)
 
     def _finish(self, key: TaskKey, final_message: dict[str, Any]) -> None:

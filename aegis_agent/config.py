@@ -47,7 +47,15 @@ class AgentConfig:
     # Exact argv[0] values the `shell` handler may run; empty disables it.
     shell_allow: list[str] = field(default_factory=list)
     shell_timeout_s: float = 300.0
+    # The result's stdout/stderr keep this many last bytes; the whole output streams as task.log chunks.
     shell_max_output_bytes: int = 64 * 1024
+    # Task output (docs/task-output.md, "The agent"): small writes wait this long to share a chunk.
+    output_flush_interval_s: float = 0.15
+    # Unacknowledged output kept in memory, then in an overflow file in output_spool_dir (default: the
+    # system's temporary directory); past both, output is dropped and a `system` chunk says how much.
+    output_spool_memory_bytes: int = 8 * 1024 * 1024
+    output_spool_dir: str | None = None
+    output_spool_disk_bytes: int = 256 * 1024 * 1024
     shutdown_grace_s: float = 10.0
     version: str = __version__
 
@@ -86,6 +94,12 @@ class AgentConfig:
             raise ConfigError("heartbeat_qos must be 0 or 1")
         if not 1 <= self.reconnect_min_s <= self.reconnect_max_s:
             raise ConfigError("need 1 <= reconnect_min_s <= reconnect_max_s")
+        if not 0 < self.output_flush_interval_s <= 5:
+            raise ConfigError("output_flush_interval_s must be above 0 and at most 5")
+        if self.output_spool_memory_bytes < 64 * 1024:
+            raise ConfigError("output_spool_memory_bytes must be at least 65536 (a few chunks)")
+        if self.output_spool_disk_bytes < 0:
+            raise ConfigError("output_spool_disk_bytes must be 0 (no overflow file) or more")
         if not all(isinstance(c, str) for c in self.capabilities + self.shell_allow):
             raise ConfigError("capabilities and shell_allow are lists of strings")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):

@@ -1,21 +1,25 @@
 """Task handlers: what the agent can run, looked up by task kind.
 
 A handler is a function ``(TaskContext) -> dict`` run on a worker thread. It
-reports progress through the context, checks ``ctx.check()`` or waits with
-``ctx.wait()`` so that a cancel or the task's timeout stops it promptly, and
-raises TaskError for a failure the server should see with a stable code.
+reports progress through the context, prints through ``ctx.log()`` or the
+file-like ``ctx.stdout`` / ``ctx.stderr`` (streamed to the server as task.log
+chunks, see output.py), checks ``ctx.check()`` or waits with ``ctx.wait()`` so
+that a cancel or the task's timeout stops it promptly, and raises TaskError for
+a failure the server should see with a stable code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import subprocess  # nosec B404  # the exec handler runs operator-defined argv (no shell) by design
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
+from aegis_agent.output import OutputStream, TaskOutput
 from aegis_agent.wire import TaskId
 
 log = logging.getLogger(__name__)
@@ -55,7 +59,9 @@ class TaskContext:
         payload: Any,
         timeout_s: float | None,
         report_progress: Callable[[Mapping[str, Any]], None],
+        output: TaskOutput | None = None,
     ) -> None:
+        """``output``: where ctx.log/stdout/stderr go; without one (no agent around) output is discarded."""
         self.task_id = task_id
         self.attempt = attempt
         self.kind = kind
@@ -66,6 +72,19 @@ class TaskContext:
         self._cancel = threading.Event()
         self.cancel_code = "canceled"
         self.force = False
+        self.output = output or TaskOutput(task_id if isinstance(task_id, int) else 0, attempt, None)
+
+    @property
+    def stdout(self) -> OutputStream:
+        return self.output.stdout
+
+    @property
+    def stderr(self) -> OutputStream:
+        return self.output.stderr
+
+    def log(self, data: str | bytes, stream: str = "stdout") -> None:
+        """Print to the task's output (``stream``: stdout, stderr or system); never blocks on the network."""
+        self.output.write(data, stream)
 
     def cancel(self, force: bool = False, code: str = "canceled") -> None:
         """Ask the handler to stop; ``force`` lets handlers that own processes kill them outright."""
@@ -151,8 +170,9 @@ class ShellHandler:
 
     No shell is involved (argv is executed directly), so the allow-list on argv[0]
     is the whole policy: "ls" allows exactly the argv[0] "ls", not "/tmp/ls".
-    Output goes to temporary files so a chatty command cannot exhaust memory;
-    each stream is cut to ``max_output_bytes``.
+    stdout and stderr are streamed to the task's output as they come (both pipes
+    read at once, by two threads); the result keeps the last ``max_output_bytes``
+    of each (``truncated`` when more was printed) for clients of the result alone.
     """
 
     def __init__(self, allow: list[str], timeout_s: float, max_output_bytes: int) -> None:
@@ -177,27 +197,35 @@ class ShellHandler:
         cwd = payload.get("cwd")
         if cwd is not None and not isinstance(cwd, str):
             raise TaskError("bad_payload", "shell payload.cwd must be a string")
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            exit_code = self._run(ctx, argv, cwd, timeout_s, out, err)
-            stdout, out_cut = self._read(out)
-            stderr, err_cut = self._read(err)
+        out, err = _Tail(self.max_output_bytes), _Tail(self.max_output_bytes)
+        exit_code = self._run(ctx, argv, cwd, timeout_s, out, err)
+        stdout, stderr = out.text(), err.text()
         if exit_code != 0:
             tail = stderr[-2000:].strip()
             raise TaskError("nonzero_exit", f"{argv[0]} exited with status {exit_code}" + (f": {tail}" if tail else ""))
-        return {"exit_code": exit_code, "stdout": stdout, "stderr": stderr, "truncated": out_cut or err_cut}
+        return {"exit_code": exit_code, "stdout": stdout, "stderr": stderr, "truncated": out.cut or err.cut}
 
-    def _run(
-        self, ctx: TaskContext, argv: list[str], cwd: str | None, timeout_s: float, out: IO[bytes], err: IO[bytes]
-    ) -> int:
+    def _run(self, ctx: TaskContext, argv: list[str], cwd: str | None, timeout_s: float, out: _Tail, err: _Tail) -> int:
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=cwd)  # noqa: S603  # nosec B603  # argv list, no shell
+            proc = subprocess.Popen(  # noqa: S603  # nosec B603  # argv list, no shell
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd
+            )
         except OSError as exc:
             raise TaskError("exec_failed", f"cannot run {argv[0]!r}: {exc}") from exc
+        if proc.stdout is None or proc.stderr is None:  # never: both are PIPE; this narrows the types
+            raise TaskError("exec_failed", f"no pipes to {argv[0]!r}")
+        readers = [
+            threading.Thread(target=_pump, args=(proc.stdout, ctx.stdout, out), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, ctx.stderr, err), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
         deadline = time.monotonic() + timeout_s
         try:
             while True:
                 try:
-                    return proc.wait(timeout=0.05)
+                    code = proc.wait(timeout=0.05)
+                    break
                 except subprocess.TimeoutExpired:
                     pass
                 if time.monotonic() >= deadline:
@@ -214,12 +242,41 @@ class ShellHandler:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            # The pipes end with the process, unless a child it left behind holds them: then stop waiting.
+            for reader in readers:
+                reader.join(timeout=5)
+        return code
 
-    def _read(self, stream: IO[bytes]) -> tuple[str, bool]:
-        size = stream.seek(0, 2)
-        stream.seek(0)
-        data = stream.read(self.max_output_bytes)
-        return data.decode(errors="replace"), size > self.max_output_bytes
+
+class _Tail:
+    """The last ``limit`` bytes of a stream, for the result."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.cut = False
+
+    def add(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) > self.limit:
+            del self.data[: len(self.data) - self.limit]
+            self.cut = True
+
+    def text(self) -> str:
+        # No NUL: the server refuses a message holding one (bad_string), and the result would be lost.
+        return self.data.decode(errors="replace").replace("\x00", "\ufffd")
+
+
+def _pump(pipe: IO[bytes], sink: OutputStream, tail: _Tail) -> None:
+    """Copy a child's pipe to the task's output as it comes (os.read returns what is there, up to 64 KiB)."""
+    fd = pipe.fileno()
+    try:
+        while data := os.read(fd, 65536):
+            tail.add(data)
+            with contextlib.suppress(ValueError):  # the task's output is closed: keep draining the pipe
+                sink.write(data)
+    finally:
+        pipe.close()
 
 
 def default_registry(
