@@ -1,4 +1,6 @@
-"""What the task page shows besides its fields: the explanation, its data as JSON, the history as a timeline.
+"""What the task page shows besides its fields: the explanation, its data as JSON, the history as a timeline,
+and what the output's live tail starts from (the attempts that have output; the tail itself is a websocket,
+``tasks.live.output_tail``, rendered by ``tasks/static/tasks/output_tail.js``).
 
 The page costs the same few queries whatever the history holds: one for the events
 (the latest ``TIMELINE_LIMIT`` of them), one for the explanation's own look-ups.
@@ -15,7 +17,7 @@ from aegis_site.core.errors import NotFound
 from tasks import actions
 from tasks.admin.task_display import attempt_reasons, duration_text
 from tasks.engine.control import RETRYABLE_STATES
-from tasks.models import HELD_STATES, TERMINAL_STATES, JobState, Task, TaskEvent, TaskState
+from tasks.models import HELD_STATES, TERMINAL_STATES, JobState, Task, TaskEvent, TaskLogAttempt, TaskState
 from tasks.outcomes import label
 
 TIMELINE_LIMIT = 200  # a task reporting progress every second would otherwise fill the page with history
@@ -70,6 +72,12 @@ def timeline(task_id: int) -> tuple[list[TimelineEntry], bool]:
     return entries, truncated
 
 
+def output_attempts(task: Task) -> list[int]:
+    """The attempts with output, and the current one (its output may start any moment), oldest first."""
+    attempts = set(TaskLogAttempt.objects.filter(task_id=task.pk).values_list("attempt", flat=True))
+    return sorted(attempts | {task.attempt} if task.attempt else attempts)
+
+
 def context(task: Task) -> dict[str, Any]:
     """Template context for the task page (``task.job`` already loaded)."""
     try:
@@ -90,4 +98,5 @@ def context(task: Task) -> dict[str, Any]:
         "timeline": entries,
         "timeline_truncated": truncated,
         "timeline_limit": TIMELINE_LIMIT,
+        "output_attempts": output_attempts(task),
     }

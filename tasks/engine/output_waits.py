@@ -77,11 +77,12 @@ def finished(page: OutputPage) -> bool:
     return page.state in TERMINAL_STATES
 
 
-async def follow(read: Callable[[], OutputPage], task_id: int, timeout: float) -> OutputPage:
+async def follow(read: Callable[[], OutputPage], task_id: int, timeout: float, until_end: bool = True) -> OutputPage:
     """Read until the page has chunks, the task is in a final state, or ``timeout`` seconds have passed.
 
     ``read`` runs in a worker thread and gives its connection back after each read; between
-    reads this coroutine awaits the task's wakeups, holding nothing.
+    reads this coroutine awaits the task's wakeups, holding nothing. ``until_end=False`` (the
+    admin's tail) keeps waiting past the task's end: a late chunk of its attempt may still come.
     """
 
     def read_and_release() -> OutputPage:
@@ -96,6 +97,6 @@ async def follow(read: Callable[[], OutputPage], task_id: int, timeout: float) -
         mark = WAITS.mark()  # before reading: a NOTIFY between the read and the wait ends the wait at once
         page = await sync_to_async(read_and_release)()
         remaining = deadline - time.monotonic()
-        if page.chunks or finished(page) or remaining <= 0:
+        if page.chunks or (until_end and finished(page)) or remaining <= 0:
             return page
         await WAITS.wait(key, mark, remaining)
