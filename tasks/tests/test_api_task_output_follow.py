@@ -17,7 +17,7 @@ from asgiref.sync import async_to_sync
 from django.core.cache import cache
 from django.db import connection, transaction
 
-from aegis_site.core import clock
+from aegis_site.core import clock, wakeup
 from tasks import actions
 from tasks.api.output import DOWNLOAD_PAGE
 from tasks.engine import output_waits
@@ -192,3 +192,35 @@ def test_download_needs_the_view_permission(running: Task) -> None:
     nobody = client_for(staff_user("nobody"))
     assert nobody.get(f"/api/v1/tasks/{running.pk}/logs/", {"download": 1}).status_code == 403
     assert reader().get("/api/v1/tasks/999999/logs/", {"download": 1}).status_code == 404
+
+
+@pytest.mark.postgres
+def test_the_batch_notifies_the_ids_of_the_tasks_it_stored_output_for_at_its_commit(running: Task) -> None:
+    listener = wakeup.listen_connection(output_waits.CHANNEL)
+    try:
+        store(running, (1, "stdout", b"x"))
+        (notify,) = list(listener.notifies(timeout=30, stop_after=1))
+        assert (notify.channel, notify.payload) == (output_waits.CHANNEL, str(running.pk))
+        with transaction.atomic():  # a batch that stores nothing (a duplicate seq) wakes nobody
+            store_chunks([Chunk("a1", running.pk, running.attempt, 1, "stdout", b"x")], clock.now(), BIG)
+        # Committed already: its NOTIFY would be on the listener's socket by now (this cannot fail falsely).
+        assert list(listener.notifies(timeout=2)) == []
+    finally:
+        listener.close()
+
+
+@pytest.mark.postgres
+def test_a_batch_for_many_tasks_sends_an_empty_payload_meaning_everyone_looks(
+    make_agent: Any, spec: Any, operator: Any
+) -> None:
+    make_agent("many", max_concurrency=60)
+    actions.submit_job(spec(mode="any", task_count=60, target_agent_ids=["many"]), operator)
+    assignments = actions.claim_tasks("many", 60)
+    listener = wakeup.listen_connection(output_waits.CHANNEL)
+    try:
+        with transaction.atomic():
+            chunks = [Chunk("many", a.task_id, a.attempt, 1, "stdout", b"x") for a in assignments]
+            store_chunks(chunks, clock.now(), BIG)
+        assert [n.payload for n in listener.notifies(timeout=30, stop_after=1)] == [""]
+    finally:
+        listener.close()
