@@ -244,6 +244,29 @@ TASK_LOG_MAX_BYTES_PER_TASK = _positive_int("TASK_LOG_MAX_BYTES_PER_TASK", 256 *
 TASK_LOG_MAX_FOLLOWERS = _positive_int("TASK_LOG_MAX_FOLLOWERS", 200)  # readers following output per process; more: 503
 
 
+# --- Task artifacts (files tasks produce; docs/artifacts.md) --------------------------------
+
+# Where the files go: "local" (a directory, served by the web role through signed URLs: the all-in-one)
+# or "s3" (any S3-compatible store, e.g. the MinIO of docker-compose.yml, through pre-signed URLs).
+TASK_ARTIFACT_STORAGE = env.str("TASK_ARTIFACT_STORAGE", default="local")
+if TASK_ARTIFACT_STORAGE not in ("local", "s3"):
+    raise ImproperlyConfigured(f"TASK_ARTIFACT_STORAGE must be local or s3, got {TASK_ARTIFACT_STORAGE!r}")
+TASK_ARTIFACT_LOCAL_DIR = Path(env.str("TASK_ARTIFACT_LOCAL_DIR", default=str(DATA_DIR / "artifacts")))
+TASK_ARTIFACT_S3_ENDPOINT_URL = env.str("TASK_ARTIFACT_S3_ENDPOINT_URL", default="")  # empty: AWS itself
+# The address agents and browsers reach the store at, when it differs from the server's (pre-signed URLs name it).
+TASK_ARTIFACT_S3_PUBLIC_URL = env.str("TASK_ARTIFACT_S3_PUBLIC_URL", default="") or TASK_ARTIFACT_S3_ENDPOINT_URL
+TASK_ARTIFACT_S3_BUCKET = env.str("TASK_ARTIFACT_S3_BUCKET", default="aegis-artifacts")
+TASK_ARTIFACT_S3_REGION = env.str("TASK_ARTIFACT_S3_REGION", default="us-east-1")
+TASK_ARTIFACT_S3_ACCESS_KEY = env.str("TASK_ARTIFACT_S3_ACCESS_KEY", default="")
+TASK_ARTIFACT_S3_SECRET_KEY = env.str("TASK_ARTIFACT_S3_SECRET_KEY", default="")
+# How long an upload or download URL works (seconds).
+TASK_ARTIFACT_URL_TTL = _positive_int("TASK_ARTIFACT_URL_TTL", 900)
+# Limits: one file, all files of a task together (bytes), files per task.
+TASK_ARTIFACT_MAX_BYTES = _positive_int("TASK_ARTIFACT_MAX_BYTES", 100 * 1024 * 1024)
+TASK_ARTIFACT_MAX_BYTES_PER_TASK = _positive_int("TASK_ARTIFACT_MAX_BYTES_PER_TASK", 1024 * 1024 * 1024)
+TASK_ARTIFACT_MAX_COUNT_PER_TASK = _positive_int("TASK_ARTIFACT_MAX_COUNT_PER_TASK", 100)
+
+
 # --- Auth, i18n, static ------------------------------------------------------------
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -325,3 +325,40 @@ class TaskLogAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"output of task {self.task_id} (attempt {self.attempt})"
+
+
+class ArtifactState(models.TextChoices):
+    PENDING = "pending"  # an upload URL was issued; the object is not verified yet
+    AVAILABLE = "available"  # verified (size and sha256 as declared): listed for download
+
+
+class TaskArtifact(models.Model):
+    """A file a task produced, kept in the artifact store (``tasks.artifacts``): the row holds what it is.
+
+    The agent declares name, size and sha256, uploads through a pre-signed URL, then asks the
+    server to verify; only then is the artifact ``available``. ``storage`` names the backend that
+    holds ``key``, so a change of ``TASK_ARTIFACT_STORAGE`` never loses track of older objects.
+    """
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="artifacts", db_index=False)
+    attempt = models.PositiveSmallIntegerField()
+    agent_id = models.CharField(max_length=63)
+    name = models.CharField(max_length=200)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64, help_text="Hex digest of the content.")
+    state = models.CharField(max_length=9, choices=ArtifactState.choices, default=ArtifactState.PENDING)
+    storage = models.CharField(max_length=10)
+    key = models.CharField(max_length=300)
+    created_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "task_artifacts"
+        ordering = ["task", "id"]
+        constraints = [
+            # Also the index a task's list (and retention) reads by its leading column.
+            models.UniqueConstraint(fields=["task", "attempt", "name"], name="task_artifacts_task_attempt_name_uniq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"artifact {self.name} of task {self.task_id} (attempt {self.attempt})"

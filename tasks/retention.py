@@ -19,7 +19,17 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from aegis_site.core import clock
 from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
-from tasks.models import TERMINAL_STATES, Job, JobState, Task, TaskEvent, TaskLogAttempt, TaskLogChunk
+from tasks.artifacts.actions import delete_for_tasks as delete_artifacts
+from tasks.models import (
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    Task,
+    TaskArtifact,
+    TaskEvent,
+    TaskLogAttempt,
+    TaskLogChunk,
+)
 
 DURATION_RE = re.compile(r"\A\s*(\d+)\s*([dhm])\s*\Z")
 UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -40,6 +50,7 @@ class PruneCounts:
     tasks: int = 0
     task_events: int = 0
     task_log_chunks: int = 0
+    task_artifacts: int = 0
     jobs: int = 0
     audit_events: int = 0
     outbox_messages: int = 0
@@ -80,6 +91,7 @@ def prune(
         counts.tasks = tasks.count()
         counts.task_events = TaskEvent.objects.filter(task__in=tasks).count()
         counts.task_log_chunks = TaskLogChunk.objects.filter(task__in=tasks).count()
+        counts.task_artifacts = TaskArtifact.objects.filter(task__in=tasks).count()
         counts.jobs = prunable_jobs(cutoff).count()
         counts.audit_events = prunable_audit(cutoff).count()
         counts.outbox_messages = prunable_outbox(cutoff).count()
@@ -96,9 +108,12 @@ def prune(
             # by the leading column of their unique indexes; the tasks' cascade then finds nothing left.
             deleted_chunks, _ = TaskLogChunk.objects.filter(task_id__in=ids).delete()
             TaskLogAttempt.objects.filter(task_id__in=ids).delete()
+            # Artifacts: their objects in the store first, then their rows (tasks.artifacts.actions).
+            deleted_artifacts = delete_artifacts(ids)
             deleted_tasks, _ = Task.objects.filter(id__in=ids).delete()
         counts.task_events += deleted_events
         counts.task_log_chunks += deleted_chunks
+        counts.task_artifacts += deleted_artifacts
         counts.tasks += deleted_tasks
         report("tasks", counts.tasks)
     counts.jobs = _delete_in_batches(lambda: prunable_jobs(cutoff), Job.objects.all(), batch_size)

@@ -189,6 +189,12 @@ CASES: dict[str, Case] = {
         lambda w: w.anonymous,
         lambda w: {"refresh": w.refresh},
     ),
+    "post /api/v1/agent/tasks/{task_id}/artifacts/": (
+        "post",
+        lambda w: f"/api/v1/agent/tasks/{w.held_task}/artifacts/",
+        lambda w: w.agent,
+        lambda w: {"attempt": 1, "name": "report.txt", "size": 1, "sha256": "0" * 64},
+    ),
 }
 
 
@@ -198,6 +204,11 @@ NO_PARAMETERS: dict[str, Control] = {
     "post /api/v1/jobs/{id}/pause/": ("post", lambda w: f"/api/v1/jobs/{w.held_job}/pause/", lambda w: w.operator),
     "post /api/v1/jobs/{id}/resume/": ("post", lambda w: f"/api/v1/jobs/{w.held_job}/resume/", lambda w: w.operator),
     "post /api/v1/agent/token/": ("post", lambda w: "/api/v1/agent/token/", lambda w: w.agent),
+    "post /api/v1/agent/tasks/{task_id}/artifacts/{artifact_id}/complete/": (
+        "post",
+        lambda w: f"/api/v1/agent/tasks/{w.held_task}/artifacts/1/complete/",  # refused before it is looked up
+        lambda w: w.agent,
+    ),
     "post /api/v1/agents/{id}/credentials/{credential_id}/revoke/": (
         "post",
         lambda w: f"/api/v1/agents/edge-1/credentials/{w.credential}/revoke/",

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Writes the secret files docker-compose.yml mounts (only those missing; re-running changes nothing):
 #   secret_key, postgres_password, database_url (uses that password), metrics_token,
-#   backup_key (Fernet, for `backup --encrypt`), tls.crt + tls.key (self-signed for PUBLIC_HOST:
+#   backup_key (Fernet, for `backup --encrypt`), artifact_store_user + artifact_store_key (MinIO's root
+#   user, which the roles sign artifact URLs with), tls.crt + tls.key (self-signed for PUBLIC_HOST:
 #   replace them with a real certificate).
 # Usage: sh deploy/docker/make-secrets.sh [DIR]    (DIR defaults to ./secrets; PUBLIC_HOST from the
 # environment, else from ./.env, else localhost). Needs only sh and openssl.
@@ -30,6 +31,8 @@ write postgres_password "$(openssl rand -hex 24)"
 write database_url "postgres://aegis:$(cat "$dir/postgres_password")@postgres:5432/aegis"
 write metrics_token "$(openssl rand -hex 32)"
 write backup_key "$(openssl rand -base64 32 | tr '+/' '-_' | tr -d '\n')"
+write artifact_store_user aegis
+write artifact_store_key "$(openssl rand -hex 24)"
 if [ ! -s "$dir/tls.crt" ] || [ ! -s "$dir/tls.key" ]; then
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 90 \
         -subj "/CN=$host" -addext "subjectAltName=DNS:$host" \

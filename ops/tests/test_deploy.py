@@ -200,6 +200,8 @@ def test_check_deploy_passes_with_the_production_example(secrets_dir: Path, tmp_
         "SECRET_KEY_FILE": str(secrets_dir / "secret_key"),
         "DATABASE_URL_FILE": str(secrets_dir / "database_url"),
         "METRICS_TOKEN_FILE": str(secrets_dir / "metrics_token"),
+        "TASK_ARTIFACT_S3_ACCESS_KEY_FILE": str(secrets_dir / "artifact_store_user"),
+        "TASK_ARTIFACT_S3_SECRET_KEY_FILE": str(secrets_dir / "artifact_store_key"),
         "DATA_DIR": str(tmp_path),
     }
     env = _settings_env(**environment)
