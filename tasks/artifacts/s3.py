@@ -9,20 +9,33 @@ back and hashes it before the artifact is listed.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 
 from aegis_site.core import clock
+from tasks.artifacts.errors import ArtifactRefused
 from tasks.artifacts.storage import READ_CHUNK_BYTES, Upload
 
 CONTENT_TYPE = "application/octet-stream"
+
+
+def unavailable(error: Exception) -> ArtifactRefused:
+    """The store did not answer, or refused the server itself (credentials, bucket): a 503, not the caller's fault."""
+    return ArtifactRefused("store_unavailable", f"The artifact store failed: {error}", status=503)
+
+
+def _call(operation: Callable[..., Any], **params: Any) -> Any:
+    try:
+        return operation(**params)
+    except (BotoCoreError, ClientError) as error:
+        raise unavailable(error) from error
 
 
 def _client(endpoint_url: str) -> Any:
@@ -83,17 +96,21 @@ class S3Storage:
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise
+            raise unavailable(error) from error
+        except BotoCoreError as error:
+            raise unavailable(error) from error
         return int(head["ContentLength"])
 
     def read(self, key: str) -> Iterator[bytes]:
-        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        body = _call(self.client.get_object, Bucket=self.bucket, Key=key)["Body"]
         try:
             yield from body.iter_chunks(READ_CHUNK_BYTES)
+        except BotoCoreError as error:
+            raise unavailable(error) from error
         finally:
             body.close()
 
     def delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             objects = [{"Key": key} for key in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+            _call(self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})

@@ -222,3 +222,17 @@ def test_the_task_page_lists_artifacts_with_download_links(admin_client):
     assert html.count("/download/") == 1
     fetched = admin_client.get(f"/api/v1/tasks/{run.task.pk}/artifacts/{done['artifact']['id']}/download/")
     assert fetched.status_code == 302  # the admin's session is enough for the API's download
+
+
+def test_an_unreachable_store_is_a_503_that_changes_nothing(settings):
+    # s3 at a port nothing listens on: signing needs no store, verifying does.
+    settings.TASK_ARTIFACT_STORAGE = "s3"
+    settings.TASK_ARTIFACT_S3_ENDPOINT_URL = settings.TASK_ARTIFACT_S3_PUBLIC_URL = "http://127.0.0.1:9"
+    settings.TASK_ARTIFACT_S3_ACCESS_KEY, settings.TASK_ARTIFACT_S3_SECRET_KEY = "key", "secret"
+    storage.backend.cache_clear()
+    run = running_task("edge-1")
+    asked = ask(run)
+    assert asked.status_code == 201, asked.content
+    answer = complete(run, asked.json()["artifact"]["id"])
+    assert (answer.status_code, code(answer)) == (503, "store_unavailable")
+    assert TaskArtifact.objects.get().state == ArtifactState.PENDING
