@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -30,8 +31,11 @@ from tasks.api.output import page_json
 from tasks.engine import output_waits
 from tasks.engine.output import OutputPage, read_output
 
+log = logging.getLogger(__name__)
+
 REFUSED = 4403  # as the live updates' socket: not staff, no permission, or logged out
 NOT_FOUND = 4404
+SERVER_ERROR = 1011  # the page reconnects, from its cursor, after a backoff
 BACKLOG_CHUNKS = 500  # what a socket sends of the output stored before it opened; the download has it all
 CHUNKS_PER_MESSAGE = 64  # at most 1 MiB of output per message
 WAIT_S = 30.0  # one follow; the loop follows again at once
@@ -86,7 +90,7 @@ class OutputTailConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.accept()
         skipped = max(after_seq - (asked_after or 0), 0)
-        self.reader = asyncio.create_task(self.tail(task_id, summary.attempt, after_seq, skipped))
+        self.reader = asyncio.create_task(self.tail_until_closed(task_id, summary.attempt, after_seq, skipped))
 
     async def disconnect(self, code: int) -> None:
         if self.reader is not None:
@@ -103,6 +107,16 @@ class OutputTailConsumer(AsyncJsonWebsocketConsumer):
             message = json.loads(text_data)
             if isinstance(message, dict) and message.get("type") == "ping":
                 await self.send_json({"type": "pong"})
+
+    async def tail_until_closed(self, task_id: int, attempt: int, after_seq: int, skipped: int) -> None:
+        """Tail; a task pruned meanwhile closes with 4404, a failure (database gone) with 1011: the page reconnects."""
+        try:
+            await self.tail(task_id, attempt, after_seq, skipped)
+        except NotFound:
+            await self.close(code=NOT_FOUND)
+        except Exception:
+            log.warning("output tail of task %s failed; the page reconnects", task_id, exc_info=True)
+            await self.close(code=SERVER_ERROR)
 
     async def tail(self, task_id: int, attempt: int, after_seq: int, skipped: int) -> None:
         first, state = True, ""

@@ -138,3 +138,35 @@ def test_an_anonymous_socket_is_refused_and_an_unknown_task_is_4404(running: Tas
         assert (await missing.receive_output(timeout=RECEIVE_S))["code"] == output_tail.NOT_FOUND
 
     async_to_sync(scenario)()
+
+
+def test_a_task_deleted_while_tailed_closes_the_socket_with_4404(running: Task) -> None:
+    viewer = cookie_of(staff_user("viewer", ("tasks.view_task",)))
+
+    async def scenario() -> None:
+        socket = tail(running, viewer)
+        accepted, _ = await socket.connect(timeout=RECEIVE_S)
+        assert accepted
+        assert (await socket.receive_json_from(timeout=RECEIVE_S))["type"] == "output"
+        await sync_to_async(Task.objects.filter(pk=running.pk).delete, thread_sensitive=False)()  # as prune does
+        closed = await socket.receive_output(timeout=RECEIVE_S)
+        assert closed == {"type": "websocket.close", "code": output_tail.NOT_FOUND}
+
+    async_to_sync(scenario)()
+
+
+def test_the_task_page_offers_the_attempts_that_have_output(running: Task) -> None:
+    store(running, (1, "stdout", b"first attempt\n"))
+    viewer = staff_user("viewer", ("tasks.view_task",))
+    client = Client()
+    client.force_login(viewer)
+    url = f"/admin/tasks/task/{running.pk}/change/"
+    page = client.get(url).content.decode()
+    assert '<select id="task-output-attempt" hidden>' in page  # one attempt: no choice to offer
+    assert f'href="/api/v1/tasks/{running.pk}/logs/?download=1&amp;attempt=1"' in page
+    Task.objects.filter(pk=running.pk).update(attempt=2)  # the retry's attempt, as the queue would number it
+    running.refresh_from_db()
+    store(running, (1, "stdout", b"second attempt\n"))
+    page = client.get(url).content.decode()
+    assert '<select id="task-output-attempt">' in page
+    assert '<option value="1">1</option><option value="2" selected>2</option>' in page
