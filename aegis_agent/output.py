@@ -106,6 +106,12 @@ class OutputSpool:
             self._wake.notify_all()
             return True
 
+    def has_room(self, size: int) -> bool:
+        """Whether ``size`` more bytes would be taken now (in memory or on disk)."""
+        with self._lock:
+            in_memory = not self._disk_chunks and self._memory_bytes + size <= self.memory_max_bytes
+            return in_memory or self._disk_write + _RECORD_HEADER.size + size <= self.disk_max_bytes
+
     def pending(self) -> int:
         """Chunks not acknowledged yet (in memory, in flight or on disk)."""
         with self._lock:
@@ -187,8 +193,8 @@ class OutputSpool:
         while self._disk_chunks:
             self._disk.seek(self._disk_read)
             (size,) = _RECORD_HEADER.unpack(self._disk.read(_RECORD_HEADER.size))
-            if self._memory and self._memory_bytes + size > self.memory_max_bytes:
-                return
+            if self._memory_bytes and self._memory_bytes + size > self.memory_max_bytes:
+                return  # (when memory is empty, one chunk always fits: the spool must move)
             heapq.heappush(self._memory, (next(self._arrival), self._disk.read(size)))
             self._memory_bytes += size
             self._disk_read += _RECORD_HEADER.size + size
@@ -258,7 +264,8 @@ class TaskOutput:
         self._first_write_at = 0.0
         self.seq = 0  # the last seq handed to the spool
         self.written = 0
-        self.lost: dict[str, int] = {}
+        self.lost: dict[str, int] = {}  # not said yet in a system chunk
+        self.lost_total: dict[str, int] = {}
         self.closed = False
         self._flusher: threading.Thread | None = None
         self.stdout = OutputStream(self, "stdout")
@@ -312,7 +319,10 @@ class TaskOutput:
         data, self._buffer = bytes(self._buffer), bytearray()
         if self.spool is None:
             return
-        if self.lost and not self._report_lost(self.spool, force=False):
+        # Say what was lost first, once the spool has room for that and for this chunk.
+        if self.lost and (
+            not self.spool.has_room(2 * len(data) + 1024) or not self._report_lost(self.spool, force=False)
+        ):
             self._count_lost(data)
             return
         if self.spool.offer(wire.task_log(self.task_id, self.attempt, self.seq + 1, self._stream, data)):
@@ -328,6 +338,7 @@ class TaskOutput:
                 self.attempt,
             )
         self.lost[self._stream] = self.lost.get(self._stream, 0) + len(data)
+        self.lost_total[self._stream] = self.lost_total.get(self._stream, 0) + len(data)
 
     def _report_lost(self, spool: OutputSpool, force: bool) -> bool:
         counts = ", ".join(f"{count} bytes of {stream}" for stream, count in sorted(self.lost.items()))
