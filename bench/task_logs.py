@@ -40,13 +40,9 @@ MB is 2^20 bytes. Figures are medians over ``--runs``; percentiles nearest-rank 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,124 +62,12 @@ from bench._infra import (
     wait_port,
     wait_until,
 )
+from bench._output_broker import GeneratedBroker, RawReader
+from bench._output_readers import POLL_S, Reader, has_follow, operator_tokens
 
 MB = 1024 * 1024
 DAPHNE = str(Path(PYTHON).parent / "daphne")
-TARGETS = {"ingest_mbs": 20.0, "tail_p99_s": 1.0}
 STDERR_FRACTION = 0.2
-POLL_S = 0.05
-FOLLOW_S = 10
-
-
-# --- the broker -------------------------------------------------------------------------------------------------
-
-
-class GeneratedBroker:
-    """Mosquitto from the generated configuration on a free port, and one certificate per simulated agent."""
-
-    def __init__(self, procs: Processes) -> None:
-        from broker import mosquitto
-
-        self.root = procs.tmp / "broker"
-        self.agents_dir = procs.tmp / "agents"
-        self.port = free_port()
-        run_as = "root" if os.geteuid() == 0 else None  # a throwaway broker may stay root (see test_broker_security)
-        files = mosquitto.write_broker_files(
-            self.root, port=self.port, log_file=procs.tmp / "mosquitto.log", run_as_user=run_as
-        )
-        self.layout = files.layout
-        self.process = procs.start("mosquitto", mosquitto.mosquitto_command(self.layout))
-        wait_port(self.port)
-
-    def issue(self, agent_ids: list[str]) -> None:
-        from registry.pki.agents import write_agent_bundle
-
-        for agent_id in agent_ids:
-            write_agent_bundle(self.layout.directory, agent_id, self.agents_dir)
-
-    def bridge_env(self) -> dict[str, str]:
-        return {
-            "MQTT_URL": f"mqtts://127.0.0.1:{self.port}",
-            "MQTT_CA_FILE": str(self.layout.ca_cert),
-            "MQTT_CERT_FILE": str(self.layout.bridge_cert),
-            "MQTT_KEY_FILE": str(self.layout.bridge_key),
-        }
-
-
-class RawReader:
-    """The baseline's consumer: the bridge's MQTT client class with the bridge's identity, counting messages only."""
-
-    def __init__(self, broker: GeneratedBroker) -> None:
-        import ssl
-
-        import paho.mqtt.client as mqtt
-
-        from broker.client import BatchingClient, service_client_id, set_nodelay
-
-        self.count = 0
-        self.first = self.last = 0.0
-        self.hellos: set[str] = set()
-        self.lock = threading.Condition()
-        self.client = BatchingClient(
-            mqtt.CallbackAPIVersion.VERSION2, client_id=service_client_id("bench-raw"), protocol=mqtt.MQTTv5
-        )
-        self.client.tls_set(
-            ca_certs=str(broker.layout.ca_cert),
-            certfile=str(broker.layout.bridge_cert),
-            keyfile=str(broker.layout.bridge_key),
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        self.client.on_socket_open = set_nodelay
-        self.client.on_message = self._on_message
-        subscribed = threading.Event()
-        self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.loop_start()
-        self.client.subscribe([(f"aegis/agents/+/{channel}", 1) for channel in ("logs", "events", "hello")])
-        if not subscribed.wait(10):
-            raise TimeoutError("the baseline reader's subscription was not acknowledged")
-
-    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
-        if message.topic.endswith("/logs"):
-            now = time.perf_counter()
-            with self.lock:
-                self.first = self.first or now
-                self.last = now
-                self.count += 1
-                self.lock.notify_all()
-        elif message.topic.endswith("/hello"):
-            with self.lock:
-                self.hellos.add(message.topic.split("/")[2])
-                self.lock.notify_all()
-
-    def assign(self, agent_ids: list[str], task_id: int) -> None:
-        from aegis_agent import wire
-
-        for agent_id in agent_ids:
-            task = {"id": task_id, "attempt": 1, "job_id": 1, "kind": "noop", "payload": {}}
-            message = wire.envelope("task.assign", task={**task, "timeout_s": 600, "lease_s": 600})
-            self.client.publish(wire.Topics(agent_id).inbox, wire.encode(message), qos=1)
-            task_id += 1
-
-    def wait_hellos(self, agent_ids: list[str]) -> None:
-        """An agent's hello follows its inbox subscription: after it, an assignment reaches the agent."""
-        with self.lock:
-            if not self.lock.wait_for(lambda: self.hellos.issuperset(agent_ids), 60):
-                raise TimeoutError(f"baseline: {len(self.hellos)} of {len(agent_ids)} agents said hello")
-
-    def measure(self, agent_ids: list[str], first_task_id: int, chunks: int, timeout_s: float) -> float:
-        """Seconds from the first chunk to the last one of a round of one task per agent."""
-        with self.lock:
-            self.count, self.first, self.last = 0, 0.0, 0.0
-        self.assign(agent_ids, first_task_id)
-        with self.lock:
-            if not self.lock.wait_for(lambda: self.count >= chunks, timeout_s):
-                raise TimeoutError(f"baseline: {self.count} of {chunks} chunks in {timeout_s}s")
-            return self.last - self.first
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 # --- the control plane ------------------------------------------------------------------------------------------
@@ -336,51 +220,6 @@ def _ingest(
 # --- the readers --------------------------------------------------------------------------------------------------
 
 
-class Reader(threading.Thread):
-    """Follows one task's output through the API until it has ``expected`` bytes, noting each chunk's lag."""
-
-    def __init__(self, base_url: str, token: str, task_id: int, expected: int, follow: bool) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{base_url}/api/v1/tasks/{task_id}/logs/"
-        self.headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        self.expected = expected
-        self.follow = follow
-        self.lags: list[float] = []
-        self.read = 0
-        self.throttled = 0  # 429 answers (waited out as Retry-After says)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self._follow()
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
-
-    def _follow(self) -> None:
-        after = 0
-        deadline = time.monotonic() + 600
-        while self.read < self.expected and time.monotonic() < deadline:
-            query = f"?after_seq={after}&limit=1000" + (f"&follow={FOLLOW_S}" if self.follow else "")
-            try:
-                page = _get_json(self.url + query, self.headers)
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429:
-                    raise
-                self.throttled += 1
-                time.sleep(float(exc.headers.get("Retry-After") or 1))
-                continue
-            now = time.time()
-            for chunk in page["chunks"]:
-                data = chunk["data"]
-                self.read += len(data.encode())
-                header = data.split("\n", 1)[0]
-                if " t=" in header:
-                    self.lags.append(now - float(header.rsplit("t=", 1)[1]))
-                after = chunk["seq"]
-            if not page["chunks"] and not self.follow:
-                time.sleep(POLL_S)
-
-
 class Readers:
     """Tail runs: paced output from a fresh simulator, one reader per task (each with its own operator)."""
 
@@ -430,37 +269,6 @@ class Readers:
             )
         procs.stop(next(process for n, process in procs.children if n == name))
         return {"offered": mbs} | {key: median([run[key] for run in runs]) for key in ("mbs", "p50", "p99", "max")}
-
-
-def _get_json(url: str, headers: dict[str, str]) -> Any:
-    request = urllib.request.Request(url, headers=headers)
-    with urllib.request.urlopen(request, timeout=FOLLOW_S + 30) as response:  # nosec B310
-        return json.load(response)
-
-
-def _has_follow(base_url: str, token: str, task_id: int) -> bool:
-    """Whether the API takes ``?follow=`` (contract 2 of issue 17): older servers answer 400 to it."""
-    try:
-        _get_json(f"{base_url}/api/v1/tasks/{task_id}/logs/?follow=1", {"Authorization": f"Bearer {token}"})
-    except urllib.error.HTTPError as exc:
-        if exc.code == 400:
-            return False
-        raise
-    return True
-
-
-def _tokens(count: int) -> list[str]:
-    """One operator (and token) per reader: the API throttles each operator (``API_THROTTLE_OPERATOR``)."""
-    from django.contrib.auth.models import User
-
-    from aegis_site.core.audit import Actor
-    from ops import actions as ops_actions
-
-    tokens = []
-    for n in range(count):
-        user = User.objects.create_superuser(f"bench-logs-{n}", password=None)
-        tokens.append(ops_actions.issue_api_token(user, "bench", Actor.system("bench"))[1])
-    return tokens
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -553,8 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         web_port = free_port()
         procs.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(web_port), "aegis_site.asgi:application"], env)
         wait_port(web_port, 30)
-        base_url, tokens = f"http://127.0.0.1:{web_port}", _tokens(args.agents)
-        follow = args.reader == "follow" or (args.reader == "auto" and _has_follow(base_url, tokens[0], 1))
+        base_url, tokens = f"http://127.0.0.1:{web_port}", operator_tokens(args.agents)
+        follow = args.reader == "follow" or (args.reader == "auto" and has_follow(base_url, tokens[0], 1))
         results["reader"] = "follow" if follow else f"poll every {POLL_S * 1000:.0f} ms"
         readers = Readers(base_url, tokens, follow)
         results["tail"] = readers.tail(procs, broker, args, "tail", args.tail_mbs, timeout_s)
