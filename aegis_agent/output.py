@@ -92,19 +92,23 @@ class OutputSpool:
     def offer(self, payload: bytes, force: bool = False) -> bool:
         """Take a chunk, or answer False when memory and disk are full (``force``: a small marker, taken anyway)."""
         with self._lock:
+            taken = False
             if not self._disk_chunks and (force or self._memory_bytes + len(payload) <= self.memory_max_bytes):
-                heapq.heappush(self._memory, (next(self._arrival), payload))
-                self._memory_bytes += len(payload)
+                taken = self._keep(payload)
             elif self._disk_write + _RECORD_HEADER.size + len(payload) <= self.disk_max_bytes:
-                self._to_disk(payload)
-            elif force:
+                taken = self._to_disk(payload)
+            if force and not taken:
                 # A marker is small; it goes out before what the disk holds (the server orders by seq).
-                heapq.heappush(self._memory, (next(self._arrival), payload))
-                self._memory_bytes += len(payload)
-            else:
-                return False
-            self._wake.notify_all()
-            return True
+                taken = self._keep(payload)
+            if taken:
+                self._wake.notify_all()
+            return taken
+
+    def _keep(self, payload: bytes) -> bool:
+        """Hold the lock."""
+        heapq.heappush(self._memory, (next(self._arrival), payload))
+        self._memory_bytes += len(payload)
+        return True
 
     def has_room(self, size: int) -> bool:
         """Whether ``size`` more bytes would be taken now (in memory or on disk)."""
@@ -174,19 +178,26 @@ class OutputSpool:
 
     # --- overflow file ------------------------------------------------------------
 
-    def _to_disk(self, payload: bytes) -> None:
-        if self._disk is None:
-            if self.disk_path is None:
-                raise RuntimeError("no overflow file configured")
-            self.disk_path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.disk_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-            self._disk = os.fdopen(fd, "r+b", buffering=0)
-        if not self._disk_chunks:
-            log.info("output spool: %s bytes in memory, overflowing to %s", self._memory_bytes, self.disk_path)
-        self._disk.seek(self._disk_write)
-        self._disk.write(_RECORD_HEADER.pack(len(payload)) + payload)
+    def _to_disk(self, payload: bytes) -> bool:
+        """Append a chunk to the overflow file; False (and no file from now on) when the file cannot be written."""
+        try:
+            if self._disk is None:
+                if self.disk_path is None:
+                    return False
+                self.disk_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.disk_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._disk = os.fdopen(fd, "r+b", buffering=0)
+            if not self._disk_chunks:
+                log.info("output spool: %s bytes in memory, overflowing to %s", self._memory_bytes, self.disk_path)
+            self._disk.seek(self._disk_write)
+            self._disk.write(_RECORD_HEADER.pack(len(payload)) + payload)
+        except OSError as exc:  # a full or unwritable disk: the spool is full, which the writer reports
+            log.error("output spool: cannot write %s (%s); no overflow file from now on", self.disk_path, exc)
+            self.disk_max_bytes = min(self.disk_max_bytes, self._disk_write)
+            return False
         self._disk_write += _RECORD_HEADER.size + len(payload)
         self._disk_chunks += 1
+        return True
 
     def _refill(self) -> None:
         """Move the oldest chunks from the file to memory while they fit. Hold the lock."""

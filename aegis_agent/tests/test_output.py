@@ -237,3 +237,21 @@ def test_an_acknowledgement_before_the_bookkeeping_is_not_lost(tmp_path):
         assert spool.wait_empty(WAIT_S)
     finally:
         spool.close()
+
+
+def test_an_unwritable_spool_directory_counts_as_a_full_spool_not_as_a_failing_handler(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    broker = FakeBroker()
+    spool = OutputSpool(broker.publish, memory_max_bytes=64 * KIB, disk_path=blocker / "spool.bin")
+    broker.spool = spool
+    try:
+        output = TaskOutput(1, 0, spool)
+        for _ in range(10):  # 160 KiB, nothing acknowledged: past memory, and the file cannot be made
+            output.write(b"x" * (16 * KIB))
+        output.close()
+        assert output.lost_total["stdout"] > 0
+        broker.drain()
+        assert [m for _, m in broker.published if m["stream"] == "system"]
+    finally:
+        spool.close()
