@@ -96,3 +96,20 @@ def test_a_batch_of_output_locks_no_agent_and_no_task(task):
     locking = [q["sql"] for q in queries if "FOR UPDATE" in q["sql"] or "FOR NO KEY UPDATE" in q["sql"]]
     assert locking, "the summaries are locked"
     assert all('FROM "task_log_attempts"' in sql for sql in locking), locking
+
+
+def test_output_is_compressed_with_lz4_and_stored_byte_for_byte_through_binary_parameters(task):
+    """Migration 0010 (where the server has lz4) and the binary INSERT: raw bytes, NUL and all, come back equal."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings WHERE name = 'default_toast_compression'")
+        (has_lz4,) = cursor.fetchone()
+        cursor.execute(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = 'task_log_chunks'::regclass AND attname = 'data'"
+        )
+        (compression,) = cursor.fetchone()
+    assert compression == ("l" if has_lz4 else "")
+    data = bytes(range(256)) * 64  # 16 KiB of every byte value
+    with transaction.atomic():
+        statuses = logs.store_chunks([Chunk("a1", task.pk, 1, 1, "stdout", data)], clock.now(), Caps(1 << 30, 1 << 30))
+    assert statuses == ["stored"]
+    assert bytes(TaskLogChunk.objects.get(task=task, seq=1).data) == data
