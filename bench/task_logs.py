@@ -320,23 +320,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             DATA_DIR=str(data_dir),
             MQTT_CLIENT_ID=f"aegis-bridge-{tag}",  # aegis_auth admits the bridge's certificate as aegis-bridge-*
         )
-        bridge = procs.django_command("bridge", ["run_bridge"], {**env, "LOG_LEVEL": "INFO"})
+        # Replicas share the subscriptions (MQTT_SHARE_GROUP), each with its own client id, as in production.
+        bridges = [
+            procs.django_command(
+                f"bridge{n}" if n else "bridge",
+                ["run_bridge"],
+                {**env, "LOG_LEVEL": "INFO", "MQTT_CLIENT_ID": f"aegis-bridge-{tag}-{n}"},
+            )
+            for n in range(args.bridges)
+        ]
+        bridge = bridges[0]
         procs.django_command("dispatcher", ["run_dispatcher"], env)
-        procs.wait_log("bridge", "bridge connected")
+        for n in range(args.bridges):
+            procs.wait_log(f"bridge{n}" if n else "bridge", "bridge connected")
         time.sleep(0.5)  # the SUBACK follows the log line
         prefix = _simulator(procs, broker, "ingest", args, 0.0)
         _wait_online(procs, prefix, args.agents)
         simulator = next(p for n, p in procs.children if n == "ingest")
         agent_ids = [f"{prefix}{i}" for i in range(args.agents)]
         print(
-            f"agents={args.agents}, output per task={args.mb_per_task:g} MB in {args.chunk}-byte chunks "
+            f"agents={args.agents}, bridges={args.bridges}, "
+            f"output per task={args.mb_per_task:g} MB in {args.chunk}-byte chunks "
             f"({STDERR_FRACTION:.0%} stderr), runs={args.runs}, broker=generated configuration (TLS) on :{broker.port}",
             flush=True,
         )
         _ingest(procs, agent_ids, total, timeout_s, None)  # warm-up
         ingests: list[dict[str, float]] = []
         cpu: dict[str, list[float]] = {"bridge": [], "simulator": [], "mosquitto": [], "postgres backends": []}
-        pids = {"bridge": bridge.pid, "simulator": simulator.pid, "mosquitto": broker.process.pid}
+        pids = {"simulator": simulator.pid, "mosquitto": broker.process.pid}
+        pids |= {f"bridge{n}" if n else "bridge": process.pid for n, process in enumerate(bridges)}
+        cpu |= {f"bridge{n}": [] for n in range(1, args.bridges)}
         profile = Profile(procs, bridge.pid, args.profile) if args.profile else None
         for _ in range(args.runs):
             backends = _backends()
@@ -388,6 +401,7 @@ def main() -> None:
     parser.add_argument("--tail-mbs", type=float, default=20.0, help="output of all agents together in the tail runs")
     parser.add_argument("--tail-seconds", type=float, default=10.0, help="how long each tail run's tasks print")
     parser.add_argument("--reader", choices=("auto", "follow", "poll"), default="auto")
+    parser.add_argument("--bridges", type=int, default=1, help="bridge replicas sharing the subscriptions")
     parser.add_argument("--profile", help="write a py-spy profile of the bridge over the ingest runs to this file")
     parser.add_argument("--quick", action="store_true", help="2 MB per task, 3 s tail runs, 2 runs")
     args = parser.parse_args()

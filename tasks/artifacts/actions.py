@@ -29,7 +29,7 @@ from tasks.models import ArtifactState, Task, TaskArtifact
 
 def _held_task(agent_id: str, task_id: int, *, lock: bool = False) -> Task:
     """The task, if this agent holds it (any other task answers 404, like the other agent endpoints)."""
-    tasks = Task.objects.select_for_update() if lock else Task.objects.all()
+    tasks = Task.objects.select_for_update(no_key=True) if lock else Task.objects.all()
     task = tasks.only("id", "agent_id", "attempt", "state").filter(pk=task_id, agent_id=agent_id).first()
     if task is None:
         raise NotFound(f"task {task_id} does not exist")

@@ -264,7 +264,7 @@ def _claim_general(agent: Agent, limit: int, now: datetime, any_jobs: list[int])
         rows = list(
             candidates.exclude(job_id__in=exhausted)
             .exclude(pk__in=[task.pk for task in chosen])
-            .select_for_update(skip_locked=True, of=("self",))
+            .select_for_update(no_key=True, skip_locked=True, of=("self",))
             .only("pk", "job_id", "kind", "attempt", "agent_id")
             .order_by("-priority", "pk")[: wanted - len(chosen)]
         )
@@ -307,7 +307,7 @@ def _rollout_budgets(limited: list[Job], jobs: dict[int, Job], now: datetime) ->
     """
     if not limited:
         return {}
-    locked = Job.objects.select_for_update().filter(pk__in=[job.pk for job in limited]).order_by("pk")
+    locked = Job.objects.select_for_update(no_key=True).filter(pk__in=[job.pk for job in limited]).order_by("pk")
     budgets: dict[int, int] = {}
     for job in locked:
         jobs[job.pk] = job

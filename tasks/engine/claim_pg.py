@@ -83,7 +83,7 @@ WITH agent AS (
     ORDER BY t.priority DESC, t.id
     LIMIT GREATEST(0, LEAST(%(limit)s, COALESCE((SELECT max_concurrency FROM agent), 0) - (
         SELECT count(*) FROM tasks h WHERE h.agent_id = %(agent)s AND h.state IN ('assigned', 'running'))))
-    FOR UPDATE OF t SKIP LOCKED
+    FOR NO KEY UPDATE OF t SKIP LOCKED
 ), assigned AS (
     UPDATE tasks t SET state = 'assigned', agent_id = %(agent)s, attempt = t.attempt + 1, assigned_at = %(now)s,
         lease_expires_at = %(now)s + make_interval(secs => j.delivery_timeout_s), started_at = NULL,

@@ -107,14 +107,14 @@ def retryable_tasks(job: Job, task_ids: list[int] | None, include_canceled: bool
 
 def lock_job(job_id: int) -> Job:
     try:
-        return Job.objects.select_for_update().get(pk=job_id)
+        return Job.objects.select_for_update(no_key=True).get(pk=job_id)
     except Job.DoesNotExist:
         raise NotFound(f"job {job_id} does not exist") from None
 
 
 def lock_task(task_id: int) -> Task:
     try:
-        return Task.objects.select_for_update().get(pk=task_id)
+        return Task.objects.select_for_update(no_key=True).get(pk=task_id)
     except Task.DoesNotExist:
         raise NotFound(f"task {task_id} does not exist") from None
 
@@ -184,7 +184,7 @@ def retry_tasks(
     attempts start again from ``backoff_base_s`` instead of growing on from the attempt
     number. ``task_ids`` narrows it to a subset. A job that had ended opens again.
     """
-    locked = list(retryable_tasks(job, task_ids, include_canceled).select_for_update().order_by("pk"))
+    locked = list(retryable_tasks(job, task_ids, include_canceled).select_for_update(no_key=True).order_by("pk"))
     allowance = retry_allowance(job, locked, reset_backoff)
     if not locked:
         return allowance

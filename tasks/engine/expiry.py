@@ -24,7 +24,7 @@ def expire_leases(now: datetime, limit: int, sink: DirectSink | None = None) -> 
     """
     expired = list(
         Task.objects.filter(state__in=HELD_STATES, lease_expires_at__lt=now)
-        .select_for_update(skip_locked=True)
+        .select_for_update(no_key=True, skip_locked=True)
         .order_by("lease_expires_at")[:limit]
     )
     if not expired:

@@ -144,7 +144,9 @@ def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str,
     ``force`` they end at once too and a late result is fenced off, without it they
     end when the agent reports or their lease runs out. Returns how many ended now.
     """
-    locked = list(tasks.filter(state__in=[TaskState.QUEUED, *HELD_STATES]).select_for_update().order_by("pk"))
+    locked = list(
+        tasks.filter(state__in=[TaskState.QUEUED, *HELD_STATES]).select_for_update(no_key=True).order_by("pk")
+    )
     events, messages, ended = [], [], []
     for task in locked:
         previous = task.state

@@ -42,7 +42,7 @@ def reconcile(
     Call inside a transaction.
     """
     held = list(
-        Task.objects.select_for_update()
+        Task.objects.select_for_update(no_key=True)
         .select_related("job")
         .filter(agent_id=agent_id, state__in=HELD_STATES)
         .order_by("pk")

@@ -141,7 +141,7 @@ def apply_agents_reports(items: list[tuple[str, Report]], now: datetime) -> list
     """
     seen = _known_messages({(agent_id, r.message_id) for agent_id, r in items if r.message_id})
     locked = (
-        Task.objects.select_for_update(of=("self",))
+        Task.objects.select_for_update(no_key=True, of=("self",))
         .filter(pk__in_array=sorted({r.task_id for _, r in items}))
         .order_by("pk")
         .values_list(*_LOADED)

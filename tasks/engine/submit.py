@@ -159,7 +159,9 @@ def add_agent_to_continuous_jobs(agent: Agent, now: datetime) -> list[int]:
     """Give a newly matching agent a task in every open continuous job it has none in. Returns job ids."""
     if agent.admin_state == AdminState.DISABLED:
         return []
-    jobs = Job.objects.select_for_update().filter(continuous=True, mode=JobMode.EACH, state__in=OPEN_JOB_STATES)
+    jobs = Job.objects.select_for_update(no_key=True).filter(
+        continuous=True, mode=JobMode.EACH, state__in=OPEN_JOB_STATES
+    )
     added = []
     for job in jobs.order_by("pk"):
         if not agent_matches(Target.of_job(job), agent):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
 
 from tasks import actions
 from tasks.engine.logs import Caps, Chunk
-from tasks.models import Task
+from tasks.engine.output import GAP_WAIT
+from tasks.models import Task, TaskLogChunk
 from tests.support import client_for, staff_user
 
 pytestmark = pytest.mark.django_db
@@ -66,13 +69,22 @@ def test_json_pages_follow_the_cursor_without_skipping_or_repeating(running):
     assert (idle["chunks"], idle["after_seq"]) == ([], 7)
 
 
-def test_a_gap_filled_later_is_read_after_the_cursor_reaches_it(running):
+def test_a_page_stops_before_a_young_gap_and_the_chunk_that_fills_it_is_read_in_its_place(running):
+    """Two bridge replicas can commit seq 3 before seq 2: a cursor that went past 3 would never read 2."""
     store(running, (1, "stdout", b"a"), (3, "stdout", b"c"))
     page = logs(running).json()
-    assert ([c["seq"] for c in page["chunks"]], page["missing"]) == ([1, 3], 1)
+    assert ([c["seq"] for c in page["chunks"]], page["after_seq"], page["max_seq"], page["missing"]) == ([1], 1, 3, 1)
+    assert logs(running, after_seq=1).json()["chunks"] == []  # held at the gap, not skipped
     store(running, (2, "stdout", b"b"))
-    assert logs(running).json()["missing"] == 0
-    assert [c["data"] for c in logs(running).json()["chunks"]] == ["a", "b", "c"]
+    rest = logs(running, after_seq=1).json()
+    assert ([c["data"] for c in rest["chunks"]], rest["missing"]) == (["b", "c"], 0)
+
+
+def test_a_gap_still_open_after_the_wait_is_stepped_over_and_counted_as_missing(running):
+    store(running, (1, "stdout", b"a"), (3, "stdout", b"c"), (4, "stdout", b"d"))
+    TaskLogChunk.objects.filter(task=running).update(received_at=timezone.now() - GAP_WAIT - timedelta(seconds=1))
+    page = logs(running).json()
+    assert ([c["seq"] for c in page["chunks"]], page["after_seq"], page["missing"]) == ([1, 3, 4], 4, 1)
 
 
 def test_bytes_that_are_not_utf8_come_as_base64_and_plain_text_is_the_exact_bytes(running):

@@ -6,6 +6,7 @@ and the duplicate check stay exact. And a batch of output locks no agent row and
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 from django.db import connection, connections, transaction
@@ -17,6 +18,7 @@ from broker.presence import HeartbeatBuffer
 from tasks import actions
 from tasks.engine import logs
 from tasks.engine.logs import Caps, Chunk
+from tasks.engine.reports import Report
 from tasks.models import Task, TaskLogAttempt, TaskLogChunk
 from tests.support import envelope, wait_for
 
@@ -113,3 +115,44 @@ def test_output_is_compressed_with_lz4_and_stored_byte_for_byte_through_binary_p
         statuses = logs.store_chunks([Chunk("a1", task.pk, 1, 1, "stdout", data)], clock.now(), Caps(1 << 30, 1 << 30))
     assert statuses == ["stored"]
     assert bytes(TaskLogChunk.objects.get(task=task, seq=1).data) == data
+
+
+def test_a_task_locked_by_a_report_does_not_hold_up_the_commit_of_its_output(task):
+    """Output rows reference the task; PostgreSQL checks that at COMMIT with FOR KEY SHARE on the task row.
+
+    Engine locks on tasks and jobs are FOR NO KEY UPDATE, which FOR KEY SHARE passes: under FOR UPDATE the
+    commit below waited for the other transaction, and two bridge replicas deadlocked (docs/queue.md).
+    """
+    with CaptureQueriesContext(connection) as queries:
+        actions.report("a1", Report("succeeded", task.pk, 1, message_id=uuid.uuid4().hex, result={}))
+    locks = [
+        q["sql"] for q in queries if " FOR " in q["sql"] and ('FROM "tasks"' in q["sql"] or 'FROM "jobs"' in q["sql"])
+    ]
+    assert locks, "the report locks its task"
+    assert all("FOR NO KEY UPDATE" in sql for sql in locks), locks
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_task() -> None:
+        try:
+            with transaction.atomic():
+                Task.objects.select_for_update(no_key=True).get(pk=task.pk)  # as the engine's reports lock it
+                locked.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    holder = threading.Thread(target=hold_the_task)
+    holder.start()
+    try:
+        assert locked.wait(30)
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '10s'")  # a wait here fails the test instead of hanging it
+            logs.store_chunks(
+                [Chunk("a1", task.pk, 1, 1, "stdout", b"late line\n")], clock.now(), Caps(1 << 30, 1 << 30)
+            )
+        assert TaskLogChunk.objects.filter(task=task).count() == 1
+    finally:
+        release.set()
+        holder.join(30)
