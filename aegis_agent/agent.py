@@ -295,7 +295,17 @@ class Agent:
                         self.config.output_flush_interval_s,
                     )
                     report = self._progress_reporter(key)
-                    ctx = TaskContext(task.id, task.attempt, task.kind, task.payload, task.timeout_s, report, output)
+                    ctx = TaskContext(
+                        task.id,
+                        task.attempt,
+                        task.kind,
+                        task.payload,
+                        task.timeout_s,
+                        report,
+                        output,
+                        api_url=self.config.api_url,
+                        api_token_file=self.config.api_token_file,
+                    )
                     self._running[key] = ctx
                     self._latest_attempt[task.id] = task.attempt
                     self._latest_attempt.move_to_end(task.id)

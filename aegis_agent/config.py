@@ -6,6 +6,7 @@ import dataclasses
 import json
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ class AgentConfig:
     output_spool_dir: str | None = None
     output_spool_disk_bytes: int = 256 * 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Artifacts (docs/artifacts.md, "In a handler"): the server's HTTP address and a file holding this
+    # agent's API token, read at each upload (never logged). Without both, ctx.upload_artifact() fails.
+    api_url: str | None = None
+    api_token_file: str | None = None
     version: str = __version__
 
     def __post_init__(self) -> None:
@@ -100,6 +105,12 @@ class AgentConfig:
             raise ConfigError("output_spool_memory_bytes must be at least 65536 (a few chunks)")
         if self.output_spool_disk_bytes < 0:
             raise ConfigError("output_spool_disk_bytes must be 0 (no overflow file) or more")
+        if self.api_url is not None:
+            parts = urllib.parse.urlsplit(self.api_url) if isinstance(self.api_url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"api_url {self.api_url!r} must be an http:// or https:// URL with a host")
+        if self.api_token_file is not None and not Path(self.api_token_file).is_file():
+            raise ConfigError(f"api_token_file: no such file {self.api_token_file!r}")
         if not all(isinstance(c, str) for c in self.capabilities + self.shell_allow):
             raise ConfigError("capabilities and shell_allow are lists of strings")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()):

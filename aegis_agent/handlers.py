@@ -4,8 +4,9 @@ A handler is a function ``(TaskContext) -> dict`` run on a worker thread. It
 reports progress through the context, prints through ``ctx.log()`` or the
 file-like ``ctx.stdout`` / ``ctx.stderr`` (streamed to the server as task.log
 chunks, see output.py), checks ``ctx.check()`` or waits with ``ctx.wait()`` so
-that a cancel or the task's timeout stops it promptly, and raises TaskError for
-a failure the server should see with a stable code.
+that a cancel or the task's timeout stops it promptly, uploads files with
+``ctx.upload_artifact()`` (docs/artifacts.md), and raises TaskError for a failure
+the server should see with a stable code.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import subprocess  # nosec B404  # the exec handler runs operator-defined argv (
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import IO, Any
 
+from aegis_agent.artifacts import ArtifactClient, ArtifactError
 from aegis_agent.output import OutputStream, TaskOutput
 from aegis_agent.wire import TaskId
 
@@ -60,8 +63,11 @@ class TaskContext:
         timeout_s: float | None,
         report_progress: Callable[[Mapping[str, Any]], None],
         output: TaskOutput | None = None,
+        api_url: str | None = None,
+        api_token_file: str | None = None,
     ) -> None:
-        """``output``: where ctx.log/stdout/stderr go; without one (no agent around) output is discarded."""
+        """``output``: where ctx.log/stdout/stderr go; without one (no agent around) output is discarded.
+        ``api_url`` and ``api_token_file`` (the agent's configuration): where upload_artifact() goes."""
         self.task_id = task_id
         self.attempt = attempt
         self.kind = kind
@@ -73,6 +79,8 @@ class TaskContext:
         self.cancel_code = "canceled"
         self.force = False
         self.output = output or TaskOutput(task_id if isinstance(task_id, int) else 0, attempt, None)
+        self.api_url = api_url
+        self.api_token_file = api_token_file
 
     @property
     def stdout(self) -> OutputStream:
@@ -117,6 +125,47 @@ class TaskContext:
 
     def progress(self, **fields: Any) -> None:
         self._report_progress(fields)
+
+    def upload_artifact(self, path: str | Path, name: str | None = None) -> dict[str, Any]:
+        """Upload a file as an artifact of this attempt (docs/artifacts.md); the server's record, ``available``.
+
+        ``name`` defaults to the file's name. Raises TaskError: ``artifacts_not_configured`` (no
+        api_url / api_token_file, or an unreadable token), ``artifact_not_found``, the server's or
+        the store's refusal with its code (``store_unavailable`` is retryable), ``api_unreachable``.
+        """
+        self.check()
+        client = ArtifactClient(self._api_url(), self._api_token())
+        file = Path(path)
+        if not file.is_file():
+            raise TaskError("artifact_not_found", f"no such file to upload: {str(file)[:200]!r}")
+        if not isinstance(self.task_id, int):
+            raise TaskError("artifacts_not_configured", f"task id {self.task_id!r} is not a server task's")
+        try:
+            return client.upload_file(self.task_id, self.attempt, file, name)
+        except ArtifactError as exc:
+            retryable = exc.status >= 500  # e.g. 503 store_unavailable; a 4xx is the same again next time
+            raise TaskError(exc.code or "artifact_refused", f"artifact upload refused: {exc}", retryable) from exc
+        except OSError as exc:  # urllib's URLError, a timeout, a reset: the server or the store is not reachable
+            raise TaskError("api_unreachable", f"artifact upload failed: {exc}", retryable=True) from exc
+
+    def _api_url(self) -> str:
+        if not self.api_url or not self.api_token_file:
+            raise TaskError(
+                "artifacts_not_configured", "this agent cannot upload artifacts: set api_url and api_token_file"
+            )
+        return self.api_url
+
+    def _api_token(self) -> str:
+        """The token, read now (it may have been rotated since the agent started); never logged."""
+        try:
+            token = Path(str(self.api_token_file)).read_text().strip()
+        except OSError as exc:
+            raise TaskError("artifacts_not_configured", f"cannot read api_token_file: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:  # the message would quote a byte of the token
+            raise TaskError("artifacts_not_configured", "api_token_file is not text") from exc
+        if not token:
+            raise TaskError("artifacts_not_configured", "api_token_file is empty")
+        return token
 
 
 Handler = Callable[[TaskContext], Mapping[str, Any]]
