@@ -7,14 +7,16 @@ from pathlib import Path
 
 from aegis_agent.tests.conftest import assign, inbox_message
 
-# Prints a line on each stream, then waits for the gate file (or forever), then prints a last line.
+# Prints a line on each stream, then waits for the gate file (or forever), then prints a last line. Each line is
+# one write: print() writes the text and its newline separately when stdout is unbuffered (PYTHONUNBUFFERED=1),
+# and the two pipes are read by two threads, so the other stream's line could then come between them.
 GATED = r"""
 import os, sys, time
-print("before the gate", flush=True)
+sys.stdout.write("before the gate\n"); sys.stdout.flush()
 sys.stderr.write("warming up\n"); sys.stderr.flush()
 while not os.path.exists(sys.argv[1]):
     time.sleep(0.02)
-print("after the gate")
+sys.stdout.write("after the gate\n"); sys.stdout.flush()
 """
 
 
