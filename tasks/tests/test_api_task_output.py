@@ -9,40 +9,18 @@ import pytest
 from django.core.cache import cache
 from django.utils import timezone
 
-from tasks import actions
-from tasks.engine.logs import Caps, Chunk
+from tasks.engine.logs import Caps
 from tasks.engine.output import GAP_WAIT
 from tasks.models import Task, TaskLogChunk
+from tasks.tests.output_fixtures import store
 from tests.support import client_for, staff_user
 
 pytestmark = pytest.mark.django_db
-
-BIG = Caps(per_attempt=10**9, per_task=10**9)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_throttles() -> None:
     cache.clear()
-
-
-@pytest.fixture
-def running(make_agent, spec, operator) -> Task:
-    make_agent("a1")
-    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
-    (assignment,) = actions.claim_tasks("a1", 10)
-    return Task.objects.get(pk=assignment.task_id)
-
-
-def store(task: Task, *chunks: tuple[int, str, bytes], caps: Caps = BIG) -> None:
-    from django.db import transaction
-
-    from aegis_site.core import clock
-    from tasks.engine.logs import store_chunks
-
-    with transaction.atomic():
-        store_chunks(
-            [Chunk("a1", task.pk, task.attempt, seq, stream, data) for seq, stream, data in chunks], clock.now(), caps
-        )
 
 
 def reader(perms=("tasks.view_task",)):

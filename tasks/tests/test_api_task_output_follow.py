@@ -21,13 +21,13 @@ from aegis_site.core import clock, wakeup
 from tasks import actions
 from tasks.api.output import DOWNLOAD_PAGE
 from tasks.engine import output_waits
-from tasks.engine.logs import Caps, Chunk, store_chunks
+from tasks.engine.logs import Chunk, store_chunks
 from tasks.models import Task, TaskState
+from tasks.tests.output_fixtures import BIG, store
 from tests.support import client_for, staff_user, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
-BIG = Caps(per_attempt=10**9, per_task=10**9)
 ANSWER_WITHIN_S = 45  # far below the follow of 60 s: the answer came because of the chunk/the end, not the timeout
 
 
@@ -36,21 +36,6 @@ def _fresh() -> Iterator[None]:
     cache.clear()
     yield
     output_waits.WAITS.stop()  # no LISTEN connection outlives the test database
-
-
-@pytest.fixture
-def running(make_agent: Any, spec: Any, operator: Any) -> Task:
-    make_agent("a1")
-    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
-    (assignment,) = actions.claim_tasks("a1", 10)
-    return Task.objects.get(pk=assignment.task_id)
-
-
-def store(task: Task, *chunks: tuple[int, str, bytes]) -> None:
-    with transaction.atomic():
-        store_chunks(
-            [Chunk("a1", task.pk, task.attempt, seq, stream, data) for seq, stream, data in chunks], clock.now(), BIG
-        )
 
 
 def reader() -> Any:

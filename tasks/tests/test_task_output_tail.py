@@ -15,22 +15,18 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
-from django.db import transaction
 from django.test import Client
 
 from aegis_site.asgi import application
-from aegis_site.core import clock
-from tasks import actions
 from tasks.engine import output_waits
-from tasks.engine.logs import Caps, Chunk, store_chunks
 from tasks.live import output_tail
 from tasks.models import Task
+from tasks.tests.output_fixtures import store
 from tests.support import staff_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
 ORIGIN = (b"origin", b"http://localhost")
-BIG = Caps(per_attempt=10**9, per_task=10**9)
 RECEIVE_S = 30  # generous: a loaded machine; the answer comes at once when things work
 
 
@@ -39,21 +35,6 @@ def _fast_hashing_and_no_listener_left(settings: Any) -> Iterator[None]:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # logins in tests only
     yield
     output_waits.WAITS.stop()
-
-
-@pytest.fixture
-def running(make_agent: Any, spec: Any, operator: Any) -> Task:
-    make_agent("a1")
-    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
-    (assignment,) = actions.claim_tasks("a1", 10)
-    return Task.objects.get(pk=assignment.task_id)
-
-
-def store(task: Task, *chunks: tuple[int, str, bytes]) -> None:
-    with transaction.atomic():
-        store_chunks(
-            [Chunk("a1", task.pk, task.attempt, seq, stream, data) for seq, stream, data in chunks], clock.now(), BIG
-        )
 
 
 def cookie_of(user: Any) -> tuple[bytes, bytes]:
