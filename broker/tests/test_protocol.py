@@ -731,7 +731,7 @@ def parses_or_refuses(channel_topic: str, payload: bytes) -> None:
     if isinstance(outcome, ProtocolError):
         assert outcome.code in protocol.ERROR_CODES
     else:
-        assert isinstance(outcome, Hello | Heartbeat | Status | TaskEvent)
+        assert isinstance(outcome, Hello | Heartbeat | Status | TaskEvent | TaskLog)
 
 
 @FUZZ
