@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "registry",
     "tasks",
     "broker",
+    "notify",
     "aegis_site",  # last: its ready() installs the API kit once every app is loaded
 ]
 
@@ -242,6 +243,22 @@ TASK_DEFAULT_BACKOFF_CAP = _positive_float("TASK_DEFAULT_BACKOFF_CAP", 600.0)
 TASK_LOG_MAX_BYTES_PER_ATTEMPT = _positive_int("TASK_LOG_MAX_BYTES_PER_ATTEMPT", 64 * 1024 * 1024)
 TASK_LOG_MAX_BYTES_PER_TASK = _positive_int("TASK_LOG_MAX_BYTES_PER_TASK", 256 * 1024 * 1024)
 TASK_LOG_MAX_FOLLOWERS = _positive_int("TASK_LOG_MAX_FOLLOWERS", 200)  # readers following output per process; more: 503
+# A follow answers no sooner than this after it began (unless the page is full): one answer per this, not per commit.
+TASK_LOG_FOLLOW_GATHER_S = _positive_float("TASK_LOG_FOLLOW_GATHER_S", 0.25)
+
+# Notifications (docs/notifications.md): webhooks, Slack-compatible webhooks and e-mail, sent by run_notifier.
+NOTIFY_DELIVERY_TIMEOUT_S = _positive_float("NOTIFY_DELIVERY_TIMEOUT_S", 10.0)  # one HTTP request or SMTP send
+NOTIFY_LEASE_S = _positive_float("NOTIFY_LEASE_S", 60.0)  # a delivery being sent; a dead notifier's comes back then
+NOTIFY_DEADLINE_S = _positive_float("NOTIFY_DEADLINE_S", 24 * 3600.0)  # failing past this: dead-lettered
+NOTIFY_BACKOFF_BASE_S = _positive_float("NOTIFY_BACKOFF_BASE_S", 5.0)
+NOTIFY_BACKOFF_CAP_S = _positive_float("NOTIFY_BACKOFF_CAP_S", 3600.0)
+NOTIFY_POLL_INTERVAL_S = _positive_float("NOTIFY_POLL_INTERVAL_S", 1.0)  # besides the NOTIFY wakeup
+NOTIFY_BATCH_SIZE = _positive_int("NOTIFY_BATCH_SIZE", 20)  # deliveries one notifier takes at a time
+NOTIFY_ALLOW_PRIVATE_ADDRESSES = env.bool("NOTIFY_ALLOW_PRIVATE_ADDRESSES", default=False)  # loopback, RFC 1918...
+NOTIFY_DIGEST_WINDOW_S = _positive_float("NOTIFY_DIGEST_WINDOW_S", 60.0)  # task.failed of one job: one digest
+NOTIFY_CERT_EXPIRY_WARN_DAYS = _positive_int("NOTIFY_CERT_EXPIRY_WARN_DAYS", 14)
+NOTIFY_STUCK_AFTER_S = _positive_float("NOTIFY_STUCK_AFTER_S", 900.0)  # in the reconciliation view this long
+NOTIFY_EMAIL_FROM = env.str("NOTIFY_EMAIL_FROM", default="aegis@localhost")
 
 
 # --- Task artifacts (files tasks produce; docs/artifacts.md) --------------------------------

@@ -23,9 +23,12 @@ chunks, 20 % of them on stderr), on a scratch database ``<name>_bench_logs`` (fr
    MB of output: ``pg_total_relation_size`` of ``task_log_chunks`` and
    ``task_log_attempts`` (table, TOAST, indexes) after the run minus before.
 3. Tail: the same with each task paced at ``--tail-mbs`` / N MB/s for
-   ``--tail-seconds`` (then again at half the ingestion rate measured in 2, where
-   the bridge keeps up), and one reader per task (each its own operator, as the
-   API throttles per operator) following it through the API
+   ``--tail-seconds``, three ways: one task followed by a reader (an operator
+   watching a task: the target's figure); every task followed, one reader each
+   (each its own operator, as the API throttles per operator), so the API serves
+   as many bytes as the bridge ingests, on the same cores; and every task followed
+   at half the ingestion rate measured in 2, where the bridge keeps up. A reader
+   follows through the API
    (``GET /api/v1/tasks/{id}/logs/?after_seq=&follow=`` when the server has
    ``follow``, else polling every 50 ms: ``--reader``). The lag of a chunk is the
    instant its reader has it minus the publish time the simulator wrote in its
@@ -223,8 +226,9 @@ def _ingest(
 class Readers:
     """Tail runs: paced output from a fresh simulator, one reader per task (each with its own operator)."""
 
-    def __init__(self, base_url: str, tokens: list[str], follow: bool) -> None:
+    def __init__(self, base_url: str, tokens: list[str], follow: bool, pids: dict[str, int]) -> None:
         self.base_url, self.tokens, self.follow = base_url, tokens, follow
+        self.pids = pids  # the roles whose CPU each run reports (with the simulator and this process)
 
     def tail(
         self,
@@ -234,8 +238,10 @@ class Readers:
         name: str,
         mbs: float,
         timeout_s: float,
+        followed: int,
     ) -> dict[str, float]:
-        """``args.runs`` runs with every task printing at ``mbs`` / N MB/s for ``args.tail_seconds``; medians."""
+        """``args.runs`` runs with every task printing at ``mbs`` / N MB/s for ``args.tail_seconds`` and the first
+        ``followed`` tasks each followed by a reader; medians."""
         rate_bps = mbs * MB / args.agents
         per_task = int(rate_bps * args.tail_seconds)
         paced = argparse.Namespace(**{**vars(args), "mb_per_task": per_task / MB})
@@ -247,12 +253,22 @@ class Readers:
             readers: list[Reader] = []
 
             def start(task_ids: list[int], readers: list[Reader] = readers) -> None:
-                pairs = zip(task_ids, self.tokens, strict=True)
+                pairs = zip(task_ids[:followed], self.tokens[:followed], strict=True)
                 readers.extend(Reader(self.base_url, token, task, per_task, self.follow) for task, token in pairs)
                 for thread in readers:
                     thread.start()
 
+            pids = self.pids | {
+                "simulator": next(p.pid for n, p in procs.children if n == name),
+                "bench readers": os.getpid(),
+            }
+            backends = _backends()
+            before = {n: _cpu(pid) for n, pid in pids.items()} | {"postgres backends": _backends_cpu(backends)}
+            started = time.perf_counter()
             run = _ingest(procs, agent_ids, per_task * args.agents, timeout_s, start)
+            wall = time.perf_counter() - started
+            after = {n: _cpu(pid) for n, pid in pids.items()} | {"postgres backends": _backends_cpu(backends)}
+            cpu = {n: (after[n] - before[n]) / wall * 100 for n in after}
             for thread in readers:
                 thread.join(60)
                 if thread.error is not None or thread.is_alive():
@@ -262,13 +278,16 @@ class Readers:
             run |= {"p50": percentile(lags, 50), "p99": percentile(lags, 99), "max": max(lags), "throttled": throttled}
             runs.append(run)
             print(
-                f"  tail run at {mbs:.1f} MB/s offered: {run['mbs']:.1f} MB/s ingested, lag p50 {run['p50'] * 1000:.0f}"
-                f" ms, p99 {run['p99'] * 1000:.0f} ms, max {run['max'] * 1000:.0f} ms ({len(lags)} chunks read, "
-                f"{throttled} answers 429)",
+                f"  tail run at {mbs:.1f} MB/s offered, {followed} followed: {run['mbs']:.1f} MB/s ingested, "
+                f"lag p50 {run['p50'] * 1000:.0f} ms, p99 {run['p99'] * 1000:.0f} ms, max {run['max'] * 1000:.0f} ms "
+                f"({len(lags)} chunks read, "
+                f"{throttled} answers 429); CPU % of a core: " + ", ".join(f"{n} {v:.0f}" for n, v in cpu.items()),
                 flush=True,
             )
         procs.stop(next(process for n, process in procs.children if n == name))
-        return {"offered": mbs} | {key: median([run[key] for run in runs]) for key in ("mbs", "p50", "p99", "max")}
+        return {"offered": mbs, "followed": followed} | {
+            key: median([run[key] for run in runs]) for key in ("mbs", "p50", "p99", "max")
+        }
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -372,15 +391,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 3. the tail: paced output, one API reader per task
         web_port = free_port()
-        procs.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(web_port), "aegis_site.asgi:application"], env)
+        web = procs.start("web", [DAPHNE, "-b", "127.0.0.1", "-p", str(web_port), "aegis_site.asgi:application"], env)
         wait_port(web_port, 30)
         base_url, tokens = f"http://127.0.0.1:{web_port}", operator_tokens(args.agents)
         follow = args.reader == "follow" or (args.reader == "auto" and has_follow(base_url, tokens[0], 1))
         results["reader"] = "follow" if follow else f"poll every {POLL_S * 1000:.0f} ms"
-        readers = Readers(base_url, tokens, follow)
-        results["tail"] = readers.tail(procs, broker, args, "tail", args.tail_mbs, timeout_s)
+        roles = {"web": web.pid, "mosquitto": broker.process.pid} | {
+            f"bridge{n}" if n else "bridge": process.pid for n, process in enumerate(bridges)
+        }
+        readers = Readers(base_url, tokens, follow, roles)
+        # The operator's view: one task followed while every agent prints (the target's figure).
+        results["tail"] = readers.tail(procs, broker, args, "tail", args.tail_mbs, timeout_s, 1)
+        # Every task followed: the readers' API traffic equals the ingested output, on the same two cores.
+        results["tail_all"] = readers.tail(procs, broker, args, "tailall", args.tail_mbs, timeout_s, args.agents)
         # At half the measured ingestion rate the bridge keeps up: the lag is the follow path's, not a backlog's.
-        results["tail_kept_up"] = readers.tail(procs, broker, args, "tailhalf", results["ingest_mbs"] / 2, timeout_s)
+        half = results["ingest_mbs"] / 2
+        results["tail_kept_up"] = readers.tail(procs, broker, args, "tailhalf", half, timeout_s, args.agents)
         procs.check_alive()
         failed = False
         return results
@@ -419,10 +445,14 @@ def main() -> None:
         ("ingested / baseline", f"{r['ingest_mbs'] / r['raw_mbs']:.2f}", ""),
         ("database bytes per MB of output", f"{r['ingest_db_bytes_per_mb'] / MB:.2f} MB", ""),
     ]
-    for key, target in (("tail", "< 1000"), ("tail_kept_up", "")):
+    for key, target in (("tail", "< 1000"), ("tail_all", ""), ("tail_kept_up", "")):
         tail = r[key]
         rows += [
-            (f"tail at {tail['offered']:.1f} MB/s offered: ingested, MB/s", f"{tail['mbs']:.1f}", ""),
+            (
+                f"tail at {tail['offered']:.1f} MB/s offered, {tail['followed']} followed: ingested, MB/s",
+                f"{tail['mbs']:.1f}",
+                "",
+            ),
             ("  lag p50, ms (publish -> API reader has it)", f"{tail['p50'] * 1000:.0f}", ""),
             ("  lag p99, ms", f"{tail['p99'] * 1000:.0f}", target),
             ("  lag max, ms", f"{tail['max'] * 1000:.0f}", ""),

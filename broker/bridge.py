@@ -5,7 +5,8 @@ Threads, each with one job:
   backoff forever and subscribes again on every connect;
 - the consumer pump: an asyncio loop running the ASGI application for an
   ``mqtt`` scope; it hands batches to the consumer and sends the PUBACKs the
-  consumer releases after its commit (``manual_ack``);
+  consumer releases after its commit (``manual_ack``); it decodes the next
+  batch (in an executor thread) while the consumer applies the previous one;
 - the publisher: publishes unsent outbox rows, woken by NOTIFY or a poll;
 - the heartbeat flusher: one UPDATE per flush window.
 """
@@ -18,6 +19,8 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -30,7 +33,7 @@ from aegis_site.core.roles import FailedSteps, RoleBeacon
 from aegis_site.core.wakeup import OUTBOX_CHANNEL, Listener
 from broker import protocol
 from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client, service_client_id
-from broker.ingest import Incoming
+from broker.ingest import Decoded, Incoming
 from broker.presence import HeartbeatBuffer, RevokedAgents
 from broker.publisher import publish_pending
 
@@ -47,6 +50,13 @@ def subscriptions(mqtt5: bool, group: str) -> list[tuple[str, int]]:
     return [(topic, 1) for topic in filters]
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """Put into ``inbound`` when the consumer committed batch number ``batch``."""
+
+    batch: int
+
+
 class Bridge:
     def __init__(self, url: str | None = None, client_id: str | None = None) -> None:
         self.address = BrokerAddress.from_url(url) if url else BrokerAddress.configured()
@@ -54,7 +64,7 @@ class Bridge:
         self.mqtt5 = mqtt5()
         self.stop = threading.Event()
         self.connected = threading.Event()
-        self.inbound: queue.Queue[Incoming] = queue.Queue()
+        self.inbound: queue.Queue[Incoming | _Applied] = queue.Queue()
         self.heartbeats = HeartbeatBuffer()
         self.revoked = RevokedAgents()
         self.unsubscribed = threading.Event()
@@ -196,16 +206,27 @@ class Bridge:
             self.shutdown()
         return self.exit_code
 
-    def _next_batch(self) -> list[Incoming]:
-        try:
-            batch = [self.inbound.get(timeout=0.2)]
-        except queue.Empty:
-            return []
-        while len(batch) < settings.BRIDGE_BATCH_SIZE:
+    def _gather(self, in_flight: int | None, consumer_gone: Callable[[], bool]) -> Decoded:
+        """The next batch, decoded as its messages arrive.
+
+        With a batch ``in_flight`` (being applied), take messages until the batch is full or that
+        batch committed (its ``_Applied`` marker comes through ``inbound``): the next batch is
+        decoded while the previous one waits on PostgreSQL, which releases the GIL. With none,
+        take what is there now, waiting up to 0.2 s for the first message.
+        """
+        batch = Decoded()
+        while len(batch) < settings.BRIDGE_BATCH_SIZE and not self.stop.is_set():
             try:
-                batch.append(self.inbound.get_nowait())
+                item = self.inbound.get_nowait() if batch and in_flight is None else self.inbound.get(timeout=0.2)
             except queue.Empty:
-                break
+                if in_flight is None or consumer_gone():  # a dead consumer applies nothing: let the pump see it
+                    break
+                continue
+            if isinstance(item, _Applied):
+                if item.batch == in_flight:
+                    in_flight = None  # an earlier batch's marker (this one filled up first) is ignored
+                continue
+            batch.add(item)
         return batch
 
     def _run_consumer(self) -> None:
@@ -222,9 +243,13 @@ class Bridge:
         mailbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         done: asyncio.Queue[None] = asyncio.Queue()
 
+        number = 0  # batches handed to the consumer
+        in_flight: int | None = None  # the one it holds
+
         async def send(message: dict[str, Any]) -> None:
             if message["type"] == "mqtt.ack":
                 self.ack(message["acks"])
+                self.inbound.put(_Applied(number))  # wakes ``_gather``: hand over what it has
                 await done.put(None)
 
         scope = {
@@ -239,21 +264,28 @@ class Bridge:
         loop = asyncio.get_running_loop()
         try:
             while not self.stop.is_set():
-                batch = await loop.run_in_executor(None, self._next_batch)
+                batch = await loop.run_in_executor(None, self._gather, in_flight, instance.done)
+                if in_flight is not None:  # one batch applied at a time: the next waits for this one's commit
+                    await self._committed(done, instance)
+                    in_flight = None
                 if not batch:
                     continue
+                number += 1
+                in_flight = number
                 # In process, so the batch travels as it is (a channel layer would need plain data).
                 await mailbox.put({"type": "mqtt.message", "messages": batch})
-                # One batch at a time: the next waits for this one's commit (or for shutdown).
-                while not self.stop.is_set():
-                    try:
-                        await asyncio.wait_for(done.get(), timeout=0.5)
-                        break
-                    except TimeoutError:
-                        if instance.done():
-                            instance.result()  # re-raises what killed the consumer
         finally:
             instance.cancel()
+
+    async def _committed(self, done: asyncio.Queue[None], instance: asyncio.Future[Any]) -> None:
+        """Until the consumer acknowledged the batch it holds, or the bridge stops."""
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(done.get(), timeout=0.5)
+                return
+            except TimeoutError:
+                if instance.done():
+                    instance.result()  # re-raises what killed the consumer
 
     def _run_publisher(self) -> None:
         listener = Listener(OUTBOX_CHANNEL)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Container, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db import transaction
 
 from aegis_site.core import clock, counters, wakeup
 from broker.presence import HeartbeatBuffer
 from broker.protocol import (
+    AgentMessage,
     Heartbeat,
     Hello,
     ProtocolError,
@@ -43,21 +44,51 @@ class Incoming:
     qos: int = 1
 
 
-def ingest(batch: Iterable[Incoming], heartbeats: HeartbeatBuffer, revoked: Container[str] = frozenset()) -> int:
+@dataclass(slots=True)
+class Decoded:
+    """A batch decoded and validated, not yet applied: each message, or why it is not one.
+
+    Decoding touches no database, so the bridge decodes the next batch while the
+    previous one commits (``broker.bridge``); applying stays one batch at a time, in order.
+    """
+
+    items: list[Incoming] = field(default_factory=list)
+    messages: list[AgentMessage | ProtocolError] = field(default_factory=list)
+
+    def add(self, item: Incoming) -> None:
+        self.items.append(item)
+        try:
+            self.messages.append(parse_agent_message(item.topic, item.payload))
+        except ProtocolError as error:
+            self.messages.append(error)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def decode(batch: Iterable[Incoming]) -> Decoded:
+    decoded = Decoded()
+    for item in batch:
+        decoded.add(item)
+    return decoded
+
+
+def ingest(
+    batch: Iterable[Incoming] | Decoded, heartbeats: HeartbeatBuffer, revoked: Container[str] = frozenset()
+) -> int:
     """Apply a batch in arrival order; returns how many messages needed the database.
 
     Heartbeats only move a time in ``heartbeats`` (flushed later as one UPDATE);
     the rest is applied in one transaction.
     """
+    decoded = batch if isinstance(batch, Decoded) else decode(batch)
     parsed: list[Hello | Status | TaskEvent] = []
     output: list[TaskLog] = []
     now = clock.now()
-    for item in batch:
-        try:
-            message = parse_agent_message(item.topic, item.payload)
-        except ProtocolError as error:
-            if error.code != "empty":  # a retained message being cleared: nothing to apply, nothing wrong
-                drop(error.code, item.topic, error.message)
+    for item, message in zip(decoded.items, decoded.messages, strict=True):
+        if isinstance(message, ProtocolError):
+            if message.code != "empty":  # a retained message being cleared: nothing to apply, nothing wrong
+                drop(message.code, item.topic, message.message)
             continue
         if message.agent_id in revoked:
             drop("revoked_certificate", item.topic, f"agent {message.agent_id} has no live certificate")

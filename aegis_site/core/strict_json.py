@@ -43,12 +43,14 @@ def decode_json(payload: bytes, max_bytes: int) -> Any:
         raise JsonRefused("too_deep", f"nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, and the hooks' refusals
         raise JsonRefused("not_json", str(exc)[:200]) from None
-    # The tree walk only matters when the raw text allows what it looks for: NUL and lone
-    # surrogates can only arrive as \u escapes (strict JSON refuses raw control characters,
-    # and valid UTF-8 holds no surrogates), and nesting deeper than MAX_DEPTH needs more
-    # than MAX_DEPTH brackets. Two C-level scans spare heartbeats the walk.
-    if "\\u" in text or text.count("{") + text.count("[") > MAX_DEPTH:
-        _check_tree(data)
+    # Each check of the tree walk only runs when the raw text allows what it looks for: NUL and
+    # lone surrogates can only arrive as \u escapes (strict JSON refuses raw control characters,
+    # and valid UTF-8 holds no surrogates), and nesting deeper than MAX_DEPTH needs more than
+    # MAX_DEPTH brackets. C-level scans spare most documents the walk, and a log line's brackets
+    # ("worker[3]") the scan of every string.
+    strings = "\\u" in text
+    if strings or text.count("{") + text.count("[") > MAX_DEPTH:
+        _check_tree(data, strings)
     return data
 
 
@@ -70,13 +72,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _check_tree(document: Any) -> None:
-    """Bound nesting and refuse text PostgreSQL cannot store; iterative, so no input can exhaust the stack."""
+def _check_tree(document: Any, strings: bool = True) -> None:
+    """Bound nesting and (with ``strings``) refuse text PostgreSQL cannot store; iterative, so no input can
+    exhaust the stack."""
     stack: list[tuple[Any, int]] = [(document, 1)]
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
-            if _BAD_CHARS.search(value):
+            if strings and _BAD_CHARS.search(value):
                 raise JsonRefused("bad_string", "text holds NUL or a lone surrogate")
         elif isinstance(value, dict | list):
             if depth > MAX_DEPTH:

@@ -217,7 +217,9 @@ async def logs(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseB
         def read() -> OutputPage:
             return read_output(response.task_id, response.attempt, wanted["after_seq"], wanted["limit"])
 
-        page = await output_waits.follow(read, response.task_id, wanted["follow"])
+        page = await output_waits.follow(
+            read, response.task_id, wanted["follow"], gather_s=settings.TASK_LOG_FOLLOW_GATHER_S
+        )
         fill(response, page, response.plain)
     finally:
         output_waits.FOLLOWERS.release()

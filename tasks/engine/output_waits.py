@@ -12,6 +12,7 @@ Used by the API's ``?follow=`` (``tasks.api.output``) and by the admin's live ta
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -77,12 +78,17 @@ def finished(page: OutputPage) -> bool:
     return page.state in TERMINAL_STATES
 
 
-async def follow(read: Callable[[], OutputPage], task_id: int, timeout: float, until_end: bool = True) -> OutputPage:
+async def follow(
+    read: Callable[[], OutputPage], task_id: int, timeout: float, until_end: bool = True, gather_s: float = 0.0
+) -> OutputPage:
     """Read until the page has chunks, the task is in a final state, or ``timeout`` seconds have passed.
 
     ``read`` runs in a worker thread and gives its connection back after each read; between
     reads this coroutine awaits the task's wakeups, holding nothing. ``until_end=False`` (the
     admin's tail) keeps waiting past the task's end: a late chunk of its attempt may still come.
+    ``gather_s``: chunks that come sooner than this after the follow began wait until then (unless
+    they fill the page), so one answer carries every commit of that time: a reader of a busy task
+    asks at most about 1/``gather_s`` times a second instead of once per bridge commit.
     """
 
     def read_and_release() -> OutputPage:
@@ -91,12 +97,17 @@ async def follow(read: Callable[[], OutputPage], task_id: int, timeout: float, u
         finally:
             release_connection()
 
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     key = str(task_id)
     while True:
         mark = WAITS.mark()  # before reading: a NOTIFY between the read and the wait ends the wait at once
         page = await sync_to_async(read_and_release)()
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        remaining = deadline - now
+        if page.chunks and not page.more and now - started < gather_s:
+            await asyncio.sleep(started + gather_s - now)
+            return await sync_to_async(read_and_release)()
         if page.chunks or (until_end and finished(page)) or remaining <= 0:
             return page
         await WAITS.wait(key, mark, remaining)

@@ -91,6 +91,32 @@ def test_a_follower_is_answered_when_a_chunk_is_stored_by_another_connection(run
     assert output_waits.FOLLOWERS.count == 0
 
 
+def test_commits_within_the_gather_time_come_in_one_answer(running: Task, settings: Any) -> None:
+    # The default gather (0.25 s) is widened so that two commits made one after the other surely fall
+    # inside it on a loaded machine; the answer then carries both, not only the first.
+    settings.TASK_LOG_FOLLOW_GATHER_S = 30
+    follow = Follow(reader(), running, follow=60)
+    follow.start()
+    wait_for(lambda: output_waits.WAITS.waiters(str(running.pk)) == 1, "the follower to wait", timeout=30)
+    in_other_thread(lambda: store(running, (1, "stdout", b"one\n")))
+    in_other_thread(lambda: store(running, (2, "stdout", b"two\n")))
+    follow.join(ANSWER_WITHIN_S + 30)
+    assert follow.response is not None, "the follower was not answered"
+    assert [c["data"] for c in follow.response.json()["chunks"]] == ["one\n", "two\n"]
+
+
+def test_a_full_page_is_answered_without_gathering(running: Task, settings: Any) -> None:
+    settings.TASK_LOG_FOLLOW_GATHER_S = 3600  # were a full page held for it, the join below would time out
+    follow = Follow(reader(), running, follow=60, limit=2)
+    follow.start()
+    wait_for(lambda: output_waits.WAITS.waiters(str(running.pk)) == 1, "the follower to wait", timeout=30)
+    in_other_thread(lambda: store(running, (1, "stdout", b"a"), (2, "stdout", b"b"), (3, "stdout", b"c")))
+    follow.join(ANSWER_WITHIN_S)
+    assert follow.response is not None, "a full page waited for the gather time"
+    page = follow.response.json()
+    assert ([c["seq"] for c in page["chunks"]], page["more"]) == ([1, 2], True)
+
+
 def test_a_follower_in_plain_text_gets_the_bytes_and_the_cursor(running: Task) -> None:
     follow = Follow(reader(), running, follow=60, format="txt")
     follow.start()
