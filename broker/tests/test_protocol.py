@@ -261,6 +261,9 @@ def test_agent_ids_at_the_edges_of_the_pattern_parse():
         (b'{"v": 1, "id": "a\\u0000b"}', "bad_string"),
         (b'{"v": 1, "x\\u0000": 1}', "bad_string"),
         (b'{"v": 1, "id": "\\ud800"}', "bad_string"),
+        # Brackets in text (log lines) take the depth walk; an escaped NUL beside them is still found.
+        (b'{"v": 1, "log": "' + b"worker[1] " * 40 + b'", "id": "a\\u0000b"}', "bad_string"),
+        (b'{"v": 1, "log": "' + b"worker[1] " * 40 + b'\\ud800"}', "bad_string"),
     ],
 )
 def test_payloads_that_are_not_a_json_object_are_refused(payload, code):
