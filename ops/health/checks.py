@@ -1,4 +1,5 @@
-"""The project's own checks: the process serving, the MQTT broker, the roles' freshness, certificate expiry.
+"""The project's own checks: the process serving, the MQTT broker, the roles' freshness, certificate expiry,
+the notifier and its backlog.
 
 Each raises ``ServiceUnavailable`` (unhealthy: the view answers 500) or
 ``ServiceWarning`` (reported, still healthy). Messages name what is wrong and
@@ -22,6 +23,7 @@ from health_check.exceptions import ServiceUnavailable, ServiceWarning
 
 from aegis_site.core import clock
 from aegis_site.core.models import RoleHeartbeat
+from notify.models import Delivery, DeliveryState, Subscription
 
 
 @dataclasses.dataclass
@@ -132,3 +134,36 @@ class CertificateExpiry(HealthCheck):
                     warnings.append(f"{name} expires in {left.days} days")
         if warnings:
             raise ServiceWarning("; ".join(warnings))
+
+
+@dataclasses.dataclass
+class Notifications(HealthCheck):
+    """With an enabled subscription, a notifier must heartbeat, and due deliveries must not wait long.
+
+    No subscription: nothing to send, healthy without a notifier. A notifier silent past
+    ``ROLE_STALE_AFTER`` is unhealthy (events pile up unsent); the oldest due delivery
+    waiting more than ``backlog_warn_s`` is a warning (the notifiers are behind).
+    Deliveries waiting for a retry are not due: a failing receiver does not raise this.
+    """
+
+    role: str = "notifier"
+    backlog_warn_s: float = 600.0
+
+    def run(self) -> None:
+        try:
+            if not Subscription.objects.filter(enabled=True).exists():
+                return
+            latest = RoleHeartbeat.objects.filter(role=self.role).order_by("-beat_at").first()
+            now = clock.now()
+            due = Delivery.objects.filter(state=DeliveryState.PENDING, next_attempt_at__lte=now)
+            oldest = due.order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
+        finally:
+            connection.close()  # as RoleFreshness: checks run on executor threads, outside any request
+        if latest is None:
+            raise ServiceUnavailable(f"subscriptions exist but no {self.role} has ever reported")
+        age = (now - latest.beat_at).total_seconds()
+        if age > settings.ROLE_STALE_AFTER:
+            raise ServiceUnavailable(f"{self.role} last reported {age:.0f}s ago ({latest.instance})")
+        waited = (now - oldest).total_seconds() if oldest is not None else 0.0
+        if waited > self.backlog_warn_s:
+            raise ServiceWarning(f"the oldest due notification has waited {waited:.0f}s")

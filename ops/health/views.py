@@ -26,6 +26,7 @@ def comprehensive_checks() -> tuple[Any, ...]:
         "ops.health.checks.MqttBroker",
         ("ops.health.checks.RoleFreshness", {"role": "bridge"}),
         ("ops.health.checks.RoleFreshness", {"role": "dispatcher"}),
+        "ops.health.checks.Notifications",
         ("health_check.contrib.psutil.Disk", {"path": str(settings.DATA_DIR), "max_disk_usage_percent": 90.0}),
         ("health_check.contrib.psutil.Memory", {"max_memory_usage_percent": 90.0}),
         "ops.health.checks.CertificateExpiry",

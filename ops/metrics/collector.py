@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from aegis_site.core import clock
 from aegis_site.core.models import RoleHeartbeat
 from broker.models import OutboxMessage
+from notify.models import Delivery, DeliveryState
 from ops.metrics import certificates
 from registry.models import Agent
 from tasks.models import HELD_STATES, Job, Task, TaskState
@@ -35,6 +36,31 @@ def data_dir_usage() -> Any | None:
     except OSError as exc:
         log.warning("metrics: disk usage of DATA_DIR %s unavailable: %s", settings.DATA_DIR, exc.strerror or exc)
         return None
+
+
+DEAD_COUNT_CAP = 100_000  # dead deliveries are counted up to this (no index on state but for pending)
+
+
+def notification_backlog() -> Iterator[Metric]:
+    """Deliveries waiting (pending, the partial index), how long the oldest due one has waited, and the dead.
+
+    The due age grows only when no notifier takes due deliveries: ones waiting for a retry
+    (``next_attempt_at`` in the future) are not due. It is 0 with nothing due.
+    """
+    now = clock.now()
+    pending = Delivery.objects.filter(state=DeliveryState.PENDING)
+    yield GaugeMetricFamily(
+        "aegis_notify_pending", "Notification deliveries pending (due or retrying).", value=pending.count()
+    )
+    oldest = pending.filter(next_attempt_at__lte=now).aggregate(oldest=Min("next_attempt_at"))["oldest"]
+    age = (now - oldest).total_seconds() if oldest else 0.0
+    yield GaugeMetricFamily(
+        "aegis_notify_oldest_due_age_seconds", "Seconds the oldest due notification delivery has waited.", value=age
+    )
+    dead = Delivery.objects.filter(state=DeliveryState.DEAD)[: DEAD_COUNT_CAP + 1].count()
+    yield GaugeMetricFamily(
+        "aegis_notify_dead", f"Dead-lettered notification deliveries (counted up to {DEAD_COUNT_CAP + 1}).", value=dead
+    )
 
 
 class DomainCollector(Collector):
@@ -79,6 +105,8 @@ class DomainCollector(Collector):
         yield GaugeMetricFamily("aegis_queue_oldest_age_seconds", "Age of the oldest queued task.", value=age)
         backlog = OutboxMessage.objects.filter(sent_at__isnull=True).count()
         yield GaugeMetricFamily("aegis_outbox_backlog", "Server-to-agent messages not yet published.", value=backlog)
+
+        yield from notification_backlog()
 
         roles = GaugeMetricFamily(
             "aegis_role_heartbeat_age_seconds", "Seconds since each role last reported.", labels=["role"]

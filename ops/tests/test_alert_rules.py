@@ -43,6 +43,7 @@ RUNBOOK_ANCHORS = {
     "agents-offline",
     "outbox-backlog",
     "mqtt-dropped-messages",
+    "notification-backlog",
 }
 GROUPS = {"aegis-critical", "aegis-warning", "aegis-queue"}
 SEVERITIES = {"critical", "warning"}
@@ -172,5 +173,6 @@ def test_the_contract_metrics_are_used() -> None:
         "aegis_agents",
         "aegis_outbox_backlog",
         "aegis_mqtt_dropped_total",
+        "aegis_notify_oldest_due_age_seconds",
     ):
         assert re.search(rf"\b{metric}\b", text), metric

@@ -58,7 +58,8 @@ def test_comprehensive_is_healthy_when_everything_answers(healthy):
     answer = Client().get("/healthz/comprehensive", **JSON)
     assert answer.status_code == 200, answer.json()
     assert failing(answer) == {}
-    assert len(answer.json()) == 8  # database, cache, broker, bridge, dispatcher, disk, memory, certificates
+    # database, cache, broker, bridge, dispatcher, notifications, disk, memory, certificates
+    assert len(answer.json()) == 9
 
 
 def test_a_stale_dispatcher_makes_it_unhealthy_is_named_and_recovers(healthy):
