@@ -420,7 +420,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
-    "ENUM_NAME_OVERRIDES": {"JobStateEnum": "tasks.models.JobState", "TaskStateEnum": "tasks.models.TaskState"},
+    "ENUM_NAME_OVERRIDES": {
+        "JobStateEnum": "tasks.models.JobState",
+        "TaskStateEnum": "tasks.models.TaskState",
+        "EventTypeEnum": "notify.models.EventType",
+    },
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums"],
 }
 

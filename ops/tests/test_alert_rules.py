@@ -95,7 +95,15 @@ def test_scrape_config_with_files(tmp_path: Path) -> None:
 def test_scrape_config_jobs() -> None:
     config = yaml.safe_load(CONFIG.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"aegis-web", "aegis-bridge", "aegis-dispatcher", "postgres", "mosquitto", "node"}
+    assert set(jobs) == {
+        "aegis-web",
+        "aegis-bridge",
+        "aegis-dispatcher",
+        "aegis-notifier",
+        "postgres",
+        "mosquitto",
+        "node",
+    }
     web = jobs["aegis-web"]
     assert web["metrics_path"] == "/metrics"
     assert web["authorization"]["type"] == "Bearer"
