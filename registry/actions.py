@@ -94,11 +94,23 @@ def _verb(state: AdminState) -> str:
 
 
 def mark_online(agent_id: str, at: datetime | None = None, transport: Transport | None = None) -> int:
-    """The agent is alive; with ``transport``, also how it is reached from now on (one UPDATE either way)."""
+    """The agent is alive; with ``transport``, also how it is reached from now on.
+
+    An agent that was not online comes online (``signals.agent_connectivity_changed``, in
+    this transaction): a conditional UPDATE first, so only a real change is told; the
+    plain UPDATE after it, for an agent online already, moves ``last_seen_at``.
+    """
     now = at or clock.now()
     fields: dict[str, Any] = {"connectivity": Connectivity.ONLINE, "last_seen_at": now, "disconnect_reason": ""}
     if transport is not None:
         fields["transport"] = transport
+    with transaction.atomic(savepoint=False):
+        came = (
+            Agent.objects.filter(pk=agent_id).exclude(connectivity=Connectivity.ONLINE).update(**fields, updated_at=now)
+        )
+        if came:
+            signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=True, at=now, reason="")
+            return came
     return Agent.objects.filter(pk=agent_id).update(**fields, updated_at=now)
 
 
@@ -115,10 +127,15 @@ def use_transport(agent_id: str, transport: Transport) -> int:
 
 
 def mark_offline(agent_id: str, reason: str, at: datetime | None = None) -> int:
+    """An online agent goes offline (``signals.agent_connectivity_changed``, in this transaction)."""
     now = at or clock.now()
-    return Agent.objects.filter(pk=agent_id, connectivity=Connectivity.ONLINE).update(
-        connectivity=Connectivity.OFFLINE, disconnect_reason=reason[:200], updated_at=now
-    )
+    with transaction.atomic(savepoint=False):
+        went = Agent.objects.filter(pk=agent_id, connectivity=Connectivity.ONLINE).update(
+            connectivity=Connectivity.OFFLINE, disconnect_reason=reason[:200], updated_at=now
+        )
+        if went:
+            signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=False, at=now, reason=reason[:200])
+    return went
 
 
 _TOUCH_SET = (
@@ -139,27 +156,45 @@ def touch_agents(last_seen: Mapping[str, datetime]) -> int:
     """Record many heartbeats in one statement (the bridge coalesces them per flush window).
 
     The rows are locked in id order, as the claims lock them: in any other order
-    a flush and a claim waiting for each other's rows deadlock.
+    a flush and a claim waiting for each other's rows deadlock. An agent a heartbeat
+    revives (the silence sweep had taken it offline) is told
+    (``signals.agent_connectivity_changed``), in this statement's transaction.
     """
     if not last_seen:
         return 0
     field = Agent._meta.get_field("last_seen_at")
     ids = sorted(last_seen)
     stamps = [field.get_db_prep_value(last_seen[agent_id], connection) for agent_id in ids]
-    with connection.cursor() as cursor:
+    with transaction.atomic(savepoint=False), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            # v holds each row as locked (FOR UPDATE reads its latest version): whether this heartbeat revives it.
             cursor.execute(
                 f"UPDATE agents SET {_TOUCH_SET.format(ts='v.ts')} "  # noqa: S608  (constant SQL)  # nosec B608
-                "FROM (SELECT a.id, u.ts FROM agents a JOIN unnest(%s::varchar[], %s::timestamptz[]) AS u(id, ts) "
-                "ON a.id = u.id ORDER BY a.id FOR UPDATE OF a) AS v WHERE agents.id = v.id",
+                "FROM (SELECT a.id, u.ts, a.connectivity = 'offline' AND a.disconnect_reason = 'heartbeat timeout' "
+                "AS revives FROM agents a JOIN unnest(%s::varchar[], %s::timestamptz[]) AS u(id, ts) "
+                "ON a.id = u.id ORDER BY a.id FOR UPDATE OF a) AS v WHERE agents.id = v.id RETURNING v.id, v.revives",
                 [ids, stamps],
             )
-            return cursor.rowcount
-        cursor.executemany(
-            f"UPDATE agents SET {_TOUCH_SET.format(ts='%s')} WHERE id = %s",  # noqa: S608  (constant SQL)  # nosec B608
-            list(zip(stamps, stamps, ids, strict=True)),
-        )
-        return cursor.rowcount
+            touched = cursor.rowcount
+            revived = sorted(agent_id for agent_id, revives in cursor.fetchall() if revives)
+        else:  # SQLite serialises writers: what is read here is what the UPDATE finds
+            marks = ", ".join(["%s"] * len(ids))
+            cursor.execute(
+                f"SELECT id FROM agents WHERE id IN ({marks}) AND connectivity = 'offline' "  # noqa: S608  # nosec B608
+                "AND disconnect_reason = 'heartbeat timeout'",
+                ids,
+            )
+            revived = sorted(row[0] for row in cursor.fetchall())
+            cursor.executemany(
+                f"UPDATE agents SET {_TOUCH_SET.format(ts='%s')} WHERE id = %s",  # noqa: S608  (constant SQL)  # nosec B608
+                list(zip(stamps, stamps, ids, strict=True)),
+            )
+            touched = cursor.rowcount
+        for agent_id in revived:
+            signals.agent_connectivity_changed.send(
+                Agent, agent_id=agent_id, online=True, at=last_seen[agent_id], reason=""
+            )
+        return touched
 
 
 def lock_agents(agent_ids: Iterable[str]) -> None:
@@ -190,9 +225,14 @@ def mark_silent_agents_offline(heartbeat_interval_s: float, missed: int, at: dat
         ids = list(silent.select_for_update().order_by("pk").values_list("pk", flat=True))
         if not ids:
             return 0
-        return silent.filter(pk__in=ids).update(
+        went = silent.filter(pk__in=ids).update(
             connectivity=Connectivity.OFFLINE, disconnect_reason="heartbeat timeout", updated_at=now
         )
+        for agent_id in ids:  # locked above and still online then: each one changed
+            signals.agent_connectivity_changed.send(
+                Agent, agent_id=agent_id, online=False, at=now, reason="heartbeat timeout"
+            )
+        return went
 
 
 def issue_token(agent_id: str, actor: Actor, ttl: timedelta | None = None) -> tuple[AgentCredential, str]:
@@ -288,6 +328,7 @@ def record_hello(
         if agent.enrolment_policy is not None:
             reported.update(_within_policy(agent, labels, capabilities))
         changed = {key: value for key, value in reported.items() if getattr(agent, key) != value}
+        came_online = not created and agent.connectivity != Connectivity.ONLINE
         for key, value in reported.items():
             setattr(agent, key, value)
         agent.connectivity = Connectivity.ONLINE
@@ -295,6 +336,8 @@ def record_hello(
         agent.disconnect_reason = ""
         agent.transport = Transport.MQTT  # it holds an MQTT session now: the dispatcher pushes to it
         agent.save()
+        if came_online:
+            signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=True, at=now, reason="")
         if created or changed:
             record(Actor.agent(agent_id), "agent.register" if created else "agent.update", "agent", agent_id, **changed)
     offers_changed = created or bool({"capabilities", "labels"} & changed.keys())

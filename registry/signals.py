@@ -1,6 +1,6 @@
 """What the registry's actions tell the floors above it, without importing them.
 
-``registry`` may not import ``tasks`` or ``broker`` (docs/architecture.md, the floors),
+``registry`` may not import ``tasks``, ``broker`` or ``notify`` (docs/architecture.md, the floors),
 yet some of its changes have consequences there: a new agent joins continuous jobs, a
 removed one loses its pinned tasks, a drain or a ping is a message to the agent. The
 registry's action sends one of these signals inside its transaction (Django signals are
@@ -43,7 +43,7 @@ admin_state_changed = _signal(
     """An operator changed an agent's admin state (``set_admin_state``); not sent when it stays the same.
 
     Arguments: ``agent_id``, ``previous`` and ``state`` (``registry.models.AdminState``), ``at``.
-    Receivers: ``broker.receivers.tell_agent_admin_state``.
+    Receivers: ``broker.receivers.tell_agent_admin_state``, ``notify.receivers.agent_disabled``.
     """
 )
 
@@ -52,5 +52,15 @@ agent_pinged = _signal(
 
     Arguments: ``agent_id``, ``at``.
     Receivers: ``broker.receivers.send_ping``.
+    """
+)
+
+agent_connectivity_changed = _signal(
+    """An agent came online or went offline: sent only when the row changed, not for every heartbeat.
+
+    From ``mark_online``, ``mark_offline``, ``touch_agents`` (a heartbeat revives an agent the
+    silence sweep took offline), ``mark_silent_agents_offline`` and ``record_hello``.
+    Arguments: ``agent_id``, ``online`` (bool), ``at``, ``reason`` (why it went offline; empty when online).
+    Receivers: ``notify.receivers.agent_connectivity_changed``.
     """
 )

@@ -1,6 +1,6 @@
 """Each registry signal has exactly the receivers its docstring names, so no receiver is hidden.
 
-The registry tells ``tasks`` and ``broker`` of its changes through ``registry.signals``
+The registry tells ``tasks``, ``broker`` and ``notify`` of its changes through ``registry.signals``
 (it may not import them); a receiver connected somewhere without a word in the
 signal's docstring would be business flow nobody reading the registry can see.
 """
@@ -29,7 +29,13 @@ def connected_receivers(signal: Signal) -> set[str]:
 
 
 def test_the_registry_declares_the_signals_the_other_apps_listen_to():
-    assert set(SIGNALS) == {"agent_registered", "agent_removing", "admin_state_changed", "agent_pinged"}
+    assert set(SIGNALS) == {
+        "agent_registered",
+        "agent_removing",
+        "admin_state_changed",
+        "agent_pinged",
+        "agent_connectivity_changed",
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SIGNALS))

@@ -9,6 +9,7 @@ from typing import Any
 from django.db.models import F, QuerySet
 
 from aegis_site.core.errors import InvalidTransition, NotFound
+from tasks import signals
 from tasks.engine import history
 from tasks.engine.backoff import backoff_ceiling
 from tasks.engine.jobs import cancel_tasks, settle
@@ -141,8 +142,10 @@ def cancel_job(job_id: int, force: bool, actor: str, now: datetime) -> Job:
         raise NotFound(f"job {job_id} does not exist")
     if job.state not in OPEN_JOB_STATES:
         raise InvalidTransition(f"job {job_id} is already {job.state}")
-    cancel_tasks(job.tasks.all(), now, force=force, reason="job canceled by operator", actor=actor)
-    # Whatever the roll-up just concluded, the operator's word is final.
+    # Whatever the roll-up would conclude, the operator's word is final (and the job.finished event says canceled).
+    cancel_tasks(
+        job.tasks.all(), now, force=force, reason="job canceled by operator", actor=actor, closing=JobState.CANCELED
+    )
     Job.objects.filter(pk=job_id).update(state=JobState.CANCELED, updated_at=now)
     job.refresh_from_db()
     settle(job, now)
@@ -155,6 +158,7 @@ def pause_job(job_id: int, now: datetime) -> Job:
     if job.state not in (JobState.SCHEDULED, JobState.RUNNING):
         raise InvalidTransition(f"job {job_id} is {job.state}; only a scheduled or running job can be paused")
     Job.objects.filter(pk=job_id).update(state=JobState.PAUSED, updated_at=now)
+    signals.job_paused.send(Job, job_id=job_id, at=now)
     job.refresh_from_db()
     return job
 

@@ -12,7 +12,7 @@ from datetime import datetime
 from broker import outbox
 from broker.outbox import DirectSink
 from tasks.engine import history
-from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.jobs import count_terminal, record_terminal, tell_failed
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEventKind, TaskState
 
@@ -51,5 +51,6 @@ def expire_leases(now: datetime, limit: int, sink: DirectSink | None = None) -> 
     save_tasks(expired)
     history.write_events(events)
     outbox.write(cancels, sink)
+    tell_failed(expired, now)
     record_terminal(count_terminal((t.job_id, t.state) for t in expired if t.state in TERMINAL_STATES), now)
     return len(expired)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 from django.db.models import QuerySet
 
 from broker import outbox
+from tasks import signals
 from tasks.engine import history
 from tasks.engine.lifecycle import save_tasks
 from tasks.models import (
@@ -53,12 +55,14 @@ _RETURNED = (
 )
 
 
-def record_terminal(per_job: dict[int, Counter[str]], now: datetime) -> None:
+def record_terminal(per_job: dict[int, Counter[str]], now: datetime, closing: str | None = None) -> None:
     """Add finished tasks to their jobs' counters, then finish or abort the jobs that call for it.
 
     One ``UPDATE ... RETURNING`` per job: the row is locked only from here to the
     commit, so agents finishing tasks of one large job do not queue behind each other
-    for the whole of their transactions.
+    for the whole of their transactions. ``closing``: the state an operator is giving
+    the job (``cancel_job``), so a job its last tasks finish here ends in that state,
+    not in the one its counters would give (the ``job.finished`` event names it).
     """
     quote = connection.ops.quote_name
     for job_id in sorted(per_job):
@@ -71,6 +75,8 @@ def record_terminal(per_job: dict[int, Counter[str]], now: datetime) -> None:
             )
             row = cursor.fetchone()
         job = Job(pk=job_id, **dict(zip(_RETURNED, _from_db(row), strict=True)))
+        if closing is not None:
+            job.state = closing
         if job.state in OPEN_JOB_STATES and exceeds_failure_threshold(job):
             abort(job, now)
         else:
@@ -90,10 +96,14 @@ def _from_db(row: tuple[object, ...]) -> list[object]:
 
 
 def settle(job: Job, now: datetime) -> None:
-    """Give a job whose tasks all ended its final state (used where no counter changed)."""
+    """Give a job whose tasks all ended its final state (used where no counter changed).
+
+    Every job's end passes here once (``finished_at`` is set only while empty): ``signals.job_finished``.
+    """
     fields = _final_fields(job, now)
     if fields:
         Job.objects.filter(pk=job.pk).update(**fields, updated_at=now)
+        signals.job_finished.send(Job, job_id=job.pk, state=job.state, at=now)
 
 
 def _final_fields(job: Job, now: datetime) -> dict[str, object]:
@@ -125,24 +135,66 @@ def exceeds_failure_threshold(job: Job) -> bool:
 
 
 def abort(job: Job, now: datetime) -> None:
+    """The failure threshold is crossed: the job is aborted (``signals.job_aborted``) and its open tasks canceled."""
     Job.objects.filter(pk=job.pk).update(state=JobState.ABORTED, updated_at=now)
     job.state = JobState.ABORTED
+    signals.job_aborted.send(Job, job_id=job.pk, at=now)
     cancel_tasks(Task.objects.filter(job_id=job.pk), now, force=False, reason="job aborted: failure threshold")
     settle(Job.objects.get(pk=job.pk), now)
 
 
 def mark_running(job_ids: Iterable[int], now: datetime) -> None:
+    """Scheduled jobs among these start running; ``signals.job_started`` for each this statement moved.
+
+    ``UPDATE ... RETURNING``: a job another claim started first (its row changed while
+    this one waited for the lock) fails the state test again and is not returned.
+    """
     ids = sorted(set(job_ids))
-    if ids:
-        Job.objects.filter(pk__in=ids, state=JobState.SCHEDULED).update(state=JobState.RUNNING, updated_at=now)
+    if not ids:
+        return
+    marks = ", ".join(["%s"] * len(ids))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE jobs SET state = %s, updated_at = %s WHERE id IN ({marks}) AND state = %s RETURNING id",  # nosec B608  # placeholders only
+            [JobState.RUNNING.value, now, *ids, JobState.SCHEDULED.value],
+        )
+        started = sorted(row[0] for row in cursor.fetchall())
+    for job_id in started:
+        signals.job_started.send(Job, job_id=job_id, at=now)
 
 
-def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str, actor: str = "") -> int:
+FAILED_FINAL_STATES = (TaskState.FAILED, TaskState.TIMED_OUT)
+
+
+def tell_failed(tasks: Iterable[Any], now: datetime) -> None:
+    """``signals.task_failed`` for each task (a ``Task`` or a row with its attributes) that just ended failed.
+
+    Called by every path that ends attempts (reports, expiry, reconcile, stuck) with the
+    tasks it changed: a task still queued for its next attempt is not a final failure.
+    """
+    for task in tasks:
+        if task.state in FAILED_FINAL_STATES:
+            signals.task_failed.send(
+                Task,
+                task_id=task.pk,
+                job_id=task.job_id,
+                attempt=task.attempt,
+                agent_id=task.agent_id,
+                state=task.state,
+                error=task.error,
+                at=now,
+            )
+
+
+def cancel_tasks(
+    tasks: QuerySet[Task], now: datetime, force: bool, reason: str, actor: str = "", closing: str | None = None
+) -> int:
     """Cancel every open task of the given queryset.
 
     Queued tasks end at once. Held tasks get a cancel sent to their agent; with
     ``force`` they end at once too and a late result is fenced off, without it they
     end when the agent reports or their lease runs out. Returns how many ended now.
+    ``closing``: see ``record_terminal``.
     """
     locked = list(
         tasks.filter(state__in=[TaskState.QUEUED, *HELD_STATES]).select_for_update(no_key=True).order_by("pk")
@@ -197,5 +249,5 @@ def cancel_tasks(tasks: QuerySet[Task], now: datetime, force: bool, reason: str,
     history.write_events(events)
     outbox.write(messages)
     finished = [(task.job_id, task.state) for task in ended if task.state in TERMINAL_STATES]
-    record_terminal(count_terminal(finished), now)
+    record_terminal(count_terminal(finished), now, closing)
     return len(finished)

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from broker import outbox
 from tasks.engine import history
 from tasks.engine.claim import Assignment
-from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.jobs import count_terminal, record_terminal, tell_failed
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.models import HELD_STATES, TERMINAL_STATES, Task, TaskEventKind, TaskState
 
@@ -88,5 +88,6 @@ def reconcile(
     save_tasks(changed)
     history.write_events(events)
     outbox.write(messages)
+    tell_failed(changed, now)
     record_terminal(count_terminal((t.job_id, t.state) for t in changed if t.state in TERMINAL_STATES), now)
     return result

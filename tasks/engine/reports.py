@@ -21,7 +21,7 @@ from django.db.models import Count, Q
 from aegis_site.core import counters
 from registry.models import AdminState, Agent, Connectivity
 from tasks.engine import history
-from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.jobs import count_terminal, record_terminal, tell_failed
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.engine.targeting import Target, agent_matches
 from tasks.models import (
@@ -168,6 +168,7 @@ def apply_agents_reports(items: list[tuple[str, Report]], now: datetime) -> list
         outcomes.append(_apply(batch, task, agent_id, report))
     save_tasks(list(batch.changed.values()), _WRITTEN)
     history.write_events(batch.events)
+    tell_failed(batch.changed.values(), now)
     record_terminal(
         count_terminal((t.job_id, t.state) for t in batch.changed.values() if t.state in TERMINAL_STATES), now
     )

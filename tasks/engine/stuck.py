@@ -24,7 +24,7 @@ from broker import outbox
 from registry.models import Agent, Connectivity
 from tasks.engine import history
 from tasks.engine.control import lock_task
-from tasks.engine.jobs import count_terminal, record_terminal
+from tasks.engine.jobs import count_terminal, record_terminal, tell_failed
 from tasks.engine.lifecycle import end_attempt, save_tasks
 from tasks.models import HELD_STATES, TERMINAL_STATES, Job, Task, TaskEventKind, TaskState
 
@@ -109,6 +109,7 @@ def end_held_attempt(task_id: int, attempt: int, actor: str, now: datetime) -> t
     if agent_id:
         # Should the agent still run the old attempt, it stops: the task must not run twice.
         outbox.write([outbox.to_inbox(agent_id, "task.cancel", now, task_id=task.pk, attempt=attempt, force=True)])
+    tell_failed([task], now)
     if task.state in TERMINAL_STATES:
         record_terminal(count_terminal([(task.job_id, task.state)]), now)
     return task, "lease_expired" if lease_expired else "agent_offline"

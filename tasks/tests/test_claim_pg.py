@@ -13,7 +13,7 @@ from aegis_site.core import clock
 from registry.models import Agent, Connectivity
 from tasks.engine import claim_pg
 from tasks.engine.targeting import Target, matches
-from tasks.models import Job, JobMode, Task
+from tasks.models import Job, JobMode, JobState, Task
 
 KEYS = ("zone", "os", "tier")
 VALUES = st.one_of(st.sampled_from(["a", "b", "c"]), st.integers(0, 2), st.none())
@@ -55,6 +55,7 @@ def test_sql_targeting_agrees_with_python(
         job = Job.objects.create(
             kind="echo",
             mode=JobMode.ANY,
+            state=JobState.RUNNING,  # a scheduled job starts on the general path (claim_pg._LOCK_SQL)
             task_count=1,
             target_agent_ids=ids,
             target_labels=selector,
@@ -74,7 +75,8 @@ def test_a_committed_claim_commits_in_the_same_flight_and_a_failed_one_leaves_no
     from tasks import actions
 
     make_agent("a1")
-    actions.submit_job(spec(target_agent_ids=["a1"]), operator)
+    job, _ = actions.submit_job(spec(target_agent_ids=["a1"]), operator)
+    Job.objects.filter(pk=job.pk).update(state=JobState.RUNNING)  # scheduled jobs start on the general path
     with pytest.raises(DatabaseError):
         claim_pg.claim_agents(["a1"], "not a number", clock.now(), push=True, commit=True)
     assert connection.connection.info.transaction_status == 0  # IDLE: rolled back, no lock held
