@@ -69,16 +69,18 @@ def lines(msg: Message) -> list[str]:
         return [f"{_job(data)} {msg.type.removeprefix('job.')}{suffix}"]
     if msg.type.startswith("agent."):
         agent = data.get("agent") or {}
-        return [f"agent {agent.get('id', data.get('agent_id', '?'))} is {msg.type.removeprefix('agent.')}"]
+        name = agent.get("name") or agent.get("id", "?")
+        return [f"agent {name} is {msg.type.removeprefix('agent.')}"]
     if msg.type == EventType.CERTIFICATE_EXPIRING:
-        cert = data.get("certificate") or data
+        cert = data.get("certificate") or {}
         return [
-            f"certificate {cert.get('serial', '?')} of {cert.get('agent_id') or cert.get('subject') or '?'} "
-            f"expires {cert.get('not_after', '?')}"
+            f"certificate of {cert.get('role', '?')} {cert.get('common_name', '?')} (serial {cert.get('serial', '?')}) "
+            f"expires {cert.get('not_after', '?')}, in {cert.get('days_left', '?')} days"
         ]
     if msg.type == EventType.RECONCILIATION_STUCK:
-        task = data.get("task") or data
-        return [f"task {task.get('id', '?')} stuck in reconciliation since {task.get('since', '?')}"]
+        task = data.get("task") or {}
+        what = data.get("title") or data.get("reason") or "needs reconciliation"
+        return [f"task {task.get('id', '?')} of {_job(data)} stuck since {data.get('since') or '?'}: {what}"]
     return [f"{msg.type}: {json.dumps(data, ensure_ascii=False, sort_keys=True)[:300]}"]
 
 

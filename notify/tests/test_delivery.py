@@ -320,3 +320,63 @@ def test_a_late_answer_after_the_lease_ran_out_leaves_the_delivery_to_its_new_ho
     assert item.lease_until is not None  # still the second notifier's
     assert delivery.record(second, Outcome("delivered", status=200), clock.now()) == DeliveryState.SUCCEEDED
     assert statuses(item) == [503, 200]
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data", "line"),
+    [
+        (
+            "job.finished",
+            {"job": {"id": 3, "kind": "deploy", "state": "failed"}, "outcome": "aborted"},
+            "job 3 (deploy) finished: aborted",
+        ),
+        ("agent.offline", {"agent": {"id": "a-1", "name": "web-1"}}, "agent web-1 is offline"),
+        (
+            "certificate.expiring",
+            {
+                "certificate": {
+                    "role": "agent",
+                    "common_name": "a-1",
+                    "serial": "0a",
+                    "not_after": "2026-01-06T00:00:00Z",
+                    "days_left": 5,
+                }
+            },
+            "certificate of agent a-1 (serial 0a) expires 2026-01-06T00:00:00Z, in 5 days",
+        ),
+        (
+            "reconciliation.stuck",
+            {
+                "title": "lease expired",
+                "since": "2026-01-01T11:00:00Z",
+                "task": {"id": 9},
+                "job": {"id": 3, "kind": "deploy"},
+            },
+            "task 9 of job 3 (deploy) stuck since 2026-01-01T11:00:00Z: lease expired",
+        ),
+    ],
+)
+def test_one_readable_line_per_event(event_type: str, data: dict[str, Any], line: str) -> None:
+    msg = render.Message("evt_1", event_type, datetime(2026, 1, 1, tzinfo=UTC), data)
+    assert render.lines(msg) == [line]
+    assert json.loads(render.slack_body(msg)) == {"text": f"[aegis] {line}"}
+    subject, body = render.email(msg)
+    assert subject == f"[aegis] {event_type}: {line}"
+    assert body.startswith(line)
+
+
+def test_events_written_by_the_outbox_reach_the_receiver(
+    receiver: Receiver, loopback_allowed: None, pool: ThreadPoolExecutor, frozen_clock: Any, settings: Any
+) -> None:
+    """notify.outbox.emit's rows, as the state changes write them: two failures of one job gather into one digest."""
+    from notify.outbox import emit
+
+    sub = subscription(receiver.url())
+    emit("task.failed", "task.failed:1:1", failed_task(1), clock.now(), job_id=7, job_kind="echo")
+    frozen_clock.advance(1)
+    emit("task.failed", "task.failed:2:1", failed_task(2), clock.now(), job_id=7, job_kind="echo")
+    assert run(pool) == 1  # the first is due at once and takes the gathering second with it
+    (request,) = receiver.requests
+    body = Webhook(sub.secret).verify(request.body, request.headers)
+    assert [task["id"] for task in body["data"]["tasks"]] == [1, 2]
+    assert Delivery.objects.filter(state=DeliveryState.MERGED).count() == 1
