@@ -110,6 +110,22 @@ def test_two_notifiers_post_each_delivery_once(
         assert process.wait(30) == 0
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_lets_the_send_in_flight_finish(
+    receiver: Receiver, notifiers: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    receiver.hold()
+    item = event_for(subscription(receiver.url()))
+    process = notifiers()
+    wait_for(lambda: receiver.count() == 1, "the notifier's POST", timeout=60)
+    process.send_signal(signal.SIGTERM)
+    receiver.release()
+    assert process.wait(60) == 0
+    assert state(item) == DeliveryState.SUCCEEDED  # recorded before it exited: not sent again
+    assert receiver.ids() == {item.pk: 1}
+
+
 def test_a_notifier_whose_steps_keep_failing_exits_non_zero(tmp_path: Path) -> None:
     """No database to claim from: after ROLE_MAX_FAILED_STEPS failed steps in a row it exits 1 for a restart."""
     env = role_env(tmp_path, ROLE_MAX_FAILED_STEPS="3", DB_POOL_TIMEOUT="1", LOG_LEVEL="INFO")
