@@ -259,6 +259,16 @@ NOTIFY_DIGEST_WINDOW_S = _positive_float("NOTIFY_DIGEST_WINDOW_S", 60.0)  # task
 NOTIFY_CERT_EXPIRY_WARN_DAYS = _positive_int("NOTIFY_CERT_EXPIRY_WARN_DAYS", 14)
 NOTIFY_STUCK_AFTER_S = _positive_float("NOTIFY_STUCK_AFTER_S", 900.0)  # in the reconciliation view this long
 NOTIFY_EMAIL_FROM = env.str("NOTIFY_EMAIL_FROM", default="aegis@localhost")
+# E-mail notifications go through Django's SMTP backend with these (a password may come from EMAIL_HOST_PASSWORD_FILE).
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)  # STARTTLS
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)  # implicit TLS (port 465)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: STARTTLS or implicit TLS, not both.")
 
 
 # --- Task artifacts (files tasks produce; docs/artifacts.md) --------------------------------

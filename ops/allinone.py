@@ -223,6 +223,7 @@ def role_commands(
     commands["web"] = [python, "-m", "daphne", "-v", "0", "-b", host, "-p", str(port), "aegis_site.asgi:application"]
     commands["dispatcher"] = [python, manage, "run_dispatcher"]
     commands["bridge"] = [python, manage, "run_bridge"]
+    commands["notifier"] = [python, manage, "run_notifier"]
     if agents and not settings.MQTT_CA_FILE:
         broker = urlsplit(mqtt_url)
         mqtt_version = "311" if env.get("MQTT_PROTOCOL", settings.MQTT_PROTOCOL) == "3.1.1" else "5"

@@ -1,7 +1,7 @@
 """The image's HEALTHCHECK: one image runs every role, so the check looks at what the container runs.
 
 - web (daphne): ``GET /healthz`` on its own port answers 200 (the process serves; liveness touches no database);
-- bridge, dispatcher: the process recorded a role heartbeat within ``ROLE_STALE_AFTER`` (a role blocked on
+- bridge, dispatcher, notifier: the process recorded a role heartbeat within ``ROLE_STALE_AFTER`` (a role blocked on
   the database or the broker stops beating, which a port probe would not see);
 - anything else (migrate, setup_broker, backup): healthy, there is nothing long-running to watch.
 
@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-ROLES = {"run_bridge": "bridge", "run_dispatcher": "dispatcher"}
+ROLES = {"run_bridge": "bridge", "run_dispatcher": "dispatcher", "run_notifier": "notifier"}
 
 
 def role_of(argv: list[str]) -> str | None:

@@ -336,7 +336,7 @@ def scrape_targets() -> dict[str, str]:
     }
 
 
-ROLE_COMMANDS = {"aegis-bridge": "run_bridge", "aegis-dispatcher": "run_dispatcher"}
+ROLE_COMMANDS = {"aegis-bridge": "run_bridge", "aegis-dispatcher": "run_dispatcher", "aegis-notifier": "run_notifier"}
 
 
 @pytest.mark.parametrize("job", sorted(ROLE_COMMANDS))
@@ -373,7 +373,7 @@ def test_every_role_scrape_target_is_a_port_compose_opens_and_the_role_serves(ro
 
 
 def test_kubernetes_roles_serve_metrics_on_their_declared_port() -> None:
-    for name in ("bridge", "dispatcher"):
+    for name in ("bridge", "dispatcher", "notifier"):
         document = next(yaml.safe_load_all((ROOT / "deploy/k8s/base" / f"{name}.yaml").read_text()))
         container = document["spec"]["template"]["spec"]["containers"][0]
         env = {item["name"]: item.get("value") for item in container.get("env", [])}

@@ -33,7 +33,7 @@ AGENTS = 3
 # What a user's shell passes on: no DATABASE_URL, MQTT_URL, SECRET_KEY, LOG_FORMAT of the surrounding test run.
 PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 PLAIN_LINE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+ \S")
-ROLES = ("broker", "web", "dispatcher", "bridge", "agents")
+ROLES = ("broker", "web", "dispatcher", "bridge", "notifier", "agents")
 STARTED = re.compile(r" INFO aegis\.allinone started (\w+) pid=(\d+) ")
 
 

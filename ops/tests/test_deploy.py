@@ -70,13 +70,24 @@ def test_compose_config_accepts_the_file_with_the_example_environment() -> None:
 
 
 def test_every_role_and_one_shot_of_the_issue_is_a_service(compose: dict[str, Any]) -> None:
-    expected = {"app", "bridge", "dispatcher", "postgres", "mosquitto", "redis", "nginx", "migrate", "certs"}
+    expected = {
+        "app",
+        "bridge",
+        "dispatcher",
+        "notifier",
+        "postgres",
+        "mosquitto",
+        "redis",
+        "nginx",
+        "migrate",
+        "certs",
+    }
     assert expected <= set(compose["services"])
     assert compose["services"]["postgres"]["healthcheck"]
     assert any(volume.endswith(":/var/lib/postgresql/data") for volume in compose["services"]["postgres"]["volumes"])
     for one_shot in ("migrate", "certs"):
         assert compose["services"][one_shot]["restart"] == "no"
-    for role in ("app", "bridge", "dispatcher"):
+    for role in ("app", "bridge", "dispatcher", "notifier"):
         waits_for = compose["services"][role]["depends_on"]
         assert waits_for["migrate"]["condition"] == "service_completed_successfully"
         assert waits_for["certs"]["condition"] == "service_completed_successfully"
@@ -264,6 +275,7 @@ def test_healthcheck_recognises_each_role_from_its_command() -> None:
     assert healthcheck.daphne_port(service(compose, "app").command) == 8000
     assert healthcheck.role_of(service(compose, "bridge").command) == "bridge"
     assert healthcheck.role_of(service(compose, "dispatcher").command) == "dispatcher"
+    assert healthcheck.role_of(service(compose, "notifier").command) == "notifier"
     assert healthcheck.role_of(service(compose, "migrate").command) is None
 
 
@@ -325,6 +337,7 @@ def test_kubernetes_roles_probes_and_jobs() -> None:
     compose = load_compose()
     commands = {"web": service(compose, "app"), "bridge": service(compose, "bridge")}
     commands["dispatcher"] = service(compose, "dispatcher")
+    commands["notifier"] = service(compose, "notifier")
     for role, svc in commands.items():
         deployment = by_kind["Deployment"][f"aegis-{role}"]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
