@@ -40,23 +40,24 @@ def emit(
 ) -> Event | None:
     """Write the event ``key`` names and a delivery for each enabled subscription that wants it.
 
-    Call inside the cause's transaction. Returns the new event, or ``None`` when an event
-    of that key exists already (nothing is written then). ``job_kind`` and ``agent_labels``
-    are what the subscriptions' filters test; a filter applies only when its value is given.
+    Call inside the cause's transaction. Returns the new event, or ``None`` when an event of
+    that key exists already or no enabled subscription wants it (nothing is written then).
+    ``job_kind`` and ``agent_labels`` are what the subscriptions' filters test; a filter
+    applies only when its value is given.
     """
-    event = Event(type=event_type, key=key, occurred_at=at, payload=payload, job_id=job_id)
-    # ON CONFLICT DO NOTHING (INSERT OR IGNORE on SQLite): on PostgreSQL a concurrent insert of the
-    # same key waits for the other transaction and then does nothing if it committed.
-    Event.objects.bulk_create([event], ignore_conflicts=True)
-    if not Event.objects.filter(pk=event.pk).exists():
-        return None
     subscriptions = [
         subscription
         for subscription in Subscription.objects.filter(enabled=True).order_by("pk")
         if wants(subscription, event_type, job_kind, agent_labels)
     ]
     if not subscriptions:
-        return event
+        return None  # nobody listens: no row (a site without notifications writes nothing per change)
+    event = Event(type=event_type, key=key, occurred_at=at, payload=payload, job_id=job_id)
+    # ON CONFLICT DO NOTHING (INSERT OR IGNORE on SQLite): on PostgreSQL a concurrent insert of the
+    # same key waits for the other transaction and then does nothing if it committed.
+    Event.objects.bulk_create([event], ignore_conflicts=True)
+    if not Event.objects.filter(pk=event.pk).exists():
+        return None
     deadline = at + timedelta(seconds=settings.NOTIFY_DEADLINE_S)
     gathering = _digest_starts(subscriptions, job_id, at) if event_type == EventType.TASK_FAILED else {}
     window = timedelta(seconds=settings.NOTIFY_DIGEST_WINDOW_S)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from notify import payloads
+from notify import payloads, retention
 from notify.models import EventType
 from notify.outbox import emit, rfc3339
 from registry import signals as registry_signals
@@ -112,6 +112,11 @@ def _labels(agent_id: str) -> dict[str, Any]:
     return Agent.objects.filter(pk=agent_id).values_list("labels", flat=True).first() or {}
 
 
+def prune_notifications(sender: Any, *, cutoff: datetime, batch_size: int, dry_run: bool, **_: Any) -> dict[str, int]:
+    """``manage.py prune``: old events whose deliveries all ended (``notify.retention``)."""
+    return retention.prune(cutoff, batch_size, dry_run)
+
+
 def connect() -> None:
     """Connect every receiver (``NotifyConfig.ready``), each under its own dotted name."""
     for signal, receiver in (
@@ -122,5 +127,6 @@ def connect() -> None:
         (task_signals.task_failed, task_failed),
         (registry_signals.agent_connectivity_changed, agent_connectivity_changed),
         (registry_signals.admin_state_changed, agent_disabled),
+        (task_signals.pruning, prune_notifications),
     ):
         signal.connect(receiver, dispatch_uid=f"{receiver.__module__}.{receiver.__qualname__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from aegis_site.core import clock
 from aegis_site.core.models import AuditEvent
 from broker.models import OutboxMessage
+from tasks import signals
 from tasks.artifacts.actions import delete_for_tasks as delete_artifacts
 from tasks.models import (
     TERMINAL_STATES,
@@ -54,6 +55,7 @@ class PruneCounts:
     jobs: int = 0
     audit_events: int = 0
     outbox_messages: int = 0
+    others: dict[str, int] = field(default_factory=dict)  # what the ``pruning`` signal's receivers deleted
 
 
 def prunable_tasks(cutoff: datetime) -> QuerySet[Task]:
@@ -95,6 +97,7 @@ def prune(
         counts.jobs = prunable_jobs(cutoff).count()
         counts.audit_events = prunable_audit(cutoff).count()
         counts.outbox_messages = prunable_outbox(cutoff).count()
+        counts.others = _prune_others(cutoff, batch_size, dry_run=True)
         return counts
 
     def report(what: str, count: int) -> None:
@@ -124,7 +127,21 @@ def prune(
         lambda: prunable_outbox(cutoff), OutboxMessage.objects.all(), batch_size
     )
     report("outbox messages", counts.outbox_messages)
+    counts.others = _prune_others(cutoff, batch_size, dry_run=False)
+    for what, count in counts.others.items():
+        report(what, count)
     return counts
+
+
+def _prune_others(cutoff: datetime, batch_size: int, dry_run: bool) -> dict[str, int]:
+    """The apps above prune their own rows (``signals.pruning``): notifications, so far."""
+    others: dict[str, int] = {}
+    answers = signals.pruning.send(PruneCounts, cutoff=cutoff, batch_size=batch_size, dry_run=dry_run)
+    for _receiver, answer in answers:
+        counted: dict[str, int] = answer if isinstance(answer, dict) else {}
+        for what, count in counted.items():
+            others[what] = others.get(what, 0) + count
+    return others
 
 
 def _delete_in_batches(candidates: Callable[[], QuerySet[Any]], table: QuerySet[Any], batch_size: int) -> int:

@@ -8,7 +8,8 @@ notification outbox) commits or rolls back with it. Each receiver is connected i
 its app's ``AppConfig.ready()`` with a ``dispatch_uid``; each signal's docstring
 names its receivers, and ``tasks/tests/test_signals.py`` holds the two together.
 
-Every signal is sent with ``sender=Job`` (``task_failed`` with ``sender=Task``).
+Every signal is sent with ``sender=Job`` (``task_failed`` with ``sender=Task``, ``pruning`` with
+``sender=PruneCounts``).
 """
 
 from __future__ import annotations
@@ -65,5 +66,15 @@ task_failed = _signal(
     Arguments: ``task_id``, ``job_id``, ``attempt``, ``agent_id`` (or ``None``), ``state``
     (failed or timed_out), ``error`` (``{"code", "message"}`` or ``None``), ``at``.
     Receivers: ``notify.receivers.task_failed``.
+    """
+)
+
+pruning = _signal(
+    """``manage.py prune`` runs (``tasks.retention.prune``): the apps above delete their own old rows too.
+
+    Sent once, after the engine's own rows, outside any transaction (each receiver deletes in
+    batches of its own). Each receiver returns ``{what: count}`` (counted only with ``dry_run``).
+    Arguments: ``cutoff``, ``batch_size``, ``dry_run``.
+    Receivers: ``notify.receivers.prune_notifications``.
     """
 )

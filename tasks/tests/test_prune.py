@@ -72,7 +72,10 @@ def test_only_old_finished_rows_are_pruned():
 
     counts = retention.prune(timedelta(days=30))
 
-    assert counts == retention.PruneCounts(tasks=3, task_events=3, jobs=1, audit_events=1, outbox_messages=1)
+    nothing_notified = {"notification events": 0, "notification deliveries": 0}  # notify's receiver of ``pruning``
+    assert counts == retention.PruneCounts(
+        tasks=3, task_events=3, jobs=1, audit_events=1, outbox_messages=1, others=nothing_notified
+    )
     assert not Job.objects.filter(pk=old_done.pk).exists()
     assert not Task.objects.filter(pk__in=[t.pk for t in [*old_tasks, gone_task]]).exists()
     assert set(Job.objects.values_list("pk", flat=True)) == {mixed.pk, running.pk, recent_job.pk}

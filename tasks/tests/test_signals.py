@@ -14,9 +14,10 @@ from django.dispatch import Signal
 
 from tasks import signals
 from tasks.models import Job, Task
+from tasks.retention import PruneCounts
 
 SIGNALS = {name: value for name, value in vars(signals).items() if isinstance(value, Signal)}
-SENDERS = {"task_failed": Task}
+SENDERS = {"task_failed": Task, "pruning": PruneCounts}
 
 
 def named_receivers(signal: Signal) -> set[str]:
@@ -25,7 +26,7 @@ def named_receivers(signal: Signal) -> set[str]:
 
 
 def test_the_engine_declares_the_signals_the_other_apps_listen_to():
-    assert set(SIGNALS) == {"job_started", "job_finished", "job_paused", "job_aborted", "task_failed"}
+    assert set(SIGNALS) == {"job_started", "job_finished", "job_paused", "job_aborted", "task_failed", "pruning"}
 
 
 @pytest.mark.parametrize("name", sorted(SIGNALS))

@@ -6,7 +6,10 @@ from tasks import retention
 
 
 class Command(BaseCommand):
-    help = "Delete finished tasks (with their events), finished jobs, audit rows and sent outbox messages."
+    help = (
+        "Delete finished tasks (with their events), finished jobs, audit rows, sent outbox messages and "
+        "notification events whose deliveries ended."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--older-than", required=True, help="age cutoff: 30d, 12h or 90m")
@@ -29,4 +32,5 @@ class Command(BaseCommand):
             f"{verb}: {counts.tasks} tasks, {counts.task_events} task events, "
             f"{counts.task_log_chunks} output chunks, {counts.jobs} jobs, "
             f"{counts.audit_events} audit events, {counts.outbox_messages} sent outbox messages"
+            + "".join(f", {count} {what}" for what, count in counts.others.items())
         )
