@@ -27,13 +27,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    instance = Receiver().start()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture
 def loopback_allowed(settings: Any) -> None:
     """The test receiver is on 127.0.0.1, a private address the notifier refuses by default."""
     settings.NOTIFY_ALLOW_PRIVATE_ADDRESSES = True

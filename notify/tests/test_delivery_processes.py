@@ -23,13 +23,6 @@ from tests.support import free_port, wait_for
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    instance = Receiver().start()
-    yield instance
-    instance.stop()
-
-
-@pytest.fixture
 def notifiers(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
     """Starts notifier processes; each is killed (if still running) before the test database is flushed."""
     started: list[tuple[Path, subprocess.Popen[bytes]]] = []
