@@ -10,11 +10,13 @@ one event. The notifiers (``manage.py run_notifier``) send the deliveries after 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 
 from aegis_site.core import wakeup
 from notify.models import Delivery, Event, EventType, Subscription
@@ -37,19 +39,18 @@ def emit(
     job_id: int | None = None,
     job_kind: str | None = None,
     agent_labels: Mapping[str, Any] | None = None,
+    candidates: list[Subscription] | None = None,
 ) -> Event | None:
     """Write the event ``key`` names and a delivery for each enabled subscription that wants it.
 
     Call inside the cause's transaction. Returns the new event, or ``None`` when an event of
     that key exists already or no enabled subscription wants it (nothing is written then).
     ``job_kind`` and ``agent_labels`` are what the subscriptions' filters test; a filter
-    applies only when its value is given.
+    applies only when its value is given. ``candidates``: ``listening(event_type)``, when the
+    caller asked already.
     """
-    subscriptions = [
-        subscription
-        for subscription in Subscription.objects.filter(enabled=True).order_by("pk")
-        if wants(subscription, event_type, job_kind, agent_labels)
-    ]
+    pool = listening(event_type) if candidates is None else candidates
+    subscriptions = [subscription for subscription in pool if wants(subscription, event_type, job_kind, agent_labels)]
     if not subscriptions:
         return None  # nobody listens: no row (a site without notifications writes nothing per change)
     event = Event(type=event_type, key=key, occurred_at=at, payload=payload, job_id=job_id)
@@ -75,6 +76,29 @@ def emit(
     )
     wakeup.notify_on_commit(CHANNEL)
     return event
+
+
+def listening(event_type: str) -> list[Subscription]:
+    """The enabled subscriptions that list ``event_type`` (filters not applied): one query.
+
+    Receivers ask first and build nothing when the list is empty: a change nobody listens to
+    costs this one query (a claim that starts a job, a heartbeat that brings an agent back).
+    """
+    if connection.vendor == "postgresql" and not _anyone_listens(event_type):
+        return []
+    enabled = Subscription.objects.filter(enabled=True).order_by("pk")
+    return [subscription for subscription in enabled if event_type in (subscription.events or [])]
+
+
+def _anyone_listens(event_type: str) -> bool:
+    """The common answer (nobody) in the cheapest query: JSON containment, no ORM (a quarter of its cost)."""
+    with connection.cursor() as cursor:  # notify_subscriptions: Subscription's db_table
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM notify_subscriptions WHERE enabled AND events @> %s::jsonb)",
+            [json.dumps([event_type])],
+        )
+        row = cursor.fetchone()
+    return bool(row and row[0])
 
 
 def wants(

@@ -1,4 +1,4 @@
-"""The claim's hot path on PostgreSQL: one network round trip.
+"""The claim's hot path on PostgreSQL: one network round trip, and the COMMIT.
 
 In psycopg's pipeline mode these go to the server in one flight and run in order:
 
@@ -10,9 +10,11 @@ In psycopg's pipeline mode these go to the server in one flight and run in order
    whose target selects it (the SQL twin of ``targeting.matches``; a property
    test holds them together; a pinned task counts only while its job still
    selects its agent), pick the tasks ranked above every open rollout with room,
-   assign, write history and, in push mode, write the ``task.assign``
-   outbox messages (jobs start on the general path, see ``_LOCK_SQL``);
-4. for the dispatcher, which claims outside any other transaction: COMMIT.
+   assign, write history, start jobs and, in push mode, write the
+   ``task.assign`` outbox messages;
+4. for the dispatcher, which claims outside any other transaction: COMMIT, in a
+   second flight: the jobs (3) started are told first (``jobs.tell_started``:
+   ``signals.job_started``, whose receivers write notifications in this transaction).
 
 Each statement takes its own snapshot in READ COMMITTED, so the capacity count
 in (3) sees every claim committed before the lock in (2) was granted. Jobs with
@@ -35,28 +37,22 @@ from aegis_site.core import counters
 from broker import outbox
 from broker.models import OutboxMessage
 from broker.protocol import PROTOCOL_VERSION, inbox_topic
+from tasks.engine import jobs
 from tasks.engine.assignment import Assignment
 
-# The flag: the general path has work too. Jobs with rollout limits, and scheduled jobs with claimable tasks: a job
-# starts (scheduled -> running) only on the general path, whose ``jobs.mark_running`` tells ``signals.job_started``
-# inside the transaction (this path may commit in the same flight as its statements, with no Python in between).
 _LOCK_SQL = """
 SELECT a.id, EXISTS (
     SELECT 1 FROM jobs j WHERE j.state IN ('scheduled', 'running')
       AND (j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL))
-    OR EXISTS (
-    SELECT 1 FROM jobs j WHERE j.state = 'scheduled'
-      AND EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = j.id AND q.state = 'queued' AND q.not_before <= %(now)s))
 FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a
 """
 
-# ``selecting``: the running jobs without rollout limits whose target selects the agent, ``targeting.matches`` in SQL:
-# ids (empty = any), capabilities (a subset), labels (every key present and not null, equal to the wanted value or, for
-# a list, one of its values). A pinned task counts only while its job's target still selects its agent.
-# ``rollout_floor``: the highest priority among rollout-limited jobs that have claimable tasks and room, and scheduled
-# jobs with claimable tasks (a conservative test: the general path decides exactly). Only tasks above it are taken here;
-# the rest, limited or not, go through ``claim._claim_general`` in one priority order, so a limit that never binds
-# never costs a job its place in line. A scheduled job's first tasks go there too: it starts there (``_LOCK_SQL``).
+# ``selecting``: the jobs without rollout limits whose target selects the agent, ``targeting.matches`` in SQL: ids
+# (empty = any), capabilities (a subset), labels (every key present and not null, equal to the wanted value or, for a
+# list, one of its values). A pinned task counts only while its job's target still selects its agent.
+# ``rollout_floor``: the highest priority among rollout-limited jobs that have claimable tasks and room (a conservative
+# test: the general path decides exactly). Only tasks above it are taken here; the rest, limited or not, go through
+# ``claim._claim_general`` in one priority order, so a limit that never binds never costs a job its place in line.
 _CLAIM_SQL = """
 WITH agent AS (
     SELECT a.id, a.labels, a.capabilities, a.max_concurrency FROM agents a
@@ -64,7 +60,7 @@ WITH agent AS (
       AND ((a.connectivity = 'online' AND a.transport = 'mqtt') OR NOT %(push)s)  -- push: MQTT agents only
 ), selecting AS (
     SELECT j.id, j.mode FROM jobs j CROSS JOIN agent a
-    WHERE j.state = 'running'
+    WHERE j.state IN ('scheduled', 'running')
       AND j.max_in_flight IS NULL AND j.max_in_flight_percent IS NULL AND j.rate_per_minute IS NULL
       AND (j.target_agent_ids = '[]'::jsonb OR j.target_agent_ids ? a.id)
       AND (j.target_capabilities = '[]'::jsonb OR a.capabilities @> j.target_capabilities)
@@ -76,10 +72,9 @@ WITH agent AS (
 ), rollout_floor AS (
     SELECT max(j.priority) AS priority FROM jobs j
     WHERE j.state IN ('scheduled', 'running')
-      AND (j.state = 'scheduled' OR (
-          (j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL)
-          AND (j.max_in_flight IS NULL OR j.max_in_flight > (
-              SELECT count(*) FROM tasks h WHERE h.job_id = j.id AND h.state IN ('assigned', 'running')))))
+      AND (j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL)
+      AND (j.max_in_flight IS NULL OR j.max_in_flight > (
+          SELECT count(*) FROM tasks h WHERE h.job_id = j.id AND h.state IN ('assigned', 'running')))
       AND EXISTS (SELECT 1 FROM tasks q WHERE q.job_id = j.id AND q.state = 'queued' AND q.not_before <= %(now)s)
 ), picked AS (
     SELECT t.id FROM tasks t JOIN jobs j ON j.id = t.job_id
@@ -87,7 +82,7 @@ WITH agent AS (
       AND t.job_id IN (SELECT id FROM selecting)
       AND (t.agent_id = %(agent)s OR (t.agent_id IS NULL AND j.mode = 'any'))
       AND t.priority > COALESCE((SELECT priority FROM rollout_floor), -32769)
-      AND j.state = 'running'
+      AND j.state IN ('scheduled', 'running')
     ORDER BY t.priority DESC, t.id
     LIMIT GREATEST(0, LEAST(%(limit)s, COALESCE((SELECT max_concurrency FROM agent), 0) - (
         SELECT count(*) FROM tasks h WHERE h.agent_id = %(agent)s AND h.state IN ('assigned', 'running'))))
@@ -98,15 +93,20 @@ WITH agent AS (
         cancel_requested_at = NULL, progress = NULL, result = NULL, error = NULL, updated_at = %(now)s
     FROM picked, jobs j WHERE t.id = picked.id AND j.id = t.job_id
     RETURNING t.id, t.job_id, t.kind, t.attempt, t.priority, j.payload, j.execution_timeout_s, j.delivery_timeout_s,
-        EXTRACT(EPOCH FROM %(now)s - t.not_before)::float8 AS waited_s
+        j.state AS job_state, EXTRACT(EPOCH FROM %(now)s - t.not_before)::float8 AS waited_s
 ), history AS (
     INSERT INTO task_events (task_id, kind, attempt, from_state, to_state, agent_id, message_id, data, created_at)
     SELECT id, 'assigned', attempt, 'queued', 'assigned', %(agent)s, NULL, NULL, %(now)s FROM assigned
+), started AS (
+    UPDATE jobs SET state = 'running', updated_at = %(now)s
+    WHERE id IN (SELECT job_id FROM assigned WHERE job_state = 'scheduled') AND state = 'scheduled'
+    RETURNING id
 )
 """
 
 _RETURN_ASSIGNED = """
-SELECT id, job_id, kind, attempt, payload, execution_timeout_s, delivery_timeout_s, NULL, NULL, waited_s FROM assigned
+SELECT id, job_id, kind, attempt, payload, execution_timeout_s, delivery_timeout_s, NULL, NULL, waited_s,
+    job_id IN (SELECT id FROM started) FROM assigned
 ORDER BY priority DESC, id
 """
 
@@ -125,7 +125,7 @@ _PUSH_ASSIGNED = """
     RETURNING id, payload
 )
 SELECT a.id, a.job_id, a.kind, a.attempt, a.payload, a.execution_timeout_s, a.delivery_timeout_s, m.id, m.payload,
-    a.waited_s
+    a.waited_s, a.job_id IN (SELECT id FROM started)
 FROM assigned a JOIN messages m ON (m.payload -> 'task' ->> 'id')::bigint = a.id
 ORDER BY a.priority DESC, a.id
 """
@@ -142,15 +142,16 @@ def claim_agents(
     """Lock the agents and claim from jobs without rollout limits for each.
 
     Inside the caller's transaction; or, with ``commit`` (outside any
-    transaction), in a transaction of its own whose BEGIN and COMMIT travel in
-    the same flight as the statements: one round trip from the dispatcher's
+    transaction), in a transaction of its own whose BEGIN travels in the same
+    flight as the statements and whose COMMIT follows once the jobs it started
+    were told (``jobs.tell_started``): two round trips from the dispatcher's
     wake-up to assignments that are durable and may be published.
 
     Returns the assignments of every agent that exists (ids without an agent are
-    left out) and whether some open job has rollout limits or is still scheduled
-    with claimable tasks (then the caller runs the general path too). In push mode
-    the outbox rows are written and handed to ``broker.outbox``, published once
-    committed: by ``sink`` (the dispatcher's own publisher) when given, else by the bridge.
+    left out) and whether some open job has rollout limits (then the caller runs
+    the general path too). In push mode the outbox rows are written and handed to
+    ``broker.outbox``, published once committed: by ``sink`` (the dispatcher's own
+    publisher) when given, else by the bridge.
     """
     ids = sorted(set(agent_ids))
     direct = sink is not None
@@ -165,20 +166,23 @@ def claim_agents(
                 if commit:
                     conn.execute("BEGIN")
                 lock = psycopg.Cursor(conn)
-                lock.execute(_LOCK_SQL, {"agents": ids, "now": now}, prepare=True)
+                lock.execute(_LOCK_SQL, {"agents": ids}, prepare=True)
                 claims = []
                 for agent_id in ids:
                     cursor = psycopg.Cursor(conn)
                     cursor.execute(sql, _params(agent_id, limit, now, push, direct), prepare=True)
                     claims.append((agent_id, cursor))
-                if commit:
-                    conn.execute("COMMIT")
+            locked = lock.fetchall()
+            rows = {agent_id: cursor.fetchall() for agent_id, cursor in claims}
+            # The jobs this claim started are told inside its transaction (their notifications commit with it),
+            # so the COMMIT follows the results: one more round trip, not a second transaction.
+            jobs.tell_started(sorted({row[1] for claimed in rows.values() for row in claimed if row[10]}), now)
+            if commit:
+                conn.execute("COMMIT")
         except Exception:
             if commit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
             raise
-        locked = lock.fetchall()
-        rows = {agent_id: cursor.fetchall() for agent_id, cursor in claims}
     existing = {agent_id for agent_id, _limited in locked}
     limited = any(flag for _agent_id, flag in locked)
     # Outside a transaction, Django runs on-commit callbacks (the outbox's publication) at once.

@@ -159,7 +159,13 @@ def mark_running(job_ids: Iterable[int], now: datetime) -> None:
             [JobState.RUNNING.value, now, *ids, JobState.SCHEDULED.value],
         )
         started = sorted(row[0] for row in cursor.fetchall())
-    for job_id in started:
+    tell_started(started, now)
+
+
+def tell_started(job_ids: Iterable[int], now: datetime) -> None:
+    """``signals.job_started`` for jobs this transaction moved from scheduled to running (here or in
+    ``claim_pg``'s statement, which starts them in SQL and returns which)."""
+    for job_id in job_ids:
         signals.job_started.send(Job, job_id=job_id, at=now)
 
 
