@@ -57,6 +57,7 @@ class World:
     size: int = 0
 
     def grow(self, n: int) -> None:
+        self._subscribe()
         ids = [f"node-{self.size + i:03d}" for i in range(n)]
         for number, agent_id in enumerate(ids):
             registry_actions.register_agent(
@@ -84,7 +85,31 @@ class World:
         self._progress(newest, running.task_id, running.attempt, n)
         registry_actions.mark_offline(ids[0], "keepalive timeout")
         self._people(n)
+        self._delivery_log(n)
         self.size += n
+
+    def _subscribe(self) -> None:
+        """One more subscription to every event: the actions above write events and deliveries for each."""
+        from notify import actions as notify_actions
+        from notify.models import EventType
+
+        notify_actions.create_subscription(
+            self.operator,
+            name=f"hook {self.size}",
+            url="https://hooks.example.org/aegis",
+            events=list(EventType.values),
+        )
+
+    def _delivery_log(self, n: int) -> None:
+        """The newest delivery (by id) gets n attempts: only a notifier writes them, so they are rows here."""
+        from aegis_site.core import clock
+        from notify.models import Delivery, DeliveryAttempt
+
+        newest = Delivery.objects.order_by("-pk").first()
+        if newest is not None:
+            DeliveryAttempt.objects.bulk_create(
+                DeliveryAttempt(delivery=newest, at=clock.now(), status=502, error="bad gateway") for _ in range(n)
+            )
 
     def _finish(self, agent_id: str, task_id: int, attempt: int, ok: bool) -> None:
         key = f"{task_id}-{attempt}"

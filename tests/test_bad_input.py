@@ -29,6 +29,8 @@ from rest_framework.test import APIClient
 from aegis_site.core.audit import Actor
 from aegis_site.core.models import AuditEvent
 from broker.protocol import MAX_MESSAGE_BYTES, ProtocolError, parse_agent_message
+from notify import actions as notify_actions
+from notify.models import Subscription
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential, EnrolmentToken
 from tasks import actions
@@ -68,6 +70,8 @@ class World:
         (assignment,) = claimed.json()["tasks"]
         self.task_id = assignment["id"]
         self.api_token_id = self.operator_client().post(f"{API}/me/tokens/", {"name": "t"}, format="json").json()["id"]
+        hook = {"name": "hook", "url": "https://hooks.example.org/aegis", "events": ["job.finished"]}
+        self.subscription_id = notify_actions.create_subscription(Actor("tester"), **hook).pk
 
     def agent_client(self) -> APIClient:
         client = APIClient(raise_request_exception=False)
@@ -92,6 +96,7 @@ class World:
             "/tasks/{id}/": self.task_id,
             "/enrolment-tokens/{id}/": self.enrolment.pk,
             "/me/tokens/{id}/": self.api_token_id,
+            "/notifications/subscriptions/{id}/": self.subscription_id,
         }
         for prefix, value in ids.items():
             path = path.replace(prefix, prefix.replace("{id}", str(value)))
@@ -109,6 +114,7 @@ class World:
             AgentCredential.objects.count(),
             (task.state, task.progress, task.result, task.error),
             (agent.name, agent.labels, agent.admin_state, agent.transport),
+            list(Subscription.objects.order_by("pk").values_list("pk", "name", "url", "events", "enabled", "secret")),
         )
 
 

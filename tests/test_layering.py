@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("aegis_site", "registry", "tasks", "broker", "ops", "aegis_agent")
+PACKAGES = ("aegis_site", "registry", "tasks", "broker", "notify", "ops", "aegis_agent")
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 FLOORS = "The floors: each imports only the ones below"  # the layers contract: every wrong-way import breaks it too
@@ -34,6 +34,8 @@ WRONG_WAY = {
     ),
     "tasks/wrong_way.py": ("from ops import tokens\n", "Nothing imports ops but ops itself and the site"),
     "aegis_agent/wrong_way.py": ("import django\n", "The agent (aegis_agent) imports no Django and no project app"),
+    # The engine tells notify through tasks.signals; importing it would put notify below tasks.
+    "broker/wrong_way.py": ("from notify import outbox\n", FLOORS),
 }
 
 

@@ -22,6 +22,8 @@ from rest_framework.test import APIClient
 from aegis_site.api import errors
 from aegis_site.core.audit import Actor
 from aegis_site.core.models import AuditEvent
+from notify import actions as notify_actions
+from notify.models import Delivery, Subscription
 from ops.models import ApiToken
 from registry import actions as registry_actions
 from registry.models import Agent, AgentCredential, EnrolmentToken
@@ -52,6 +54,8 @@ def snapshot() -> tuple[Any, ...]:
         list(EnrolmentToken.objects.order_by("pk").values_list("pk", "name", "agent_id_prefix")),
         list(ApiToken.objects.order_by("pk").values_list("pk", "revoked_at")),
         AuditEvent.objects.count(),
+        list(Subscription.objects.order_by("pk").values_list("pk", "name", "url", "events", "enabled", "secret")),
+        list(Delivery.objects.order_by("pk").values_list("pk", "state", "next_attempt_at", "deadline")),
     )
 
 
@@ -67,6 +71,7 @@ class World:
         self.agent = APIClient()
         self.agent.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
         self.anonymous = APIClient()
+        self.subscription = notify_actions.create_subscription(Actor("t"), **HOOK).pk
         failed, _ = actions.submit_job(JobSpec(kind="echo", target_agent_ids=["edge-1"], max_attempts=1), Actor("t"))
         self.failed_job = failed.pk
         self.failed_task = failed.tasks.get().pk
@@ -82,7 +87,10 @@ class World:
         login = self.anonymous.post("/api/v1/auth/token/", {"username": "root", "password": PASSWORD}, format="json")
         self.refresh = login.json()["refresh"]
         self.api_token = self.operator.post("/api/v1/me/tokens/", {"name": "script"}, format="json").json()["id"]
+        self.delivery = Delivery.objects.get().pk  # the failed job's job.finished
 
+
+HOOK = {"name": "hook", "url": "https://hooks.example.org/aegis", "events": ["job.finished"]}
 
 # (method, path, who, a valid body) for every endpoint that reads a body.
 Case = tuple[str, Callable[[World], str], Callable[[World], APIClient], Callable[[World], dict[str, Any]]]
@@ -122,6 +130,24 @@ CASES: dict[str, Case] = {
         lambda w: f"/api/v1/tasks/{w.failed_task}/retry/",
         lambda w: w.operator,
         lambda w: {"reset_backoff": True},
+    ),
+    "post /api/v1/notifications/subscriptions/": (
+        "post",
+        lambda w: "/api/v1/notifications/subscriptions/",
+        lambda w: w.operator,
+        lambda w: dict(HOOK),
+    ),
+    "put /api/v1/notifications/subscriptions/{id}/": (
+        "put",
+        lambda w: f"/api/v1/notifications/subscriptions/{w.subscription}/",
+        lambda w: w.operator,
+        lambda w: {**HOOK, "name": "renamed"},
+    ),
+    "patch /api/v1/notifications/subscriptions/{id}/": (
+        "patch",
+        lambda w: f"/api/v1/notifications/subscriptions/{w.subscription}/",
+        lambda w: w.operator,
+        lambda w: {"name": "renamed"},
     ),
     "patch /api/v1/agents/{id}/": (
         "patch",
@@ -230,6 +256,16 @@ NO_PARAMETERS: dict[str, Control] = {
     "post /api/v1/me/tokens/{id}/revoke/": (
         "post",
         lambda w: f"/api/v1/me/tokens/{w.api_token}/revoke/",
+        lambda w: w.operator,
+    ),
+    "post /api/v1/notifications/subscriptions/{id}/rotate-secret/": (
+        "post",
+        lambda w: f"/api/v1/notifications/subscriptions/{w.subscription}/rotate-secret/",
+        lambda w: w.operator,
+    ),
+    "post /api/v1/notifications/deliveries/{id}/redeliver/": (
+        "post",
+        lambda w: f"/api/v1/notifications/deliveries/{w.delivery}/redeliver/",
         lambda w: w.operator,
     ),
 }
