@@ -59,6 +59,9 @@ def snapshot() -> tuple[Any, ...]:
     )
 
 
+HOOK = {"name": "hook", "url": "https://hooks.example.org/aegis", "events": ["job.finished"]}
+
+
 class World:
     """An operator, an agent holding a task, a failed task, an enrolment token: something for every endpoint."""
 
@@ -89,8 +92,6 @@ class World:
         self.api_token = self.operator.post("/api/v1/me/tokens/", {"name": "script"}, format="json").json()["id"]
         self.delivery = Delivery.objects.get().pk  # the failed job's job.finished
 
-
-HOOK = {"name": "hook", "url": "https://hooks.example.org/aegis", "events": ["job.finished"]}
 
 # (method, path, who, a valid body) for every endpoint that reads a body.
 Case = tuple[str, Callable[[World], str], Callable[[World], APIClient], Callable[[World], dict[str, Any]]]
