@@ -13,6 +13,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -108,7 +109,7 @@ class SubscriptionAdmin(admin.ModelAdmin):
             '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
             (
                 (
-                    reverse("admin:notify_delivery_change", args=[delivery.pk]),
+                    reverse("admin:notify_delivery_change", args=[quote(delivery.pk)]),  # admin URLs escape "_"
                     delivery.pk,
                     delivery.event.type,
                     delivery.state,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.db import connection
@@ -199,7 +200,7 @@ def newest_change_url(model: type[Model]) -> str:
     pk = model._default_manager.order_by("-pk").values_list("pk", flat=True).first()
     if pk is None:
         pytest.fail(f"World.grow makes no {model._meta.label} rows: teach it to, so its change page is checked")
-    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[pk])
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(pk)])
 
 
 def compare(client: Client, world: World, urls_of: Any) -> Iterator[tuple[str, int, int]]:

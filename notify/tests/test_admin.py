@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.test import Client
 from django.urls import reverse
 
@@ -118,7 +119,7 @@ def test_delivery_page_shows_the_attempt_log_and_redeliver_works():
     leader = make_delivery(subscription, "job.finished:8", state=DeliveryState.SUCCEEDED)
     merged = make_delivery(subscription, "job.finished:9", state=DeliveryState.MERGED, merged_into=leader)
     client = browser(*ALL)
-    page = client.get(reverse("admin:notify_delivery_change", args=[dead.pk])).content.decode()
+    page = client.get(reverse("admin:notify_delivery_change", args=[quote(dead.pk)])).content.decode()
     assert "503" in page
     assert "attempts (newest first)" in page.lower()
     listing = client.get(reverse("admin:notify_delivery_changelist") + "?state__exact=dead")
@@ -140,7 +141,7 @@ def test_permissions():
     subscription = actions.create_subscription(Actor("tester"), **HOOK)
     dead = make_delivery(subscription, "job.finished:7", state=DeliveryState.DEAD)
     reader = browser("notify.view_subscription", "notify.view_delivery", username="reader")
-    assert reader.get(reverse("admin:notify_delivery_change", args=[dead.pk])).status_code == 200
+    assert reader.get(reverse("admin:notify_delivery_change", args=[quote(dead.pk)])).status_code == 200
     assert reader.get(reverse("admin:notify_subscription_add")).status_code == 403
     reader.post(reverse("admin:notify_delivery_changelist"), {"action": "redeliver", "_selected_action": [dead.pk]})
     assert Delivery.objects.get(pk=dead.pk).state == DeliveryState.DEAD
@@ -150,3 +151,14 @@ def test_permissions():
     )
     assert Subscription.objects.get(pk=subscription.pk).secret == subscription.secret
     assert browser(username="nobody").get(reverse("admin:notify_delivery_changelist")).status_code == 403
+
+
+def test_the_subscription_page_links_each_delivery_even_when_its_id_looks_escaped():
+    """Admin URLs escape "_" (``_5F``): an id like ``msg_26…`` must be quoted in a link, or ``_26`` reads as "&"."""
+    subscription = actions.create_subscription(Actor("tester"), **HOOK)
+    delivery = make_delivery(subscription, "job.finished:7", id="msg_26" + "a" * 30, state=DeliveryState.DEAD)
+    client = browser(*ALL)
+    page = client.get(reverse("admin:notify_subscription_change", args=[subscription.pk])).content.decode()
+    link = reverse("admin:notify_delivery_change", args=[quote(delivery.pk)])
+    assert link in page
+    assert client.get(link).status_code == 200
