@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._infra import (
     PYTHON,
     Processes,
+    Profile,
     drop_database,
     free_port,
     median,
@@ -174,24 +175,6 @@ def _backends_cpu(pids: list[int]) -> float:
         except psutil.Error:  # a backend that ended (the pool closed it): its time is lost
             continue
     return total
-
-
-class Profile:
-    """``py-spy record`` of a process (raw collapsed stacks, idle threads included) until ``stop``."""
-
-    def __init__(self, procs: Processes, pid: int, path: str) -> None:
-        import shutil
-
-        spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
-        argv = [spy, "record", "--format", "raw", "--idle", "--rate", "100", "-o", path, "-p", str(pid)]
-        self.procs, self.process = procs, procs.start("py-spy", argv)
-
-    def stop(self) -> None:
-        import signal
-
-        self.process.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        self.process.wait(30)
-        self.procs.stop(self.process)
 
 
 def _ingest(

@@ -9,7 +9,6 @@ clock is frozen and moved by hand to bring retries due, never slept for.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,18 +23,6 @@ from notify.send import retry_after_seconds
 from notify.tests.receiver import Receiver, event_for, failed_task, subscription
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def loopback_allowed(settings: Any) -> None:
-    """The test receiver is on 127.0.0.1, a private address the notifier refuses by default."""
-    settings.NOTIFY_ALLOW_PRIVATE_ADDRESSES = True
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(4) as executor:
-        yield executor
 
 
 def run(pool: ThreadPoolExecutor) -> int:

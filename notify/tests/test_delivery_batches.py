@@ -8,7 +8,6 @@ test_delivery.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -22,17 +21,6 @@ from notify.send import Outcome
 from notify.tests.receiver import Receiver, event_for, failed_task, subscription
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def loopback_allowed(settings: Any) -> None:
-    settings.NOTIFY_ALLOW_PRIVATE_ADDRESSES = True
-
-
-@pytest.fixture
-def pool() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(4) as executor:
-        yield executor
 
 
 def test_a_batch_is_leased_together_and_every_delivery_arrives_once(
