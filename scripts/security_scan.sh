@@ -15,7 +15,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-BANDIT_TARGETS=(aegis_site registry tasks broker ops aegis_agent)
+BANDIT_TARGETS=(aegis_site registry tasks broker notify ops aegis_agent)
 scans=("$@")
 [ ${#scans[@]} -eq 0 ] && scans=(bandit pip-audit)
 status=0
