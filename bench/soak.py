@@ -1,14 +1,16 @@
-"""Soak: the roles under steady load for N minutes while a role, the broker or the database fails every 30-60 s.
+"""Soak: the whole stack under steady load for N minutes, with faults, agent kills and a record of every minute.
 
-    .venv/bin/python bench/soak.py [--minutes 5] [--agents 200] [--seed 1] [--jobs-per-s 2]
-        [--json /tmp/soak.json]
+    .venv/bin/python bench/soak.py [--minutes 60] [--agents 1000] [--simulators 4] [--seed 1] [--jobs-per-s 2]
+        [--csv /tmp/soak.csv] [--plot /tmp/soak.png] [--json /tmp/soak.json]
 
 Everything is a separate process, with the production defaults (the PostgreSQL
 pool on, ``DEBUG`` off): ``daphne`` (web), ``manage.py run_bridge``,
-``manage.py run_dispatcher``, and ``python -m aegis_agent.simulate`` (N agents,
-``sleep`` tasks of 0.05-0.5 s, 2 % of them fail), on a scratch database
-``<name>_soak`` (from ``DATABASE_URL``) and a private plain Mosquitto on a free
-port (persistence on, as the generated production configuration has it; no TLS).
+``manage.py run_dispatcher``, and ``--simulators`` processes of
+``python -m aegis_agent.simulate`` sharing ``--agents`` agents (ids
+``soak-<process>-<n>``; ``sleep`` tasks of 0.05-0.5 s, 2 % of them fail), on a
+scratch database ``<name>_soak`` (from ``DATABASE_URL``) and a private plain
+Mosquitto on a free port (persistence on, as the generated production
+configuration has it; no TLS).
 
 Jobs go in through the REST API (``POST /api/v1/jobs/`` with an operator token)
 at a steady rate, each with an idempotency key that is sent again until the web
@@ -19,16 +21,24 @@ Every 30-60 s (seeded, printed) one fault: SIGKILL of the bridge, the dispatcher
 the web (restarted at once, as a supervisor would), a broker restart (SIGTERM,
 start again on the same port), or ``pg_terminate_backend`` of every backend the
 roles hold (each role names its connections with ``PGAPPNAME``). A role that exits
-by itself (``ROLE_MAX_FAILED_STEPS``) is restarted too, and counted.
+by itself (``ROLE_MAX_FAILED_STEPS``) is restarted too, and counted. On its own
+clock, every 45-90 s, one simulator process is SIGKILLed (its agents' Last Wills
+fire; the engine recovers what they held) and started again 2-10 s later with the
+same agent ids (they resume their sessions and say hello with nothing running).
 
-Every minute a line: tasks submitted and finished, throughput, completion latency
-(task ``created_at`` → ``finished_at``) p50/p95, each role's RSS, the roles'
-PostgreSQL connections, faults, role restarts. At the end submitting stops, the
-soak waits (bounded) for every job to finish and checks: no task lost (every job
-has the tasks it was submitted with, every task ended), none succeeded twice (one
+Every minute a line on stdout and a row in the CSV (``--csv``; default in a new
+temporary directory, printed): tasks submitted and finished, completion latency
+(task ``created_at`` -> ``finished_at``) p50/p95, the RSS of every process (web,
+bridge, dispatcher, each simulator, Mosquitto), the PostgreSQL connections per
+role, the queue (tasks queued/assigned/running), the backlog (unsent outbox rows,
+pending notification deliveries), rows and on-disk size of the growing tables,
+agents online, the faults of the minute. At the end a PNG of it (``--plot``;
+skipped, with a message, without matplotlib). Then submitting stops, the soak
+waits (bounded) for every job to finish and checks: no task lost (every job has
+the tasks it was submitted with, every task ended), none succeeded twice (one
 ``succeeded`` event per task at most, the job counters match the tasks), every
-job finished, and each role's RSS at the end is within 20 % of its RSS after the
-warm-up (the end of minute 1). It exits 1 and prints why when a check fails.
+job finished, and no process's memory grows without bound (``RssTrack`` in
+``bench/_soak_record.py``). It exits 1 and prints why when a check fails.
 """
 
 from __future__ import annotations
@@ -40,8 +50,8 @@ import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -49,169 +59,43 @@ import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._infra import (
-    MOSQUITTO,
     PYTHON,
-    ROOT,
     Processes,
     drop_database,
     free_port,
-    percentile,
     role_env,
     scratch_database_url,
     setup_django,
-    wait_port,
     wait_until,
+)
+from bench._soak_procs import AGENT_PREFIX, Broker, Role, Simulators, Supervisor
+from bench._soak_record import (
+    APP_PREFIX,
+    DRIVER_APP,
+    HEADER,
+    ROLES,
+    CsvLog,
+    Minute,
+    RssTrack,
+    backlog,
+    finished_between,
+    online_agents,
+    plot,
+    queue_depth,
+    role_connections,
+    summary_csv,
+    table_sizes,
+    terminate_role_backends,
 )
 
 DAPHNE = str(Path(PYTHON).parent / "daphne")
-ROLES = ("web", "bridge", "dispatcher")
 FAULTS = ("kill", "broker", "database")
-APP_PREFIX = "soak-"
-AGENT_PREFIX = "soak-"
-DRIVER_APP = "soak-driver"
-MB = 1024 * 1024
-
-
-# --- processes ----------------------------------------------------------------------------------------------------
-
-
-class Role:
-    """One role process, restarted by ``Supervisor``: its log is appended to across restarts."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.log = log
-        self.process: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-        self.exits: list[int] = []  # exit codes of exits nobody asked for
-        self.kills = 0
-
-    def start(self) -> None:
-        sink: IO[bytes]
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(  # nosec B603
-                self.argv,
-                cwd=ROOT,
-                env={**os.environ, **self.env},
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.started_at = time.monotonic()
-
-    def exited(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def kill(self) -> None:
-        assert self.process is not None  # nosec B101
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-    def rss_mb(self) -> float:
-        import psutil
-
-        if self.process is None or self.process.poll() is not None:
-            return float("nan")
-        try:
-            return float(psutil.Process(self.process.pid).memory_info().rss) / MB
-        except psutil.NoSuchProcess:
-            return float("nan")
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-
-class Broker:
-    """A private Mosquitto on a fixed port with persistence, so it can be restarted in place."""
-
-    def __init__(self, directory: Path) -> None:
-        from broker.mosquitto import AUTOSAVE_INTERVAL_S, MAX_QUEUED_MESSAGES
-
-        self.port = free_port()
-        self.directory = directory
-        data = directory / "mq"
-        data.mkdir(parents=True, exist_ok=True)
-        self.conf = directory / "mosquitto.conf"
-        self.log = directory / "mosquitto.log"
-        user = "user root\n" if os.geteuid() == 0 else ""  # as root it would drop to "mosquitto", who cannot write here
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {data}/\n"
-            f"autosave_interval {AUTOSAVE_INTERVAL_S}\n"
-            f"max_queued_messages {MAX_QUEUED_MESSAGES}\n"
-            "set_tcp_nodelay true\n"
-            f"log_dest file {self.log}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n" + user
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
-
-    def start(self) -> None:
-        with (self.directory / "mosquitto.out").open("ab") as sink:  # what it says before its log file is open
-            self.process = subprocess.Popen(  # nosec B603
-                [MOSQUITTO, "-c", str(self.conf)], cwd=self.directory, stdout=sink, stderr=subprocess.STDOUT
-            )
-        wait_port(self.port, 20)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # writes the persistence file: sessions and their queues survive
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-        self.restarts += 1
-
-
-class Supervisor:
-    """Restarts every role that exits, as compose's ``restart: unless-stopped`` would, and counts the restarts."""
-
-    def __init__(self, roles: dict[str, Role]) -> None:
-        self.roles = roles
-        self.lock = threading.Lock()
-        self.events: list[tuple[float, str]] = []  # (monotonic, "bridge exited 1") for the minute lines
-
-    def check(self) -> None:
-        with self.lock:
-            for role in self.roles.values():
-                code = role.exited()
-                if code is not None:
-                    role.exits.append(code)
-                    self.events.append((time.monotonic(), f"{role.name} exited {code}"))
-                    print(f"  ! {role.name} exited with {code}; restarted", flush=True)
-                    role.start()
-
-    def kill(self, name: str) -> None:
-        with self.lock:
-            role = self.roles[name]
-            role.kill()
-            role.kills += 1
-            role.start()
+RSS_SAMPLE_S = 10.0
 
 
 # --- load ------------------------------------------------------------------------------------------------------
@@ -298,70 +182,6 @@ class Submitter:
         return None
 
 
-# --- measurements ----------------------------------------------------------------------------------------------
-
-
-def _scalar_rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return list(cursor.fetchall())
-
-
-def finished_between(start: datetime, end: datetime) -> list[float]:
-    rows = _scalar_rows(
-        "SELECT EXTRACT(EPOCH FROM finished_at - created_at) FROM tasks WHERE finished_at >= %s AND finished_at < %s",
-        [start, end],
-    )
-    return [float(row[0]) for row in rows]
-
-
-def role_connections(database: str) -> dict[str, int]:
-    rows = _scalar_rows(
-        "SELECT application_name, count(*) FROM pg_stat_activity WHERE datname = %s GROUP BY 1", [database]
-    )
-    return {str(name): int(count) for name, count in rows}
-
-
-def terminate_role_backends(database: str) -> int:
-    rows = _scalar_rows(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-        "WHERE datname = %s AND application_name LIKE %s AND application_name <> %s AND pid <> pg_backend_pid()",
-        [database, APP_PREFIX + "%", DRIVER_APP],
-    )
-    return int(rows[0][0])
-
-
-@dataclass
-class Minute:
-    minute: int
-    submitted: int
-    finished: int
-    p50_s: float
-    p95_s: float
-    seconds: float
-    rss_mb: dict[str, float]
-    connections: dict[str, int]
-    faults: list[str]
-    restarts: list[str]
-
-    def line(self) -> str:
-        rss = "/".join(f"{self.rss_mb[name]:.0f}" for name in ROLES)
-        conns = "/".join(str(self.connections.get(APP_PREFIX + name, 0)) for name in ROLES)
-        return (
-            f"{self.minute:>4} {self.submitted:>8} {self.finished:>8} {self.finished / self.seconds:>8.1f} "
-            f"{self.p50_s:>6.2f} {self.p95_s:>6.2f} {rss:>13} {conns:>9}  {', '.join(self.faults) or '-'}"
-            f"{'; ' + ', '.join(self.restarts) if self.restarts else ''}"
-        )
-
-
-HEADER = (
-    " min submitted finished  tasks/s  p50 s  p95 s  RSS MB (w/b/d)  PG conns  faults; role exits\n"
-    "                                          web/bridge/disp  w/b/d"
-)
-
-
 # --- the run ---------------------------------------------------------------------------------------------------
 
 
@@ -388,12 +208,6 @@ def _roles(procs: Processes, database_url: str, port: int, data_dir: Path) -> di
         roles[name] = Role(name, argv[name], env, procs.tmp / f"{name}.log")
     roles["web"].env["SOAK_WEB_PORT"] = str(web_port)
     return roles
-
-
-def _online(prefix: str) -> int:
-    from registry.models import Agent, Connectivity
-
-    return Agent.objects.filter(pk__startswith=prefix, connectivity=Connectivity.ONLINE).count()
 
 
 def _token() -> str:
@@ -423,10 +237,16 @@ class Run:
     broker: Broker
     supervisor: Supervisor
     submitter: Submitter
-    simulator: subprocess.Popen[bytes]
+    simulators: Simulators
+    csv: CsvLog
     minutes: list[Minute] = field(default_factory=list)
     faults: list[tuple[float, str]] = field(default_factory=list)
     warmup_rss: dict[str, float] = field(default_factory=dict)
+    warmup_end: float = float("inf")
+    rss: RssTrack = field(default_factory=RssTrack)
+
+    def processes(self) -> list[Role | Broker]:
+        return [*self.roles.values(), *self.simulators.roles, self.broker]
 
     def inject(self, rng: random.Random) -> str:
         kind = rng.choice(FAULTS)
@@ -442,22 +262,46 @@ class Run:
         self.faults.append((time.monotonic(), what))
         return what
 
-    def minute_line(self, minute: int, start: datetime, end: datetime, since: float, submitted: int) -> Minute:
+    def kill_agents(self, rng: random.Random) -> str | None:
+        up = self.simulators.up()
+        if not up:
+            return None
+        index = rng.choice(up)
+        down_s = rng.uniform(self.args.agent_down_min_s, self.args.agent_down_max_s)
+        count = self.simulators.kill(index, down_s)
+        what = f"kill agents sim{index} ({count}, {down_s:.0f} s down)"
+        self.faults.append((time.monotonic(), what))
+        return what
+
+    def sample_rss(self) -> dict[str, float]:
+        now = time.monotonic()
+        values = {}
+        for process in self.processes():
+            pid = process.pid
+            values[process.name] = process.rss_mb()
+            self.rss.add(process.name, pid, now, values[process.name])
+        return values
+
+    def minute_row(self, minute: int, start: datetime, end: datetime, since: float, submitted: int) -> Minute:
         latencies = finished_between(start, end)
         now = time.monotonic()
         row = Minute(
             minute=minute,
-            submitted=submitted,
-            finished=len(latencies),
-            p50_s=percentile(latencies, 50),
-            p95_s=percentile(latencies, 95),
+            utc=end.strftime("%Y-%m-%d %H:%M:%S"),
             seconds=now - since,
-            rss_mb={name: role.rss_mb() for name, role in self.roles.items()},
+            submitted=submitted,
+            latencies=latencies,
+            rss_mb=self.sample_rss(),
             connections=role_connections(self.database),
+            queue=queue_depth(),
+            backlog=backlog(),
+            tables=table_sizes(),
+            agents_online=online_agents(AGENT_PREFIX),
             faults=[what for at, what in self.faults if since <= at < now],
             restarts=[what for at, what in self.supervisor.events if since <= at < now],
         )
         self.minutes.append(row)
+        self.csv.write(row.csv_row())
         print(row.line(), flush=True)
         return row
 
@@ -465,39 +309,50 @@ class Run:
         thread = threading.Thread(target=self.submitter.run, name="submitter", daemon=True)
         started = time.monotonic()
         thread.start()
+        agent_rng = random.Random(rng.random())  # nosec B311 (its own stream: the role faults stay as they were)
         next_fault = started + rng.uniform(self.args.fault_min_s, self.args.fault_max_s)
+        next_agent_kill = started + agent_rng.uniform(self.args.agent_kill_min_s, self.args.agent_kill_max_s)
+        next_sample = started
         minute_start, minute_wall = started, datetime.now(UTC)
         submitted_before = 0
         minute = 1
         end = started + self.args.minutes * 60
-        print(HEADER, flush=True)
+        print(HEADER, end="", flush=True)
+        self.minute_row(0, minute_wall, minute_wall, started, 0)  # the baseline: agents online, no load yet
         while True:
             time.sleep(0.25)
             self.supervisor.check()
-            self.check_simulator()
+            for name in self.simulators.due():
+                print(f"  + {time.monotonic() - started:7.1f}s {name} started again", flush=True)
+            self.simulators.check()
             now = time.monotonic()
             if now >= next_fault and now < end:
                 what = self.inject(rng)
                 print(f"  + {now - started:7.1f}s fault: {what}", flush=True)
                 next_fault = now + rng.uniform(self.args.fault_min_s, self.args.fault_max_s)
+            if now >= next_agent_kill and now < end and self.args.agent_kill_max_s > 0:
+                killed = self.kill_agents(agent_rng)
+                if killed:
+                    print(f"  + {now - started:7.1f}s fault: {killed}", flush=True)
+                next_agent_kill = now + agent_rng.uniform(self.args.agent_kill_min_s, self.args.agent_kill_max_s)
+            if now >= next_sample:
+                self.sample_rss()
+                next_sample = now + RSS_SAMPLE_S
             if now >= min(started + 60 * minute, end):
                 wall = datetime.now(UTC)
                 with self.submitter.lock:
                     submitted = self.submitter.submitted_tasks
-                self.minute_line(minute, minute_wall, wall, minute_start, submitted - submitted_before)
+                row = self.minute_row(minute, minute_wall, wall, minute_start, submitted - submitted_before)
                 if minute == self.args.warmup_minutes:
-                    self.warmup_rss = {name: role.rss_mb() for name, role in self.roles.items()}
+                    self.warmup_rss, self.warmup_end = dict(row.rss_mb), time.monotonic()
                 submitted_before = submitted
                 minute_start, minute_wall = now, wall
                 minute += 1
             if now >= end:
                 break
         self.submitter.stop.set()
+        self.simulators.due(float("inf"))  # every agent back for the drain
         thread.join(200)
-
-    def check_simulator(self) -> None:
-        if self.simulator.poll() is not None:
-            raise RuntimeError(f"the simulator exited with {self.simulator.returncode}")
 
     def drain(self) -> float:
         from tasks.models import Job
@@ -507,24 +362,15 @@ class Run:
         deadline = started + self.args.drain_timeout_s
         while time.monotonic() < deadline:
             self.supervisor.check()
-            self.check_simulator()
+            self.simulators.check()
             if not Job.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
                 break
             time.sleep(1)
         return time.monotonic() - started
 
-    def settle_roles(self) -> None:
-        """Before the RSS check: every role's process has run a minute (a restart late in the run is young)."""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            self.supervisor.check()
-            if all(time.monotonic() - role.started_at >= 60 for role in self.roles.values()):
-                return
-            time.sleep(1)
 
-
-def verdict(run: Run, drained_s: float) -> list[str]:
-    """Every check that failed, as one line each (empty: the soak passed)."""
+def verdict(run: Run, drained_s: float) -> tuple[list[str], list[str]]:
+    """Every check that failed, as one line each (empty: the soak passed), and the memory report."""
     from django.db.models import Count
 
     from tasks.models import HELD_STATES, Job, Task, TaskEvent, TaskState
@@ -568,13 +414,12 @@ def verdict(run: Run, drained_s: float) -> list[str]:
     wrong = [job_id for job_id, job in jobs.items() if job.tasks_succeeded != succeeded.get(job_id, 0)]
     if wrong:
         problems.append(f"{len(wrong)} jobs whose succeeded counter differs from their tasks, e.g. {wrong[:10]}")
-    for name, role in run.roles.items():
-        warm, end = run.warmup_rss.get(name), role.rss_mb()
-        if warm is None or warm != warm:  # NaN: the role was down at the end of the warm-up minute
-            problems.append(f"{name}: no RSS after warm-up")
-        elif not abs(end - warm) <= run.args.rss_tolerance * warm:
-            problems.append(f"{name}: RSS {end:.0f} MB at the end, {warm:.0f} MB after warm-up (limit ±20 %)")
-    return problems
+    lost = len(unfinished) + sum(1 for job_id in by_id if job_id not in jobs)
+    print(f"lost: {lost}, doubled: {len(twice)}", flush=True)
+    if not run.warmup_rss:
+        problems.append("no RSS after the warm-up (the run was shorter than --warmup-minutes)")
+    memory, report = run.rss.check(run.warmup_end, run.warmup_rss, run.args.rss_tolerance, run.args.rss_ceiling)
+    return problems + memory, report
 
 
 def summary(run: Run, drained_s: float, problems: list[str], seed: int) -> dict[str, Any]:
@@ -588,46 +433,65 @@ def summary(run: Run, drained_s: float, problems: list[str], seed: int) -> dict[
         "seed": seed,
         "minutes": run.args.minutes,
         "agents": run.args.agents,
+        "simulators": run.args.simulators,
         "jobs": len(ids),
         "tasks": sum(job.expected_tasks for job in run.submitter.jobs),
         "task_states": states,
         "submit_retries": run.submitter.retries,
         "faults": [what for _at, what in run.faults],
         "kills": {name: role.kills for name, role in run.roles.items()},
+        "agent_kills": run.simulators.kills,
         "exits": {name: role.exits for name, role in run.roles.items()},
         "broker_restarts": run.broker.restarts,
         "drain_s": round(drained_s, 1),
         "warmup_rss_mb": run.warmup_rss,
-        "end_rss_mb": {name: role.rss_mb() for name, role in run.roles.items()},
-        "per_minute": [vars(minute) for minute in run.minutes],
+        "end_rss_mb": {process.name: process.rss_mb() for process in run.processes()},
+        "per_minute": [minute.csv_row() for minute in run.minutes],
         "problems": problems,
     }
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0, help="how long jobs are submitted (5: the CI form)")
-    parser.add_argument("--agents", type=int, default=200, help="simulated agents (one process)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="how long jobs are submitted")
+    parser.add_argument("--agents", type=int, default=1000, help="simulated agents, over --simulators processes")
+    parser.add_argument("--simulators", type=int, default=4, help="simulator processes (the unit of an agent kill)")
     parser.add_argument("--seed", type=int, help="faults, job mix and task failures (default: random, printed)")
     parser.add_argument("--jobs-per-s", type=float, default=2.0, help="job submissions per second")
-    parser.add_argument("--fault-min-s", type=float, default=30.0)
+    parser.add_argument("--fault-min-s", type=float, default=30.0, help="role, broker and database faults")
     parser.add_argument("--fault-max-s", type=float, default=60.0)
-    parser.add_argument("--warmup-minutes", type=int, default=1, help="the RSS after this minute is the baseline")
-    parser.add_argument("--rss-tolerance", type=float, default=0.2)
+    parser.add_argument("--agent-kill-min-s", type=float, default=45.0, help="SIGKILL of one simulator (0 0: never)")
+    parser.add_argument("--agent-kill-max-s", type=float, default=90.0)
+    parser.add_argument("--agent-down-min-s", type=float, default=2.0, help="until the killed simulator starts again")
+    parser.add_argument("--agent-down-max-s", type=float, default=10.0)
+    parser.add_argument("--warmup-minutes", type=int, default=1, help="memory is judged after this minute")
+    parser.add_argument("--rss-tolerance", type=float, default=0.15, help="growth of one process past its warm-up")
+    parser.add_argument("--rss-ceiling", type=float, default=0.5, help="any process over its role's warm-up RSS")
     parser.add_argument("--drain-timeout-s", type=float, default=240.0, help="bound on the wait for every job")
+    parser.add_argument("--csv", help="the per-minute CSV (default: soak.csv in a new temporary directory)")
+    parser.add_argument("--plot", help="the PNG (default: soak.png beside the CSV)")
     parser.add_argument("--json", help="write the figures and the verdict here")
     parser.add_argument("--logs-dir", help="copy every process's log here at the end (default: deleted)")
     args = parser.parse_args()
+    if args.simulators < 1 or args.agents < args.simulators:
+        parser.error("--agents must be at least --simulators, which must be at least 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1_000_000)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # nosec B311
     os.environ["PGAPPNAME"] = DRIVER_APP  # the database fault spares this process's connections
+    csv_path = Path(args.csv) if args.csv else Path(tempfile.mkdtemp(prefix="aegis-soak-")) / "soak.csv"
+    png_path = Path(args.plot) if args.plot else csv_path.with_suffix(".png")
 
     procs = Processes()
     database_url = scratch_database_url("soak")
     database = database_url.rpartition("/")[2]
     broker: Broker | None = None
     roles: dict[str, Role] = {}
-    simulator: subprocess.Popen[bytes] | None = None
+    simulators: Simulators | None = None
     failed = True
     try:
         setup_django(database_url)
@@ -642,54 +506,43 @@ def main() -> int:
         time.sleep(0.5)
         base_url = f"http://127.0.0.1:{roles['web'].env['SOAK_WEB_PORT']}"
         wait_until(lambda: _healthy(base_url), 60, "the web to answer /healthz", 0.2)
-        simulator = procs.start(
-            "simulator",
-            [
-                PYTHON,
-                "-m",
-                "aegis_agent.simulate",
-                "--count",
-                str(args.agents),
-                "--port",
-                str(broker.port),
-                "--prefix",
-                AGENT_PREFIX,
-                "--failure-rate",
-                "0.02",
-                "--seed",
-                str(seed),
-                "--stats-every-s",
-                "60",
-                "--log-level",
-                "WARNING",
-            ],
-        )
-        wait_until(lambda: _online(AGENT_PREFIX) == args.agents, 60 + args.agents / 20, "the agents online")
-        agent_ids = [f"{AGENT_PREFIX}{i}" for i in range(args.agents)]
-        submitter = Submitter(base_url, token, agent_ids, args.jobs_per_s, random.Random(rng.random()))  # nosec B311
-        run = Run(args, database, roles, broker, Supervisor(roles), submitter, simulator)
+        simulators = Simulators(args.agents, args.simulators, broker.port, seed, procs.tmp)
+        simulators.start_all()
+        wait_until(lambda: online_agents(AGENT_PREFIX) == args.agents, 60 + args.agents / 20, "the agents online", 0.5)
+        submitter = Submitter(base_url, token, simulators.agent_ids, args.jobs_per_s, random.Random(rng.random()))  # nosec B311
+        run = Run(args, database, roles, broker, Supervisor(roles), submitter, simulators, CsvLog(csv_path))
         print(
-            f"soak: seed {seed}, {args.minutes:g} min, {args.agents} agents, {args.jobs_per_s:g} jobs/s, "
-            f"faults every {args.fault_min_s:g}-{args.fault_max_s:g} s; database {database}, "
-            f"broker 127.0.0.1:{broker.port} (plain, persistence on), logs in {procs.tmp}",
+            f"soak: seed {seed}, {args.minutes:g} min, {args.agents} agents in {args.simulators} simulators, "
+            f"{args.jobs_per_s:g} jobs/s, faults every {args.fault_min_s:g}-{args.fault_max_s:g} s, "
+            f"agent kills every {args.agent_kill_min_s:g}-{args.agent_kill_max_s:g} s; database {database}, "
+            f"broker 127.0.0.1:{broker.port} (plain, persistence on), logs in {procs.tmp}, CSV {csv_path}",
             flush=True,
         )
         run.load_phase(rng)
         print("submitting stopped; waiting for every job to finish", flush=True)
         drained_s = run.drain()
-        run.settle_roles()
-        problems = verdict(run, drained_s)
+        problems, memory = verdict(run, drained_s)
         result = summary(run, drained_s, problems, seed)
         print(
             f"jobs {result['jobs']}, tasks {result['tasks']} {result['task_states']}, drained in {drained_s:.0f} s, "
             f"submit retries {result['submit_retries']}"
         )
         print(
-            f"faults {len(run.faults)}: kills {result['kills']}, broker restarts {broker.restarts}, "
+            f"faults {len(run.faults)}: role kills {result['kills']}, agent kills {simulators.kills}, "
+            f"broker restarts {broker.restarts}, "
             f"database faults {sum(1 for _a, w in run.faults if w.startswith('terminate'))}"
         )
         print(f"role exits (restarted by the supervisor): {result['exits']}")
-        print(f"RSS MB after warm-up {fmt_rss(run.warmup_rss)}; at the end {fmt_rss(result['end_rss_mb'])}")
+        print(f"RSS MB after warm-up {fmt_rss(run.warmup_rss)}")
+        print("memory, per process judged (medians of the thirds of its life past warm-up):")
+        print("  " + "\n  ".join(memory or ["(no process lived long enough to be judged)"]))
+        print(f"CSV: {csv_path}")
+        print("  " + "\n  ".join(summary_csv(csv_path)))
+        title = (
+            f"soak {datetime.now(UTC):%Y-%m-%d}, seed {seed}: {args.minutes:g} min, {args.agents} agents "
+            f"in {args.simulators} simulators, {args.jobs_per_s:g} jobs/s, {len(run.faults)} faults"
+        )
+        print(plot(csv_path, png_path, title))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1, default=str))
         if problems:
@@ -703,6 +556,8 @@ def main() -> int:
             if failed:
                 print(f"--- {role.name} log (tail) ---\n{role.tail()}", file=sys.stderr)
             role.stop()
+        if simulators is not None:
+            simulators.stop_all()
         if broker is not None:
             broker.stop()
         if failed and broker is not None and broker.log.exists():
