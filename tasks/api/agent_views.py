@@ -31,7 +31,7 @@ from tasks.api.agent_serializers import (
     TaskEventSerializer,
 )
 from tasks.engine.assignment import Assignment
-from tasks.engine.longpoll import WAITS
+from tasks.engine.longpoll import WAITS, let_request_thread_go
 from tasks.engine.reports import Report
 from tasks.models import HELD_STATES, Task
 
@@ -39,12 +39,13 @@ from tasks.models import HELD_STATES, Task
 class PendingClaim(Response):
     """The answer of a claim that found nothing and may wait: ``claim`` (below) waits, claims again, fills it in."""
 
-    def __init__(self, agent_id: str, max_tasks: int, deadline: float, mark: int) -> None:
+    def __init__(self, agent_id: str, max_tasks: int, deadline: float, mark: int, released: bool) -> None:
         super().__init__({"tasks": []})
         self.agent_id = agent_id
         self.max_tasks = max_tasks
         self.deadline = deadline
         self.mark = mark
+        self.released = released  # the connection went back: the request's thread may end while it waits
 
 
 class ClaimView(AgentView):
@@ -68,21 +69,22 @@ class ClaimView(AgentView):
             return Response(claim_answer(assignments))
         if not WAITS.reserve(me.agent_id, settings.API_CLAIM_MAX_WAITS_PER_AGENT):
             raise Throttled(wait=1, detail="Too many waiting claims of this agent; retry when one has answered.")
-        release_connection()
-        return PendingClaim(me.agent_id, max_tasks, deadline, mark)
+        return PendingClaim(me.agent_id, max_tasks, deadline, mark, released=release_connection())
 
 
 def claim_answer(assignments: list[Assignment]) -> dict[str, Any]:
     return {"tasks": [assignment.as_message() for assignment in assignments]}
 
 
-def release_connection() -> None:
+def release_connection() -> bool:
     """Give this thread's database connection back (to the pool, when it is on) before a wait.
 
-    Inside a transaction (a test's) the connection stays: closing it would end that transaction.
+    Inside a transaction (a test's) the connection stays (``False``): closing it would end that transaction.
     """
-    if not connection.in_atomic_block:
-        connection.close()
+    if connection.in_atomic_block:
+        return False
+    connection.close()
+    return True
 
 
 def claim_again(agent_id: str, max_tasks: int) -> list[Assignment]:
@@ -99,7 +101,8 @@ async def claim(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse
     """``POST agent/tasks/claim/``: ``ClaimView`` answers, or hands back a ``PendingClaim`` to wait for.
 
     The wait is an ``await`` on the process's wakeups (``tasks.engine.longpoll``):
-    no connection is held and no thread blocks. If the client goes away, Django
+    no connection is held, no thread blocks, and the request's sync thread ends
+    before each wait (``let_request_thread_go``). If the client goes away, Django
     cancels this coroutine and the ``finally`` frees the agent's wait slot.
     """
     response = await sync_to_async(_claim_view)(request, *args, **kwargs)
@@ -108,6 +111,8 @@ async def claim(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse
     try:
         mark = response.mark
         while time.monotonic() < response.deadline:
+            if response.released:
+                let_request_thread_go()
             mark = await WAITS.wait(response.agent_id, mark, response.deadline - time.monotonic())
             assignments = await sync_to_async(claim_again)(response.agent_id, response.max_tasks)
             if assignments:

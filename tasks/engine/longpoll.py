@@ -14,6 +14,11 @@ again then.
 Waits are counted per agent: ``reserve`` refuses more than ``per_agent`` at once
 in this process, so one agent's clients cannot pile up waiters.
 
+A waiter holds no thread either: Django runs a request's sync code (the claim, its
+token check, the ``request_started`` receivers) in a thread of the request's own that
+lives until the request ends; ``let_request_thread_go`` ends it before a wait, and the
+claim after the wait starts another (``tasks.api.agent_views.claim``).
+
 The same machinery, on its own channel and keyed by task id, wakes the readers following
 a task's output (``tasks.engine.output_waits``): a ``Waits`` is keyed by whatever names
 its waiters in the NOTIFY payloads.
@@ -28,6 +33,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 
+from asgiref.sync import AsyncToSync, SyncToAsync
 from django.db import connection
 
 from aegis_site.core import wakeup
@@ -170,6 +176,33 @@ class Waits:
                 conn.close()
             self.wake()  # a NOTIFY may have been lost with the connection: every wait looks again
             self._stop.wait(_RECONNECT_S)
+
+
+def let_request_thread_go() -> bool:
+    """End this request's sync thread before a wait (call it from the event loop, between sync calls).
+
+    Under daphne, Django enters an asgiref ``ThreadSensitiveContext`` per request; the first
+    thread-sensitive ``sync_to_async`` call starts a one-thread executor for it, kept (idle)
+    until the request ends. For a request that then waits 30 s, that is a thread per
+    waiting agent. Shutting the executor down here lets its idle thread exit; the next
+    thread-sensitive call starts a new one, which Django ends with the request. Do it only
+    once this thread's database connection is given back: a thread that ends holding one
+    would never return it to the pool.
+
+    Nothing happens (``False``) under a sync parent (a sync middleware above the view runs
+    the view's sync calls in its own thread, blocked while the view waits) or outside a
+    request's context (tests' clients).
+    """
+    if getattr(AsyncToSync.executors, "current", None) is not None:
+        return False
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    if context is None:
+        return False
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    if executor is None:
+        return False
+    executor.shutdown(wait=False)
+    return True
 
 
 WAITS = Waits()
