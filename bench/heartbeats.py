@@ -49,13 +49,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._infra import (
+    MOSQUITTO,
     PYTHON,
+    ROOT,
     Processes,
     drop_database,
+    free_port,
     median,
     role_env,
     scratch_database_url,
     setup_django,
+    wait_port,
     wait_until,
 )
 
@@ -97,19 +101,20 @@ class DbStats:
 
 
 class Sampler:
-    """CPU seconds and RSS of one process, sampled at 20 Hz on a thread."""
+    """CPU seconds and RSS of one process, sampled every ``interval_s`` (20 Hz by default) on a thread."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
         import psutil
 
         self.process = psutil.Process(pid)
+        self.interval_s = interval_s
         self.samples: list[tuple[float, float, int]] = []  # wall time, cpu seconds, rss bytes
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop.wait(0.05):
+        while not self.stop.wait(self.interval_s):
             try:
                 with self.process.oneshot():
                     times, rss = self.process.cpu_times(), self.process.memory_info().rss
@@ -135,6 +140,9 @@ class Sampler:
     def rss_mb(self, start: float = 0.0, end: float = float("inf")) -> float:
         values = [rss for t, _, rss in self.samples if start <= t <= end]
         return max(values, default=0) / 2**20
+
+    def rss_median_mb(self, start: float, end: float) -> float:
+        return median([rss for t, _, rss in self.samples if start <= t <= end]) / 2**20
 
 
 def _create_agents(ids: list[str], online: bool = True) -> None:
@@ -369,6 +377,329 @@ def _online_count(stats: DbStats, prefix: str) -> int:
     return int(row[0])
 
 
+# --- --sizes: memory per connected agent ---------------------------------------------------------------
+
+FLEET_PREFIX = "fl"  # --sizes agent ids: fl<simulator process>-<n>
+_TRACEMALLOC_HOOK = """\
+import json, os, signal, tracemalloc
+
+def _aegis_dump_heap(_signum, _frame):
+    directory = os.environ["AEGIS_TRACEMALLOC_DIR"]
+    number = len([name for name in os.listdir(directory) if name.endswith(".snapshot")])
+    rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:")).split()[1]
+    tracemalloc.take_snapshot().dump(f"{directory}/tmp")
+    current, peak = tracemalloc.get_traced_memory()
+    with open(f"{directory}/{number}.json", "w") as out:
+        json.dump({"traced": current, "traced_peak": peak, "rss": int(rss) * 1024}, out)
+    os.rename(f"{directory}/tmp", f"{directory}/{number}.snapshot")
+
+if os.environ.get("AEGIS_TRACEMALLOC_DIR"):
+    signal.signal(signal.SIGUSR1, _aegis_dump_heap)
+"""
+
+
+def _fleet_processes(size: int, per_process: int) -> list[tuple[str, int]]:
+    """(id prefix, agent count) of each simulator process for a fleet of ``size``."""
+    return [(f"{FLEET_PREFIX}{p}-", min(per_process, size - p * per_process)) for p in range(-(-size // per_process))]
+
+
+def _raise_open_files(needed: int) -> str:
+    """The broker holds a descriptor per connection: raise RLIMIT_NOFILE (inherited by every child) if needed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return f"open files limit {soft} (enough)"
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
+    except (ValueError, OSError):
+        sys.exit(f"the broker needs {needed} open files; ulimit -n is {soft} (hard {hard}): raise it (as root)")
+    return f"open files limit raised {soft} -> {needed} (RLIMIT_NOFILE, inherited by the broker and the simulators)"
+
+
+def _broker(procs: Processes, name: str, listeners: int) -> tuple[Any, list[int]]:
+    """A private Mosquitto like ``Processes.mosquitto``, with one listener per simulator process: a loopback
+    client port serves one connection per (address, port) pair, so 50,000 agents need several listeners."""
+    ports: list[int] = []
+    while len(ports) < listeners:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    conf = procs.tmp / f"{name}.conf"
+    conf.write_text(
+        "".join(f"listener {port} 127.0.0.1\n" for port in ports)
+        + "allow_anonymous true\npersistence false\nset_tcp_nodelay true\nmax_queued_messages 1000000\n"
+        "max_inflight_messages 0\nlog_type error\nlog_type warning\n"
+    )
+    broker = procs.start(name, [MOSQUITTO, "-c", str(conf)])
+    for port in ports:
+        wait_port(port)
+    return broker, ports
+
+
+class HeapDumps:
+    """tracemalloc snapshots of the bridge, taken on SIGUSR1 by a ``sitecustomize`` hook (``--tracemalloc``)."""
+
+    def __init__(self, procs: Processes) -> None:
+        self.directory = procs.tmp / "heap"
+        self.directory.mkdir()
+        (procs.tmp / "hook").mkdir()
+        (procs.tmp / "hook" / "sitecustomize.py").write_text(_TRACEMALLOC_HOOK)
+        self.env = {
+            "PYTHONTRACEMALLOC": "12",
+            "PYTHONPATH": str(procs.tmp / "hook"),
+            "AEGIS_TRACEMALLOC_DIR": str(self.directory),
+        }
+        self.labels: list[str] = []
+
+    def dump(self, pid: int, label: str) -> None:
+        import signal
+
+        os.kill(pid, signal.SIGUSR1)
+        number = len(self.labels)
+        self.labels.append(label)
+        wait_until(lambda: (self.directory / f"{number}.snapshot").exists(), 300, f"heap snapshot {label}", 0.2)
+
+    def report(self, top: int = 12) -> None:
+        """What the bridge holds at each size beyond what it held idle, by the allocating line (and the line of
+        this project or paho that led there). ``traced`` is what Python allocated; RSS also has C libraries and
+        freed-but-kept arenas."""
+        import tracemalloc
+
+        filters = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>")]
+        snaps = [tracemalloc.Snapshot.load(str(self.directory / f"{n}.snapshot")) for n in range(len(self.labels))]
+        meta = [json.loads((self.directory / f"{n}.json").read_text()) for n in range(len(self.labels))]
+        print("\nbridge heap (tracemalloc, 12 frames; the bridge runs slower while traced):")
+        for label, m in zip(self.labels, meta, strict=True):
+            print(
+                f"  {label:<28} traced {m['traced'] / 2**20:7.1f} MB (peak {m['traced_peak'] / 2**20:7.1f}), "
+                f"RSS {m['rss'] / 2**20:7.1f} MB"
+            )
+        base = snaps[0].filter_traces(filters)
+        for label, snap in list(zip(self.labels, snaps, strict=True))[1:]:
+            grouped: dict[tuple[str, str], list[int]] = {}
+            for stat in snap.filter_traces(filters).compare_to(base, "traceback"):
+                frames = list(stat.traceback)  # oldest first
+                ours = next((f for f in reversed(frames) if _ours(f.filename)), frames[-1])
+                key = (f"{_short(ours.filename)}:{ours.lineno}", f"{_short(frames[-1].filename)}:{frames[-1].lineno}")
+                sums = grouped.setdefault(key, [0, 0])
+                sums[0] += stat.size_diff
+                sums[1] += stat.count_diff
+            total = sum(size for size, _ in grouped.values())
+            print(f"\n  {label} minus {self.labels[0]}: {total / 2**20:+.1f} MB traced; largest:")
+            for (ours_at, at), (size, count) in sorted(grouped.items(), key=lambda kv: -kv[1][0])[:top]:
+                print(f"    {size / 2**20:+8.2f} MB {count:+9d} blocks  {ours_at}  ->  {at}")
+
+
+def _ours(filename: str) -> bool:
+    return (filename.startswith(str(ROOT)) and "/.venv/" not in filename) or "/paho/" in filename
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/lib/python3", str(ROOT) + "/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1].lstrip("/")
+    return filename
+
+
+def run_size(
+    procs: Processes,
+    database_url: str,
+    stats: DbStats,
+    size: int,
+    per_process: int,
+    heartbeat_s: float,
+    window_s: float,
+    heap: HeapDumps | None,
+) -> dict[str, float]:
+    """A fresh broker and bridge; RSS idle, then with ``size`` simulated agents connected and heartbeating."""
+    import psutil
+
+    with _connection_closed():
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE agents SET connectivity = 'offline', last_seen_at = NULL")
+    fleet = _fleet_processes(size, per_process)
+    broker, ports = _broker(procs, f"mosquitto-{size}", len(fleet))
+    tag = f"bench-mem-{os.getpid()}-{size}"
+    env = role_env(database_url, ports[0], tag, LOG_LEVEL="INFO", **(heap.env if heap else {}))
+    bridge = procs.django_command(f"bridge-{size}", ["run_bridge"], env)
+    procs.wait_log(f"bridge-{size}", "bridge connected", 300 if heap else 60)  # tracing slows start-up a lot
+    bridge_rss, broker_rss = Sampler(bridge.pid, 0.25), Sampler(broker.pid, 0.25)
+    simulators: list[Any] = []
+    try:
+        time.sleep(3.0)  # connected, subscribed, the first outbox polls and flushes done
+        idle_end = time.time()
+        idle = {
+            "bridge": bridge_rss.rss_median_mb(idle_end - 2.0, idle_end),
+            "broker": broker_rss.rss_median_mb(idle_end - 2.0, idle_end),
+        }
+        if heap:
+            heap.dump(bridge.pid, f"idle before {size:,}")
+        connect_started = time.monotonic()
+        for number, (prefix, count) in enumerate(fleet):
+            argv = [PYTHON, "-m", "aegis_agent.simulate", "--count", str(count), "--port", str(ports[number])]
+            argv += ["--prefix", prefix, "--heartbeat-s", str(heartbeat_s), "--stats-every-s", "1"]
+            simulators.append(procs.start(f"simulator-{size}-{number}", [*argv, "--connect-workers", "8"]))
+
+        def all_online() -> bool:
+            procs.check_alive()
+            return _online_count(stats, FLEET_PREFIX) >= size
+
+        wait_until(all_online, 60 + size / 20, f"{size} simulated agents online", 0.5)
+        connect_s = time.monotonic() - connect_started
+        time.sleep(heartbeat_s + 2.0)  # every agent's first heartbeat, the hellos' tail
+        window_start, since = time.time(), datetime.now(UTC)
+        sim_rss: list[int] = []
+        while time.time() < window_start + window_s:
+            time.sleep(1.0)
+            sim_rss.append(sum(psutil.Process(p.pid).memory_info().rss for p in simulators))
+        window_end = time.time()
+        time.sleep(2.5)  # the last flush lands
+        touched = stats.count_seen_since(FLEET_PREFIX, since)
+        procs.check_alive()
+        published = 0.0
+        for number in range(len(fleet)):
+            counts = [
+                row
+                for row in _simulator_counts(procs.log_of(f"simulator-{size}-{number}"))
+                if window_start <= row[0] <= window_end
+            ]
+            if len(counts) >= 2:
+                published += (counts[-1][2] - counts[0][2]) / (counts[-1][0] - counts[0][0])
+        if heap:
+            heap.dump(bridge.pid, f"{size:,} agents")
+        return {
+            "size": size,
+            "processes": len(fleet),
+            "connect_s": connect_s,
+            "heartbeats_per_s": published,
+            "touched": touched,
+            "bridge_idle": idle["bridge"],
+            "broker_idle": idle["broker"],
+            "bridge": bridge_rss.rss_median_mb(window_start, window_end),
+            "bridge_max": bridge_rss.rss_mb(),
+            "bridge_cpu": bridge_rss.cpu_percent(window_start, window_end),
+            "broker": broker_rss.rss_median_mb(window_start, window_end),
+            "broker_max": broker_rss.rss_mb(),
+            "simulators": median(sim_rss) / 2**20,
+        }
+    finally:
+        for simulator in simulators:
+            procs.stop(simulator, grace_s=60)
+        procs.stop(bridge)
+        procs.stop(broker)
+        bridge_rss.close()
+        broker_rss.close()
+
+
+def run_backlog(
+    procs: Processes, database_url: str, stats: DbStats, agent_ids: list[str], rounds: list[int]
+) -> list[dict[str, float]]:
+    """The bridge stopped while QoS 1 heartbeats queue in its session, then started: RSS during the drain,
+    for backlogs of different depth (bounded memory: the same RSS whatever the depth)."""
+    broker, ports = _broker(procs, "mosquitto-backlog", 1)
+    env = role_env(database_url, ports[0], f"bench-mem-{os.getpid()}", LOG_LEVEL="INFO")
+    try:
+        first = procs.django_command("bridge", ["run_bridge"], env)  # creates its persistent session
+        procs.wait_log("bridge", "bridge connected")
+        time.sleep(0.5)
+        procs.kill(first)
+        return [run_drain(procs, env, ports[0], agent_ids, n, stats) for n in rounds]
+    finally:
+        procs.stop(broker)
+
+
+def sizes_main(args: argparse.Namespace) -> None:
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    limits = _raise_open_files(max(sizes) + 4096)
+    heartbeat_s = args.heartbeat_s if args.heartbeat_s is not None else 10.0
+    procs = Processes()
+    database_url = scratch_database_url("bench_mem")
+    heap = HeapDumps(procs) if args.tracemalloc else None
+    failed, rows, drains = True, [], []
+    load = os.getloadavg()
+    started = datetime.now(UTC)
+    try:
+        setup_django(database_url)
+        from django.db import connection
+
+        stats = DbStats(database_url)
+        fleet_ids = [
+            f"{prefix}{n}" for prefix, count in _fleet_processes(max(sizes), args.per_process) for n in range(count)
+        ]
+        backlog_ids = [f"hb-{n}" for n in range(args.agents)]
+        _create_agents([*fleet_ids, *backlog_ids, START, END], online=False)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE agents")
+        connection.close()
+        print(
+            f"{started:%Y-%m-%d %H:%M} UTC, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; sizes {sizes}, "
+            f"heartbeat every {heartbeat_s}s (QoS 0), window {args.window_s}s, up to {args.per_process} agents per "
+            f"simulator process; {limits}; bridge with production settings (MQTT_RECEIVE_MAXIMUM and "
+            f"BRIDGE_BATCH_SIZE defaults){'; tracemalloc on' if heap else ''}",
+            flush=True,
+        )
+        if args.backlog_rounds:
+            rounds = [int(n) for n in args.backlog_rounds.split(",")]
+            drains = run_backlog(procs, database_url, stats, backlog_ids, rounds)
+        for size in sizes:
+            rows.append(run_size(procs, database_url, stats, size, args.per_process, heartbeat_s, args.window_s, heap))
+            row = rows[-1]
+            print(
+                f"  {size:,} agents: bridge {row['bridge']:.0f} MB, broker {row['broker']:.1f} MB, "
+                f"simulators {row['simulators']:.0f} MB, online after {row['connect_s']:.0f}s",
+                flush=True,
+            )
+        if heap is not None:
+            heap.report()  # before stop_all, which removes the snapshots' directory
+        failed = False
+    finally:
+        procs.stop_all(failed)
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(database_url)
+    _print_sizes(rows, drains, args, heartbeat_s)
+
+
+def _print_sizes(
+    rows: list[dict[str, float]], drains: list[dict[str, float]], args: argparse.Namespace, heartbeat_s: float
+) -> None:
+    print()
+    print(
+        f"{'agents':>7}{'sims':>5}{'hb/s':>8}{'bridge MB':>10}{'max':>6}{'CPU %':>6}{'MB/1k':>7}{'vs idle':>8}"
+        f"{'broker MB':>10}{'MB/1k':>7}{'sim MB':>8}{'MB/1k':>7}{'online s':>9}"
+    )
+    lost = 0
+    for row in rows:
+        n = row["size"] / 1000
+        lost += int(row["size"] - row["touched"])
+        print(
+            f"{row['size']:>7,}{row['processes']:>5}{row['heartbeats_per_s']:>8,.0f}{row['bridge']:>10.1f}"
+            f"{row['bridge_max']:>6.0f}{row['bridge_cpu']:>6.0f}{(row['bridge'] - row['bridge_idle']) / n:>7.2f}"
+            f"{row['bridge'] / row['bridge_idle']:>8.2f}{row['broker']:>10.1f}"
+            f"{(row['broker'] - row['broker_idle']) / n:>7.2f}"
+            f"{row['simulators']:>8.0f}{row['simulators'] / n:>7.1f}{row['connect_s']:>9.0f}"
+        )
+    if rows:
+        print(
+            f"idle (no agent) bridge {median([r['bridge_idle'] for r in rows]):.1f} MB, broker "
+            f"{median([r['broker_idle'] for r in rows]):.1f} MB: MB/1k = (RSS - idle RSS of the same process) per "
+            "1,000 agents; RSS = median over the window, max = bridge's max over its run (connect storm included)"
+        )
+    for drain in drains:
+        print(
+            f"backlog drain: {drain['heartbeats']:,} QoS 1 heartbeats for {args.agents:,} ids queued while the bridge "
+            f"was down: {drain['heartbeats_per_s']:,.0f} hb/s, bridge RSS max {drain['rss_mb']:.1f} MB during the drain"
+        )
+    lost += sum(int(args.agents - d["touched"]) for d in drains)
+    print(f"lost: {lost}, doubled: 0 (lost = agents whose last_seen_at did not move; no tasks run here)")
+    if lost:
+        sys.exit(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=10_000, help="agent ids in the drain")
@@ -376,10 +707,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="drain runs (median)")
     parser.add_argument("--baseline", type=int, default=3000, help="naive one-UPDATE-per-heartbeat count")
     parser.add_argument("--fleet", type=int, default=10_000, help="simulated agents in the live run (0: skip)")
-    parser.add_argument("--heartbeat-s", type=float, default=2.0, help="live run: seconds between heartbeats")
+    parser.add_argument(
+        "--heartbeat-s", type=float, help="seconds between an agent's heartbeats (live: 2, --sizes: 10, the agent's)"
+    )
     parser.add_argument("--window-s", type=float, default=15.0, help="live run: measured window")
     parser.add_argument("--quick", action="store_true", help="2,000 ids x 10 rounds, 1 drain, 2,000 agents live")
+    parser.add_argument("--sizes", help="memory per connected agent at these fleet sizes, e.g. 1000,10000,50000")
+    parser.add_argument("--per-process", type=int, default=10_000, help="--sizes: agents per simulator process")
+    parser.add_argument("--backlog-rounds", default="5,20", help="--sizes: drains of --agents ids x these rounds")
+    parser.add_argument("--tracemalloc", action="store_true", help="--sizes: bridge heap snapshots, diffed by line")
     args = parser.parse_args()
+    if args.sizes:
+        sizes_main(args)
+        return
+    if args.heartbeat_s is None:
+        args.heartbeat_s = 2.0
     if args.quick:
         args.agents, args.rounds, args.runs, args.baseline = 2000, 10, 1, 1000
         args.fleet, args.heartbeat_s, args.window_s = 2000, 0.5, 6.0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import queue
 import socket
 import ssl
 import struct
+import threading
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -99,6 +102,67 @@ class BatchingClient(mqtt.Client):
 
 
 _PUBACK = struct.Struct("!BBH")
+
+_T = TypeVar("_T")
+
+
+class InboundQueue(queue.Queue[_T], Generic[_T]):
+    """What paho's network thread received, waiting for the consumer: at most ``maximum`` messages.
+
+    MQTT 5's ReceiveMaximum bounds the QoS 1 messages the broker sends ahead of
+    our PUBACKs, not the QoS 0 ones (heartbeats, by default): a fleet sending
+    faster than the bridge applies filled an unbounded queue, and the bridge's
+    heap with it. Here ``put`` of a message (an instance of ``bounded``) waits
+    while ``maximum`` messages are queued, so paho's network thread stops
+    reading, TCP pushes back, and the broker holds the rest under its own
+    limits (it drops QoS 0 past them). Any other item (the consumer's commit
+    marker) is queued at once: the thread that puts it must never wait on the
+    network thread, or neither would move. Nothing waits once ``until`` is set
+    (the bridge is stopping and nobody may be taking any more), so ``loop_stop``
+    can join the network thread.
+    """
+
+    _WAIT_SLICE_S = 0.1  # how soon a waiting put notices ``until``
+
+    def __init__(self, maximum: int, bounded: type | tuple[type, ...], until: threading.Event) -> None:
+        if maximum < 1:
+            raise ValueError("an inbound queue must hold at least one message")
+        super().__init__()  # unbounded as a queue.Queue: only messages count towards ``maximum``
+        self.maximum = maximum
+        self.bounded = bounded
+        self.until = until
+        self.messages = 0  # messages queued (other items not counted)
+        self.waited_s = 0.0  # total time puts waited for room: how long the consumer held the network back
+        self._room = threading.Condition(self.mutex)
+
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
+        with self.mutex:
+            if isinstance(item, self.bounded):
+                if self.messages >= self.maximum:
+                    self._wait_for_room(block, timeout)
+                self.messages += 1
+            self._put(item)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def _wait_for_room(self, block: bool, timeout: float | None) -> None:
+        """With ``self.mutex`` held (``_room`` releases it while waiting)."""
+        started = time.monotonic()
+        try:
+            while self.messages >= self.maximum and not self.until.is_set():
+                remaining = self._WAIT_SLICE_S if timeout is None else started + timeout - time.monotonic()
+                if not block or remaining <= 0:
+                    raise queue.Full
+                self._room.wait(min(remaining, self._WAIT_SLICE_S))
+        finally:
+            self.waited_s += time.monotonic() - started
+
+    def _get(self) -> _T:
+        item = self.queue.popleft()
+        if isinstance(item, self.bounded):
+            self.messages -= 1
+            self._room.notify()
+        return item
 
 
 def new_client(client_id: str, address: BrokerAddress, persistent: bool, manual_ack: bool = False) -> BatchingClient:
