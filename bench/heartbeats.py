@@ -380,10 +380,17 @@ def _online_count(stats: DbStats, prefix: str) -> int:
 # --- --sizes: memory per connected agent ---------------------------------------------------------------
 
 FLEET_PREFIX = "fl"  # --sizes agent ids: fl<simulator process>-<n>
-_TRACEMALLOC_HOOK = """\
-import json, os, signal, tracemalloc
+# Written as sitecustomize.py for the bridges --sizes starts, enabled by environment variables. SIGUSR1 dumps a
+# tracemalloc snapshot (--tracemalloc; tracing starts at the first, so a snapshot holds what was allocated since and
+# is still alive); AEGIS_BENCH_BOUNDED_INBOUND gives the bridge the one-line change proposed for broker/bridge.py
+# (``inbound`` an InboundQueue), applied as broker.bridge is imported, since that file is not this benchmark's to
+# change. A bridge that already has an InboundQueue is left as it is.
+_BRIDGE_HOOK = """\
+import importlib.machinery, json, os, signal, sys, tracemalloc
 
 def _aegis_dump_heap(_signum, _frame):
+    if not tracemalloc.is_tracing():  # from the first dump on: tracing the start-up would take minutes
+        tracemalloc.start(int(os.environ["AEGIS_TRACEMALLOC_FRAMES"]))
     directory = os.environ["AEGIS_TRACEMALLOC_DIR"]
     number = len([name for name in os.listdir(directory) if name.endswith(".snapshot")])
     rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:")).split()[1]
@@ -395,7 +402,45 @@ def _aegis_dump_heap(_signum, _frame):
 
 if os.environ.get("AEGIS_TRACEMALLOC_DIR"):
     signal.signal(signal.SIGUSR1, _aegis_dump_heap)
+
+
+class _BoundedInbound:
+    def find_spec(self, name, path, target=None):
+        if name != "broker.bridge":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            init = module.Bridge.__init__
+
+            def __init__(bridge, *args, **kwargs):
+                init(bridge, *args, **kwargs)
+                from django.conf import settings
+                from broker.client import InboundQueue
+                from broker.ingest import Incoming
+
+                if not isinstance(bridge.inbound, InboundQueue):
+                    maximum = settings.MQTT_RECEIVE_MAXIMUM + settings.BRIDGE_BATCH_SIZE
+                    bridge.inbound = InboundQueue(maximum, Incoming, bridge.stop)
+
+            module.Bridge.__init__ = __init__
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+if os.environ.get("AEGIS_BENCH_BOUNDED_INBOUND"):
+    sys.meta_path.insert(0, _BoundedInbound())
 """
+
+
+def _bridge_hook(procs: Processes, bounded_inbound: bool) -> dict[str, str]:
+    """The environment that loads ``_BRIDGE_HOOK`` into the bridges (``PYTHONPATH``)."""
+    hook = procs.tmp / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_BRIDGE_HOOK)
+    return {"PYTHONPATH": str(hook), **({"AEGIS_BENCH_BOUNDED_INBOUND": "1"} if bounded_inbound else {})}
 
 
 def _fleet_processes(size: int, per_process: int) -> list[tuple[str, int]]:
@@ -443,13 +488,7 @@ class HeapDumps:
     def __init__(self, procs: Processes) -> None:
         self.directory = procs.tmp / "heap"
         self.directory.mkdir()
-        (procs.tmp / "hook").mkdir()
-        (procs.tmp / "hook" / "sitecustomize.py").write_text(_TRACEMALLOC_HOOK)
-        self.env = {
-            "PYTHONTRACEMALLOC": "12",
-            "PYTHONPATH": str(procs.tmp / "hook"),
-            "AEGIS_TRACEMALLOC_DIR": str(self.directory),
-        }
+        self.env = {"AEGIS_TRACEMALLOC_FRAMES": "12", "AEGIS_TRACEMALLOC_DIR": str(self.directory)}
         self.labels: list[str] = []
 
     def dump(self, pid: int, label: str) -> None:
@@ -462,8 +501,8 @@ class HeapDumps:
 
     def report(self, top: int = 12) -> None:
         """What the bridge holds at each size beyond what it held idle, by the allocating line (and the line of
-        this project or paho that led there). ``traced`` is what Python allocated; RSS also has C libraries and
-        freed-but-kept arenas."""
+        this project or paho that led there). Tracing starts at the idle dump, so ``traced`` is what Python
+        allocated since and still holds; RSS also has C libraries and freed-but-kept arenas."""
         import tracemalloc
 
         filters = [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, "<frozen *>")]
@@ -475,10 +514,10 @@ class HeapDumps:
                 f"  {label:<28} traced {m['traced'] / 2**20:7.1f} MB (peak {m['traced_peak'] / 2**20:7.1f}), "
                 f"RSS {m['rss'] / 2**20:7.1f} MB"
             )
-        base = snaps[0].filter_traces(filters)
-        for label, snap in list(zip(self.labels, snaps, strict=True))[1:]:
+        for number in range(1, len(snaps), 2):  # each bridge: its idle dump, then its dump with the fleet
             grouped: dict[tuple[str, str], list[int]] = {}
-            for stat in snap.filter_traces(filters).compare_to(base, "traceback"):
+            base = snaps[number - 1].filter_traces(filters)
+            for stat in snaps[number].filter_traces(filters).compare_to(base, "traceback"):
                 frames = list(stat.traceback)  # oldest first
                 ours = next((f for f in reversed(frames) if _ours(f.filename)), frames[-1])
                 key = (f"{_short(ours.filename)}:{ours.lineno}", f"{_short(frames[-1].filename)}:{frames[-1].lineno}")
@@ -486,7 +525,9 @@ class HeapDumps:
                 sums[0] += stat.size_diff
                 sums[1] += stat.count_diff
             total = sum(size for size, _ in grouped.values())
-            print(f"\n  {label} minus {self.labels[0]}: {total / 2**20:+.1f} MB traced; largest:")
+            print(
+                f"\n  {self.labels[number]} minus {self.labels[number - 1]}: {total / 2**20:+.1f} MB traced; largest:"
+            )
             for (ours_at, at), (size, count) in sorted(grouped.items(), key=lambda kv: -kv[1][0])[:top]:
                 print(f"    {size / 2**20:+8.2f} MB {count:+9d} blocks  {ours_at}  ->  {at}")
 
@@ -511,6 +552,7 @@ def run_size(
     heartbeat_s: float,
     window_s: float,
     heap: HeapDumps | None,
+    hook_env: dict[str, str],
 ) -> dict[str, float]:
     """A fresh broker and bridge; RSS idle, then with ``size`` simulated agents connected and heartbeating."""
     import psutil
@@ -523,9 +565,9 @@ def run_size(
     fleet = _fleet_processes(size, per_process)
     broker, ports = _broker(procs, f"mosquitto-{size}", len(fleet))
     tag = f"bench-mem-{os.getpid()}-{size}"
-    env = role_env(database_url, ports[0], tag, LOG_LEVEL="INFO", **(heap.env if heap else {}))
+    env = role_env(database_url, ports[0], tag, LOG_LEVEL="INFO", **hook_env, **(heap.env if heap else {}))
     bridge = procs.django_command(f"bridge-{size}", ["run_bridge"], env)
-    procs.wait_log(f"bridge-{size}", "bridge connected", 300 if heap else 60)  # tracing slows start-up a lot
+    procs.wait_log(f"bridge-{size}", "bridge connected")
     bridge_rss, broker_rss = Sampler(bridge.pid, 0.25), Sampler(broker.pid, 0.25)
     simulators: list[Any] = []
     try:
@@ -547,7 +589,8 @@ def run_size(
             procs.check_alive()
             return _online_count(stats, FLEET_PREFIX) >= size
 
-        wait_until(all_online, 60 + size / 20, f"{size} simulated agents online", 0.5)
+        # Applying a hello costs several round trips: a fleet's hellos take minutes on a busy machine.
+        wait_until(all_online, 120 + size / 4, f"{size} simulated agents online", 0.5)
         connect_s = time.monotonic() - connect_started
         time.sleep(heartbeat_s + 2.0)  # every agent's first heartbeat, the hellos' tail
         window_start, since = time.time(), datetime.now(UTC)
@@ -595,12 +638,17 @@ def run_size(
 
 
 def run_backlog(
-    procs: Processes, database_url: str, stats: DbStats, agent_ids: list[str], rounds: list[int]
+    procs: Processes,
+    database_url: str,
+    stats: DbStats,
+    agent_ids: list[str],
+    rounds: list[int],
+    hook_env: dict[str, str],
 ) -> list[dict[str, float]]:
     """The bridge stopped while QoS 1 heartbeats queue in its session, then started: RSS during the drain,
     for backlogs of different depth (bounded memory: the same RSS whatever the depth)."""
     broker, ports = _broker(procs, "mosquitto-backlog", 1)
-    env = role_env(database_url, ports[0], f"bench-mem-{os.getpid()}", LOG_LEVEL="INFO")
+    env = role_env(database_url, ports[0], f"bench-mem-{os.getpid()}", LOG_LEVEL="INFO", **hook_env)
     try:
         first = procs.django_command("bridge", ["run_bridge"], env)  # creates its persistent session
         procs.wait_log("bridge", "bridge connected")
@@ -618,9 +666,11 @@ def sizes_main(args: argparse.Namespace) -> None:
     procs = Processes()
     database_url = scratch_database_url("bench_mem")
     heap = HeapDumps(procs) if args.tracemalloc else None
+    hook_env = _bridge_hook(procs, args.bounded_inbound)
     failed, rows, drains = True, [], []
     load = os.getloadavg()
     started = datetime.now(UTC)
+    inbound = "bounded (InboundQueue, --bounded-inbound)" if args.bounded_inbound else "as broker/bridge.py has it"
     try:
         setup_django(database_url)
         from django.db import connection
@@ -638,14 +688,16 @@ def sizes_main(args: argparse.Namespace) -> None:
             f"{started:%Y-%m-%d %H:%M} UTC, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; sizes {sizes}, "
             f"heartbeat every {heartbeat_s}s (QoS 0), window {args.window_s}s, up to {args.per_process} agents per "
             f"simulator process; {limits}; bridge with production settings (MQTT_RECEIVE_MAXIMUM and "
-            f"BRIDGE_BATCH_SIZE defaults){'; tracemalloc on' if heap else ''}",
+            f"BRIDGE_BATCH_SIZE defaults); inbound queue {inbound}{'; tracemalloc on' if heap else ''}",
             flush=True,
         )
         if args.backlog_rounds:
             rounds = [int(n) for n in args.backlog_rounds.split(",")]
-            drains = run_backlog(procs, database_url, stats, backlog_ids, rounds)
+            drains = run_backlog(procs, database_url, stats, backlog_ids, rounds, hook_env)
         for size in sizes:
-            rows.append(run_size(procs, database_url, stats, size, args.per_process, heartbeat_s, args.window_s, heap))
+            rows.append(
+                run_size(procs, database_url, stats, size, args.per_process, heartbeat_s, args.window_s, heap, hook_env)
+            )
             row = rows[-1]
             print(
                 f"  {size:,} agents: bridge {row['bridge']:.0f} MB, broker {row['broker']:.1f} MB, "
@@ -716,6 +768,11 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=10_000, help="--sizes: agents per simulator process")
     parser.add_argument("--backlog-rounds", default="5,20", help="--sizes: drains of --agents ids x these rounds")
     parser.add_argument("--tracemalloc", action="store_true", help="--sizes: bridge heap snapshots, diffed by line")
+    parser.add_argument(
+        "--bounded-inbound",
+        action="store_true",
+        help="--sizes: the bridge's inbound queue bounded (broker.client.InboundQueue) by the proposed one-line change",
+    )
     args = parser.parse_args()
     if args.sizes:
         sizes_main(args)

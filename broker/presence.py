@@ -61,6 +61,11 @@ class HeartbeatBuffer:
         subscribed (a new shared-subscription group gets no earlier and no retained messages). Ask again."""
         known = set(Agent.objects.filter(pk__in_array=agent_ids).values_list("pk", flat=True))
         now = time.monotonic()
+        # Forget the asks that no longer hold anything back: the memory stays one entry per unknown agent
+        # heard from in the last interval, not one per id ever heard from.
+        self._asked = {
+            agent_id: asked for agent_id, asked in self._asked.items() if now - asked < HELLO_REQUEST_INTERVAL_S
+        }
         unknown = [
             agent_id
             for agent_id in agent_ids
