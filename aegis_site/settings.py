@@ -33,13 +33,13 @@ def _positive_int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-def _positive_float(name: str, default: float) -> float:
+def _positive_float(name: str, default: float, zero_ok: bool = False) -> float:
     try:
         value = env.float(name, default=default)
     except ValueError as exc:
         raise ImproperlyConfigured(f"{name} must be a number, got {env.str(name)!r}") from exc
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be > 0, got {value}")
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ImproperlyConfigured(f"{name} must be {'>=' if zero_ok else '>'} 0, got {value}")
     return value
 
 
@@ -215,6 +215,7 @@ MQTT_SHARE_GROUP = env.str("MQTT_SHARE_GROUP", default="aegis")
 MQTT_SESSION_EXPIRY = _positive_int("MQTT_SESSION_EXPIRY", 3600)
 MQTT_RECEIVE_MAXIMUM = _positive_int("MQTT_RECEIVE_MAXIMUM", 1000)
 BRIDGE_BATCH_SIZE = _positive_int("BRIDGE_BATCH_SIZE", 200)
+BRIDGE_LINGER_MS = _positive_float("BRIDGE_LINGER_MS", 2.0, zero_ok=True)
 BRIDGE_HEARTBEAT_FLUSH_INTERVAL = _positive_float("BRIDGE_HEARTBEAT_FLUSH_INTERVAL", 1.0)
 BRIDGE_OUTBOX_POLL_INTERVAL = _positive_float("BRIDGE_OUTBOX_POLL_INTERVAL", 0.5)
 # The dispatcher publishes its assignments itself; the bridge republishes what is still unsent after this.

@@ -39,6 +39,7 @@ from broker.publisher import publish_pending
 
 log = logging.getLogger("aegis.bridge")
 
+LINGER_AFTER = frozenset({"accepted", "progress"})  # task events an agent follows with another one
 SUBSCRIBED_CHANNELS = (protocol.HELLO, protocol.HEARTBEAT, protocol.STATUS, protocol.EVENTS, protocol.LOGS)
 
 
@@ -212,12 +213,22 @@ class Bridge:
         With a batch ``in_flight`` (being applied), take messages until the batch is full or that
         batch committed (its ``_Applied`` marker comes through ``inbound``): the next batch is
         decoded while the previous one waits on PostgreSQL, which releases the GIL. With none,
-        take what is there now, waiting up to 0.2 s for the first message.
+        take what is there now, waiting up to 0.2 s for the first message; and while the batch
+        ends with an event that announces another (``task.accepted``, ``task.progress``), wait
+        up to ``BRIDGE_LINGER_MS`` for it: a short task's acceptance and result then commit in one
+        transaction instead of two in a row. A result is never held back.
         """
         batch = Decoded()
+        lingering = False  # the batch ends with an event that announces another
+        deadline = 0.0  # the most a batch waits for one: set at its first announcing event
         while len(batch) < settings.BRIDGE_BATCH_SIZE and not self.stop.is_set():
             try:
-                item = self.inbound.get_nowait() if batch and in_flight is None else self.inbound.get(timeout=0.2)
+                if not batch or in_flight is not None:
+                    item = self.inbound.get(timeout=0.2)
+                elif lingering:
+                    item = self.inbound.get(timeout=max(deadline - time.monotonic(), 0.0))
+                else:
+                    item = self.inbound.get_nowait()
             except queue.Empty:
                 if in_flight is None or consumer_gone():  # a dead consumer applies nothing: let the pump see it
                     break
@@ -227,6 +238,10 @@ class Bridge:
                     in_flight = None  # an earlier batch's marker (this one filled up first) is ignored
                 continue
             batch.add(item)
+            last = batch.messages[-1]
+            lingering = isinstance(last, protocol.TaskEvent) and last.kind in LINGER_AFTER
+            if lingering and not deadline:
+                deadline = time.monotonic() + settings.BRIDGE_LINGER_MS / 1000
         return batch
 
     def _run_consumer(self) -> None:

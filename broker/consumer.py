@@ -6,8 +6,10 @@ import logging
 import threading
 from typing import Any
 
-from channels.consumer import SyncConsumer
-from django.db import close_old_connections
+import psycopg
+from asgiref.sync import sync_to_async
+from channels.consumer import SyncConsumer, get_handler_name
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from aegis_site.core.roles import FailedSteps
 from broker.ingest import Decoded, Incoming, decode, ingest
@@ -27,24 +29,56 @@ class MqttConsumer(SyncConsumer):
     the scope's ``on_failed`` (the bridge exits non-zero).
     """
 
+    @sync_to_async
+    def dispatch(self, message: dict[str, Any]) -> None:
+        """As ``SyncConsumer.dispatch``, without closing the database connection around each batch.
+
+        The bridge applies batch after batch on one thread: giving the connection back to
+        the pool after each (Channels' ``database_sync_to_async``) cost a checkout and its
+        health check per batch. The connection is kept while it works; after an error
+        ``mqtt_message`` closes it (``close_old_connections``) and the retry checks out another.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        handler(message)
+
     def mqtt_message(self, event: dict[str, Any]) -> None:
         messages: Decoded | list[Incoming] = event["messages"]
         batch = messages if isinstance(messages, Decoded) else decode(messages)
         heartbeats: HeartbeatBuffer = self.scope["heartbeats"]
         stop: threading.Event = self.scope["stop"]
         failures: FailedSteps = self.scope.get("failures") or FailedSteps("bridge batch", "aegis.bridge")
+        reconnected = False
         while True:
             try:
                 ingest(batch, heartbeats, self.scope.get("revoked", frozenset()))
                 failures.succeeded()
                 break
-            except Exception:
+            except Exception as error:
                 # Nothing is acknowledged that was not applied: the broker keeps the batch.
-                delay = failures.failed()
                 close_old_connections()
+                if not reconnected and _connection_lost(error):
+                    # The connection kept since the last batch died (a restart, pg_terminate_backend): at once,
+                    # once, on a fresh one from the pool. The whole batch again: duplicates are recognised.
+                    reconnected = True
+                    log.info("database connection lost between batches; applying the batch on a new one")
+                    continue
+                delay = failures.failed()
                 if failures.exhausted:
                     self.scope.get("on_failed", stop.set)(f"{len(batch)} messages could not be applied")
                     return
                 if stop.wait(delay):
                     return  # shutting down: leave them unacknowledged, the broker redelivers
         self.send({"type": "mqtt.ack", "acks": [(item.mid, item.qos) for item in batch.items]})
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` says the database connection died (a restart, ``pg_terminate_backend``), not a statement."""
+    cause = error.__cause__ if isinstance(error, (OperationalError, InterfaceError)) else None
+    if isinstance(cause, psycopg.InterfaceError):  # used after it closed
+        return True
+    if isinstance(cause, psycopg.OperationalError):
+        sqlstate = cause.sqlstate  # none: the socket failed; 08: connection exception; 57P: the server shut it
+        return sqlstate is None or sqlstate.startswith(("08", "57P"))
+    return False

@@ -11,9 +11,8 @@ import logging
 from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
-from django.db import transaction
-
 from aegis_site.core import clock, counters, wakeup
+from aegis_site.core.db import one_transaction
 from broker.presence import HeartbeatBuffer
 from broker.protocol import (
     AgentMessage,
@@ -105,7 +104,7 @@ def ingest(
     # Any error propagates, not only a DatabaseError: the batch stays unacknowledged and the broker keeps it.
     # Only a message proven malformed (above) is acknowledged without being applied; a valid result that
     # met a bug or an outage is never dropped (the bridge backs off and, if it keeps failing, exits).
-    with transaction.atomic():
+    with one_transaction():  # retried whole on any error: the actions inside join it without savepoints
         # Hellos and statuses change their agents in arrival order; the claims and the heartbeat flush lock
         # agents in id order. Taking those agents first, in id order, keeps one order everywhere (no deadlock).
         # Task events lock no agent row: a batch of results alone takes no agent lock.

@@ -620,7 +620,8 @@ def test_the_bridge_survives_database_connections_dropped_during_ingestion(
     assert_every_task_succeeded_once(job)
     assert cuts >= 3
     assert terminated >= cuts  # each cut took at least the bridge's consumer connection
-    assert "bridge batch failed" in bridge.log_text()  # retried, not acknowledged
+    text = bridge.log_text()
+    assert "bridge batch failed" in text or "applying the batch on a new one" in text  # retried, not acknowledged
 
     # Nothing is stuck on the way out either: an assignment still reaches the agent through the outbox.
     extra, _ = actions.submit_job(spec(mode="any", task_count=1, target_agent_ids=["dbdrop-a"]), operator)
@@ -630,6 +631,27 @@ def test_the_bridge_survives_database_connections_dropped_during_ingestion(
     agent.report("succeeded", assignment.task_id, assignment.attempt, result={})
     wait_job_succeeded(extra, [bridge])
     assert bridge.alive()
+
+
+def test_a_connection_cut_while_the_bridge_waits_costs_no_failed_step(
+    broker, bridges, agents, make_agent, spec, operator
+):
+    """The consumer keeps its connection between batches; one terminated while idle is replaced at once."""
+    make_agent("idlecut-a", max_concurrency=10)
+    job, claimed = seed(spec, operator, ["idlecut-a"], 2)
+    bridge = bridges("aegis-bridge-idlecut")
+    bridge.wait_connected(broker)
+    agent = agents("idlecut-a").connect()
+    first, second = claimed["idlecut-a"]
+    agent.report("succeeded", first.task_id, first.attempt, result={})
+    wait_for(lambda: succeeded(job) == 1, "the first result applied")
+    assert terminate_backends(bridge) >= 1  # the consumer's kept connection among them
+    agent.report("succeeded", second.task_id, second.attempt, result={})
+    wait_job_succeeded(job, [bridge])
+    assert_every_task_succeeded_once(job)
+    text = bridge.log_text()
+    assert "applying the batch on a new one" in text
+    assert "bridge batch failed" not in text  # no failed step, no backoff, no error in the log
 
 
 def test_two_bridges_split_the_load_and_apply_each_result_once(broker, bridges, agents, make_agent, spec, operator):

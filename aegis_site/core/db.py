@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from django.db import OperationalError, connection, transaction
@@ -27,12 +29,33 @@ def _is_retryable(exc: OperationalError) -> bool:
     return connection.vendor == "sqlite" and "database is locked" in str(exc)
 
 
+_JOINED: ContextVar[bool] = ContextVar("aegis_joined_transaction", default=False)
+
+
+@contextlib.contextmanager
+def one_transaction() -> Iterator[None]:
+    """A transaction the actions called inside join whole: no savepoint each, an error inside fails it all.
+
+    For callers that never recover from an action's error inside their transaction (the
+    bridge's batch is retried whole): each nested action saves a SAVEPOINT and a RELEASE
+    round trip. Elsewhere nested actions keep their savepoint, so that a caller may catch
+    an action's error and go on.
+    """
+    token = _JOINED.set(True)
+    try:
+        with transaction.atomic():
+            yield
+    finally:
+        _JOINED.reset(token)
+
+
 def atomic_with_retry(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]:
     """Run ``func`` in one transaction; run it again if the database broke a lock cycle.
 
     Lock order is tasks before jobs almost everywhere, but an abort cancels queued
     rows that a concurrent claimer may hold, so PostgreSQL can report a deadlock;
-    the loser simply runs again. Nested inside an outer transaction it runs once.
+    the loser simply runs again. Nested inside an outer transaction it runs once
+    (inside ``one_transaction``: as part of it, with no savepoint).
     """
 
     @functools.wraps(func)
@@ -45,7 +68,8 @@ def atomic_with_retry(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         if connection.in_atomic_block:
-            return in_transaction(*args, **kwargs)
+            with transaction.atomic(savepoint=not _JOINED.get()):
+                return func(*args, **kwargs)
         return retrying(*args, **kwargs)
 
     return wrapper

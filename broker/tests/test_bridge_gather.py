@@ -72,3 +72,40 @@ def test_a_dead_consumer_ends_the_gathering(bridge: Bridge) -> None:
     bridge.inbound.put(heartbeat("a1", 1))
     batch = bridge._gather(7, lambda: True)  # no marker will come from a consumer that died
     assert [item.mid for item in batch.items] == [1]
+
+
+def event(kind: str, mid: int, task_id: int = 812) -> Incoming:
+    payload = {"v": 1, "id": f"m{mid}", "ts": "2026-12-07T12:00:00Z", "type": f"task.{kind}", "task_id": task_id}
+    payload |= {"attempt": 1, **({"result": {}} if kind == "succeeded" else {})}
+    return Incoming("aegis/agents/a1/events", json.dumps(payload).encode(), mid)
+
+
+def test_an_acceptance_waits_for_the_result_that_follows_it(bridge: Bridge, settings: Any) -> None:
+    settings.BRIDGE_LINGER_MS = 600_000  # far longer than the test: the result must end the wait, not the clock
+    thread, result = gather_in_thread(bridge, in_flight=None)
+    bridge.inbound.put(event("accepted", 1))
+    thread.join(1.0)
+    assert thread.is_alive(), "an acceptance was handed over alone while its result could still follow"
+    bridge.inbound.put(event("succeeded", 2))
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [item.mid for item in result["batch"].items] == [1, 2]  # one transaction for both
+
+
+def test_a_result_or_a_heartbeat_is_never_held_back(bridge: Bridge, settings: Any) -> None:
+    settings.BRIDGE_LINGER_MS = 600_000  # were either held back, the test would time out
+    bridge.inbound.put(event("succeeded", 1))
+    assert [item.mid for item in bridge._gather(None, lambda: False).items] == [1]
+    bridge.inbound.put(event("accepted", 2))
+    bridge.inbound.put(event("failed", 3, task_id=813))
+    bridge.inbound.put(heartbeat("a1", 4))
+    assert [item.mid for item in bridge._gather(None, lambda: False).items] == [2, 3, 4]
+
+
+def test_the_wait_for_a_follow_up_is_bounded(bridge: Bridge, settings: Any) -> None:
+    settings.BRIDGE_LINGER_MS = 1
+    bridge.inbound.put(event("accepted", 1))
+    assert [item.mid for item in bridge._gather(None, lambda: False).items] == [1]  # nothing followed: handed alone
+    settings.BRIDGE_LINGER_MS = 0  # off
+    bridge.inbound.put(event("progress", 2))
+    assert [item.mid for item in bridge._gather(None, lambda: False).items] == [2]
