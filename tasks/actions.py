@@ -105,13 +105,14 @@ def claim_over_http(agent: Agent, limit: int) -> list[Assignment]:
 
 
 def claim_for_agents(
-    agent_ids: Collection[str], limit: int, sink: DirectSink | None = None
+    agent_ids: Collection[str], limit: int, sink: DirectSink | None = None, skip_busy: bool = False
 ) -> dict[str, list[Assignment]]:
     """The dispatcher's claim: up to ``limit`` tasks for each online agent, pushed; runs its own transactions.
 
     ``sink``: the dispatcher's own publisher (``broker.direct``), called with the assignments at the commit.
+    ``skip_busy``: agents another transaction holds are left out of the result, not waited for.
     """
-    return claim_engine.dispatch(agent_ids, limit, clock.now(), sink=sink)
+    return claim_engine.dispatch(agent_ids, limit, clock.now(), sink=sink, skip_busy=skip_busy)
 
 
 @atomic_with_retry

@@ -32,6 +32,7 @@ from tasks.engine import claim
 log = logging.getLogger("aegis.dispatcher")
 
 _AGENTS_PER_TRANSACTION = 50  # bounds how long one claim transaction holds its agent rows
+_BUSY_RETRY_S = 0.02  # an agent passed over because another transaction held it is tried again this soon
 
 _PINNED_SQL = """
 SELECT DISTINCT t.agent_id FROM tasks t JOIN jobs j ON j.id = t.job_id JOIN agents a ON a.id = t.agent_id
@@ -70,6 +71,9 @@ class Dispatcher:
         self.stop = threading.Event()
         self.direct: DirectPublisher | None = None
         self.hints: set[str] = set()  # agents named by NOTIFY payloads, claimed for first
+        # Agents the last pass found locked by another transaction (``claim_pg``'s SKIP LOCKED): claimed for once
+        # more after ``_BUSY_RETRY_S`` (a heartbeat flush or a hello held them; another dispatcher may have).
+        self.busy: set[str] = set()
         self.failed: list[str] = []  # the steps that raised in the last ``step()``
 
     def sink(self) -> DirectSink | None:
@@ -93,11 +97,16 @@ class Dispatcher:
         """Claim up to ``batch_size`` tasks for each candidate agent: one transaction per group of agents.
 
         Agents named by the NOTIFY that woke us go first, before the candidate
-        query: a job pinned to an agent reaches it one query sooner.
+        query: a job pinned to an agent reaches it one query sooner. Agents another
+        transaction holds are passed over, not waited for: replicas woken by the same
+        NOTIFY split the agents between them. What was passed over is tried once more
+        on the next pass (``busy``); passed over again, it is left to whoever holds it.
         """
-        hinted, self.hints = sorted(self.hints), set()
+        retried, self.busy = self.busy, set()
+        hinted, self.hints = sorted(self.hints | retried), set()
         assigned = self._claim(hinted) if hinted else 0
         assigned += self._claim([agent_id for agent_id in self.candidate_agents() if agent_id not in hinted])
+        self.busy -= retried
         if self.direct is not None:
             self.direct.flush()
         if assigned:
@@ -108,8 +117,9 @@ class Dispatcher:
         assigned = 0
         for start in range(0, len(agent_ids), _AGENTS_PER_TRANSACTION):
             group = agent_ids[start : start + _AGENTS_PER_TRANSACTION]
-            claimed = actions.claim_for_agents(group, self.batch_size, sink=self.sink())
+            claimed = actions.claim_for_agents(group, self.batch_size, sink=self.sink(), skip_busy=True)
             assigned += sum(len(assignments) for assignments in claimed.values())
+            self.busy.update(agent_id for agent_id in group if agent_id not in claimed)
         return assigned
 
     def candidate_agents(self) -> list[str]:
@@ -182,6 +192,8 @@ class Dispatcher:
                 beacon.maybe_beat(publishes=self.direct is not None)
                 if not did_work:
                     wait = min(self.poll_interval, self.next_rate_token_in())
+                    if self.busy:
+                        wait = min(wait, _BUSY_RETRY_S)
                     self.hints |= listener.wait(wait, self.stop) or set()
         finally:
             if self.direct is not None:

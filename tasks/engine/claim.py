@@ -84,21 +84,29 @@ def claim_many(
 
 
 def dispatch(
-    agent_ids: Collection[str], limit: int, now: datetime, sink: DirectSink | None = None
+    agent_ids: Collection[str],
+    limit: int,
+    now: datetime,
+    sink: DirectSink | None = None,
+    skip_busy: bool = False,
 ) -> dict[str, list[Assignment]]:
     """The dispatcher's claim (push mode) in transactions of its own: on PostgreSQL, one round trip.
 
     Jobs with rollout limits, when there are any, get a second transaction on
     the general path. Inside a transaction (tests), it claims in that one.
     ``sink``: the dispatcher's own publisher for the assignments (``None``: the bridge's job).
+    ``skip_busy`` (PostgreSQL, outside a transaction): an agent whose row another transaction
+    holds is left out of the result instead of waited for (``claim_pg``), so dispatcher
+    replicas woken for the same agents do not queue behind each other's claims.
     """
     if connection.in_atomic_block:
         return claim_many(agent_ids, limit, now, push=True, sink=sink)
     if connection.vendor != "postgresql":
         return retry_on_conflict(_claim_many_atomic)(agent_ids, limit, now, sink)
-    claimed, limited = retry_on_conflict(claim_pg.claim_agents)(list(agent_ids), limit, now, True, True, sink)
+    claim = retry_on_conflict(claim_pg.claim_agents)
+    claimed, limited = claim(list(agent_ids), limit, now, True, True, sink, skip_locked=skip_busy)
     if limited:
-        more = retry_on_conflict(_claim_limited_atomic)(sorted(claimed), limit, now, claimed, sink)
+        more = retry_on_conflict(_claim_limited_atomic)(sorted(claimed), limit, now, claimed, sink, skip_busy)
         for agent_id, assignments in more.items():
             claimed[agent_id] += assignments
     log_assigned(claimed)  # both transactions have committed
@@ -135,12 +143,18 @@ def _claim_many_atomic(
 
 
 def _claim_limited_atomic(
-    agent_ids: list[str], limit: int, now: datetime, claimed: dict[str, list[Assignment]], sink: DirectSink | None
+    agent_ids: list[str],
+    limit: int,
+    now: datetime,
+    claimed: dict[str, list[Assignment]],
+    sink: DirectSink | None,
+    skip_busy: bool = False,
 ) -> dict[str, list[Assignment]]:
     with transaction.atomic():
         jobs = _open_jobs()
         short = [agent_id for agent_id in agent_ids if len(claimed[agent_id]) < limit]
-        agents = list(Agent.objects.select_for_update().filter(pk__in=short).order_by("pk"))
+        locking = Agent.objects.select_for_update(skip_locked=skip_busy)
+        agents = list(locking.filter(pk__in=short).order_by("pk"))
         more: dict[str, list[Assignment]] = {agent.pk: list(claimed[agent.pk]) for agent in agents}
         _claim_in_turns(agents, jobs, limit, now, True, more, sink)
         return {agent_id: assignments[len(claimed[agent_id]) :] for agent_id, assignments in more.items()}

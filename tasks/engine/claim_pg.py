@@ -4,8 +4,8 @@ In psycopg's pipeline mode these go to the server in one flight and run in order
 
 1. BEGIN (psycopg's for Django's open transaction, or our own);
 2. lock the agent rows in id order (claims for one agent are serialised, so its
-   capacity is never oversubscribed), and say whether any open job has rollout
-   limits;
+   capacity is never oversubscribed; the dispatcher passes over a row another
+   transaction holds), and say whether any open job has rollout limits;
 3. per agent, one statement: check the agent may take work, find the jobs
    whose target selects it (the SQL twin of ``targeting.matches``; a property
    test holds them together; a pinned task counts only while its job still
@@ -47,6 +47,21 @@ SELECT a.id, EXISTS (
 FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a
 """
 
+# The dispatcher's variant: an agent another transaction holds (another dispatcher claiming for it, a heartbeat
+# flush, a hello) is passed over instead of waited for. The ids it did lock go into a transaction-local setting
+# that the claim statements check, so a claim runs only for an agent locked by this statement, before their
+# snapshots: the capacity count still sees every claim committed before the lock was granted.
+_LOCK_SKIP_SQL = """
+WITH locked AS MATERIALIZED (
+    SELECT a.id FROM agents a WHERE a.id = ANY(%(agents)s::text[]) ORDER BY a.id FOR UPDATE OF a SKIP LOCKED
+)
+SELECT l.id, EXISTS (
+    SELECT 1 FROM jobs j WHERE j.state IN ('scheduled', 'running')
+      AND (j.max_in_flight IS NOT NULL OR j.max_in_flight_percent IS NOT NULL OR j.rate_per_minute IS NOT NULL)),
+    set_config('aegis.claimable', (SELECT string_agg(id, ',') FROM locked), true)
+FROM locked l ORDER BY l.id
+"""
+
 # ``selecting``: the jobs without rollout limits whose target selects the agent, ``targeting.matches`` in SQL: ids
 # (empty = any), capabilities (a subset), labels (every key present and not null, equal to the wanted value or, for a
 # list, one of its values). A pinned task counts only while its job's target still selects its agent.
@@ -58,6 +73,7 @@ WITH agent AS (
     SELECT a.id, a.labels, a.capabilities, a.max_concurrency FROM agents a
     WHERE a.id = %(agent)s AND a.admin_state = 'active'
       AND ((a.connectivity = 'online' AND a.transport = 'mqtt') OR NOT %(push)s)  -- push: MQTT agents only
+      AND (NOT %(skip)s OR a.id = ANY(string_to_array(current_setting('aegis.claimable', true), ',')))
 ), selecting AS (
     SELECT j.id, j.mode FROM jobs j CROSS JOIN agent a
     WHERE j.state IN ('scheduled', 'running')
@@ -138,6 +154,7 @@ def claim_agents(
     push: bool,
     commit: bool = False,
     sink: outbox.DirectSink | None = None,
+    skip_locked: bool = False,
 ) -> tuple[dict[str, list[Assignment]], bool]:
     """Lock the agents and claim from jobs without rollout limits for each.
 
@@ -149,7 +166,10 @@ def claim_agents(
 
     Returns the assignments of every agent that exists (ids without an agent are
     left out) and whether some open job has rollout limits (then the caller runs
-    the general path too). In push mode the outbox rows are written and handed to
+    the general path too). With ``skip_locked`` (the dispatcher's), an agent whose row another
+    transaction holds is left out too, not waited for: replicas claiming for the same agents
+    (every report wakes every dispatcher, naming the same agents) take turns instead of queuing.
+    In push mode the outbox rows are written and handed to
     ``broker.outbox``, published once committed: by ``sink`` (the dispatcher's own
     publisher) when given, else by the bridge.
     """
@@ -166,11 +186,11 @@ def claim_agents(
                 if commit:
                     conn.execute("BEGIN")
                 lock = psycopg.Cursor(conn)
-                lock.execute(_LOCK_SQL, {"agents": ids}, prepare=True)
+                lock.execute(_LOCK_SKIP_SQL if skip_locked else _LOCK_SQL, {"agents": ids}, prepare=True)
                 claims = []
                 for agent_id in ids:
                     cursor = psycopg.Cursor(conn)
-                    cursor.execute(sql, _params(agent_id, limit, now, push, direct), prepare=True)
+                    cursor.execute(sql, _params(agent_id, limit, now, push, direct, skip_locked), prepare=True)
                     claims.append((agent_id, cursor))
             locked = lock.fetchall()
             rows = {agent_id: cursor.fetchall() for agent_id, cursor in claims}
@@ -183,18 +203,19 @@ def claim_agents(
             if commit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")
             raise
-    existing = {agent_id for agent_id, _limited in locked}
-    limited = any(flag for _agent_id, flag in locked)
+    existing = {row[0] for row in locked}
+    limited = any(row[1] for row in locked)
     # Outside a transaction, Django runs on-commit callbacks (the outbox's publication) at once.
     claimed = {agent_id: _assignments(agent_id, rows[agent_id], now, push, sink) for agent_id in sorted(existing)}
     return claimed, limited
 
 
-def _params(agent_id: str, limit: int, now: datetime, push: bool, direct: bool) -> dict[str, Any]:
+def _params(agent_id: str, limit: int, now: datetime, push: bool, direct: bool, skip: bool) -> dict[str, Any]:
     return {
         "now": now,
         "agent": agent_id,
         "push": push,
+        "skip": skip,
         "limit": limit,
         "topic": inbox_topic(agent_id),
         "version": PROTOCOL_VERSION,
