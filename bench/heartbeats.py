@@ -36,6 +36,7 @@ are over before it starts). pg_stat_statements is not loaded on this server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -384,7 +385,8 @@ FLEET_PREFIX = "fl"  # --sizes agent ids: fl<simulator process>-<n>
 # tracemalloc snapshot (--tracemalloc; tracing starts at the first, so a snapshot holds what was allocated since and
 # is still alive); AEGIS_BENCH_BOUNDED_INBOUND gives the bridge the one-line change proposed for broker/bridge.py
 # (``inbound`` an InboundQueue), applied as broker.bridge is imported, since that file is not this benchmark's to
-# change. A bridge that already has an InboundQueue is left as it is.
+# change (a bridge that already has an InboundQueue is left as it is); AEGIS_BENCH_WATCH_FILE gets a line twice a
+# second from a thread in the bridge: RSS, the inbound queue's depth and bytes per queued message, paho's queues.
 _BRIDGE_HOOK = """\
 import importlib.machinery, json, os, signal, sys, tracemalloc
 
@@ -404,7 +406,32 @@ if os.environ.get("AEGIS_TRACEMALLOC_DIR"):
     signal.signal(signal.SIGUSR1, _aegis_dump_heap)
 
 
-class _BoundedInbound:
+def _aegis_watch(bridge, path):
+    # Twice a second: RSS, the inbound queue's depth and the deep size of its first 100 items, paho's queues.
+    import itertools, sys, threading, time
+
+    def size_of(item):
+        return sum(sys.getsizeof(getattr(item, name, None) or 0) for name in ("topic", "payload")) + sys.getsizeof(item)
+
+    def run():
+        with open(path, "a") as out:
+            while True:
+                time.sleep(0.5)
+                rss = next(line for line in open("/proc/self/status") if line.startswith("VmRSS:")).split()[1]
+                inbound = bridge.inbound
+                with inbound.mutex:
+                    head = list(itertools.islice(inbound.queue, 100))
+                each = sum(size_of(item) for item in head) / len(head) if head else 0
+                client = bridge.client
+                row = [time.time(), int(rss) * 1024, inbound.qsize(), each, bridge._unacknowledged,
+                       len(client._out_packet), len(client._out_messages), len(bridge.heartbeats)]
+                out.write(" ".join(str(value) for value in row) + "\\n")
+                out.flush()
+
+    threading.Thread(target=run, name="bench-watch", daemon=True).start()
+
+
+class _BridgeHook:
     def find_spec(self, name, path, target=None):
         if name != "broker.bridge":
             return None
@@ -421,17 +448,19 @@ class _BoundedInbound:
                 from broker.client import InboundQueue
                 from broker.ingest import Incoming
 
-                if not isinstance(bridge.inbound, InboundQueue):
+                if os.environ.get("AEGIS_BENCH_BOUNDED_INBOUND") and not isinstance(bridge.inbound, InboundQueue):
                     maximum = settings.MQTT_RECEIVE_MAXIMUM + settings.BRIDGE_BATCH_SIZE
                     bridge.inbound = InboundQueue(maximum, Incoming, bridge.stop)
+                if os.environ.get("AEGIS_BENCH_WATCH_FILE"):
+                    _aegis_watch(bridge, os.environ["AEGIS_BENCH_WATCH_FILE"])
 
             module.Bridge.__init__ = __init__
 
         spec.loader.exec_module = exec_module
         return spec
 
-if os.environ.get("AEGIS_BENCH_BOUNDED_INBOUND"):
-    sys.meta_path.insert(0, _BoundedInbound())
+if os.environ.get("AEGIS_BENCH_BOUNDED_INBOUND") or os.environ.get("AEGIS_BENCH_WATCH_FILE"):
+    sys.meta_path.insert(0, _BridgeHook())
 """
 
 
@@ -553,6 +582,7 @@ def run_size(
     window_s: float,
     heap: HeapDumps | None,
     hook_env: dict[str, str],
+    hello_wait_s: float,
 ) -> dict[str, float]:
     """A fresh broker and bridge; RSS idle, then with ``size`` simulated agents connected and heartbeating."""
     import psutil
@@ -565,7 +595,9 @@ def run_size(
     fleet = _fleet_processes(size, per_process)
     broker, ports = _broker(procs, f"mosquitto-{size}", len(fleet))
     tag = f"bench-mem-{os.getpid()}-{size}"
-    env = role_env(database_url, ports[0], tag, LOG_LEVEL="INFO", **hook_env, **(heap.env if heap else {}))
+    watch = procs.tmp / f"watch-{size}.txt"
+    hooks = {**hook_env, "AEGIS_BENCH_WATCH_FILE": str(watch), **(heap.env if heap else {})}
+    env = role_env(database_url, ports[0], tag, LOG_LEVEL="INFO", **hooks)
     bridge = procs.django_command(f"bridge-{size}", ["run_bridge"], env)
     procs.wait_log(f"bridge-{size}", "bridge connected")
     bridge_rss, broker_rss = Sampler(bridge.pid, 0.25), Sampler(broker.pid, 0.25)
@@ -585,13 +617,22 @@ def run_size(
             argv += ["--prefix", prefix, "--heartbeat-s", str(heartbeat_s), "--stats-every-s", "1"]
             simulators.append(procs.start(f"simulator-{size}-{number}", [*argv, "--connect-workers", "8"]))
 
-        def all_online() -> bool:
+        def all_connected() -> bool:
             procs.check_alive()
-            return _online_count(stats, FLEET_PREFIX) >= size
+            return all("agents online after" in procs.log_of(f"simulator-{size}-{n}") for n in range(len(fleet)))
+
+        wait_until(all_connected, 120 + size / 20, f"{size} simulated agents connected to the broker", 0.5)
+        connect_s = time.monotonic() - connect_started
+
+        def hellos_applied() -> bool:
+            procs.check_alive()
+            return _online_count(stats, FLEET_PREFIX) >= size or time.monotonic() > hello_deadline
 
         # Applying a hello costs several round trips: a fleet's hellos take minutes on a busy machine.
-        wait_until(all_online, 120 + size / 4, f"{size} simulated agents online", 0.5)
-        connect_s = time.monotonic() - connect_started
+        hello_deadline = time.monotonic() + hello_wait_s
+        wait_until(hellos_applied, hello_wait_s + 60, "the hellos applied", 0.5)
+        online_s = time.monotonic() - connect_started
+        pending_hellos = size - _online_count(stats, FLEET_PREFIX)
         time.sleep(heartbeat_s + 2.0)  # every agent's first heartbeat, the hellos' tail
         window_start, since = time.time(), datetime.now(UTC)
         sim_rss: list[int] = []
@@ -601,6 +642,16 @@ def run_size(
         window_end = time.time()
         time.sleep(2.5)  # the last flush lands
         touched = stats.count_seen_since(FLEET_PREFIX, since)
+        if touched < size:  # still behind hellos, in the broker's queue for the bridge: lost only if never applied
+
+            def all_seen() -> bool:
+                procs.check_alive()
+                return stats.count_seen_since(FLEET_PREFIX, since) >= size
+
+            with contextlib.suppress(TimeoutError):
+                wait_until(all_seen, hello_wait_s, f"a heartbeat of each of {size} agents", 1.0)
+            late = stats.count_seen_since(FLEET_PREFIX, since) - touched
+            touched += late
         procs.check_alive()
         published = 0.0
         for number in range(len(fleet)):
@@ -613,12 +664,21 @@ def run_size(
                 published += (counts[-1][2] - counts[0][2]) / (counts[-1][0] - counts[0][0])
         if heap:
             heap.dump(bridge.pid, f"{size:,} agents")
+        rows = [[float(value) for value in line.split()] for line in watch.read_text().splitlines() if line]
+        deepest = max(rows, key=lambda row: row[2], default=[0.0] * 8)
         return {
+            "inbound_max": deepest[2],
+            "inbound_max_mb": deepest[2] * deepest[3] / 2**20,
+            "inbound_max_rss": deepest[1] / 2**20,
+            "inbound_window": max((row[2] for row in rows if window_start <= row[0] <= window_end), default=0.0),
+            "paho_out_max": max((row[5] for row in rows), default=0.0),
             "size": size,
             "processes": len(fleet),
             "connect_s": connect_s,
             "heartbeats_per_s": published,
             "touched": touched,
+            "online_s": online_s,
+            "pending_hellos": pending_hellos,
             "bridge_idle": idle["bridge"],
             "broker_idle": idle["broker"],
             "bridge": bridge_rss.rss_median_mb(window_start, window_end),
@@ -694,14 +754,27 @@ def sizes_main(args: argparse.Namespace) -> None:
         if args.backlog_rounds:
             rounds = [int(n) for n in args.backlog_rounds.split(",")]
             drains = run_backlog(procs, database_url, stats, backlog_ids, rounds, hook_env)
-        for size in sizes:
-            rows.append(
-                run_size(procs, database_url, stats, size, args.per_process, heartbeat_s, args.window_s, heap, hook_env)
+        # The baseline row first: the bridge as broker/bridge.py has it, at --as-is-at agents.
+        runs = [(args.as_is_at, _bridge_hook(procs, False))] if args.as_is_at and args.bounded_inbound else []
+        for size, env_hooks in [*runs, *((size, hook_env) for size in sizes)]:
+            row = run_size(
+                procs,
+                database_url,
+                stats,
+                size,
+                args.per_process,
+                heartbeat_s,
+                args.window_s,
+                heap,
+                env_hooks,
+                args.hello_wait_s,
             )
-            row = rows[-1]
+            row["bounded"] = float("AEGIS_BENCH_BOUNDED_INBOUND" in env_hooks)
+            rows.append(row)
             print(
-                f"  {size:,} agents: bridge {row['bridge']:.0f} MB, broker {row['broker']:.1f} MB, "
-                f"simulators {row['simulators']:.0f} MB, online after {row['connect_s']:.0f}s",
+                f"  {size:,} agents: bridge {row['bridge']:.0f} MB (max {row['bridge_max']:.0f}), broker "
+                f"{row['broker']:.1f} MB, simulators {row['simulators']:.0f} MB, connected after "
+                f"{row['connect_s']:.0f}s, hellos applied after {row['online_s']:.0f}s",
                 flush=True,
             )
         if heap is not None:
@@ -721,25 +794,39 @@ def _print_sizes(
 ) -> None:
     print()
     print(
-        f"{'agents':>7}{'sims':>5}{'hb/s':>8}{'bridge MB':>10}{'max':>6}{'CPU %':>6}{'MB/1k':>7}{'vs idle':>8}"
-        f"{'broker MB':>10}{'MB/1k':>7}{'sim MB':>8}{'MB/1k':>7}{'online s':>9}"
+        f"{'agents':>7}{'inbound':>9}{'sims':>5}{'hb/s':>7}{'bridge MB':>10}{'max':>6}{'CPU %':>6}{'MB/1k':>7}"
+        f"{'vs idle':>8}{'inbound max':>12}{'MB':>6}{'broker MB':>10}{'MB/1k':>7}{'sim MB':>8}{'MB/1k':>7}"
+        f"{'conn s':>7}{'hello s':>8}{'pending':>8}"
     )
     lost = 0
     for row in rows:
         n = row["size"] / 1000
         lost += int(row["size"] - row["touched"])
         print(
-            f"{row['size']:>7,}{row['processes']:>5}{row['heartbeats_per_s']:>8,.0f}{row['bridge']:>10.1f}"
+            f"{row['size']:>7,}{'bounded' if row['bounded'] else 'as is':>9}{row['processes']:>5}"
+            f"{row['heartbeats_per_s']:>7,.0f}{row['bridge']:>10.1f}"
             f"{row['bridge_max']:>6.0f}{row['bridge_cpu']:>6.0f}{(row['bridge'] - row['bridge_idle']) / n:>7.2f}"
-            f"{row['bridge'] / row['bridge_idle']:>8.2f}{row['broker']:>10.1f}"
-            f"{(row['broker'] - row['broker_idle']) / n:>7.2f}"
-            f"{row['simulators']:>8.0f}{row['simulators'] / n:>7.1f}{row['connect_s']:>9.0f}"
+            f"{row['bridge'] / row['bridge_idle']:>8.2f}{row['inbound_max']:>12,.0f}{row['inbound_max_mb']:>6.0f}"
+            f"{row['broker']:>10.1f}{(row['broker'] - row['broker_idle']) / n:>7.2f}"
+            f"{row['simulators']:>8.0f}{row['simulators'] / n:>7.1f}{row['connect_s']:>7.0f}{row['online_s']:>8.0f}"
+            f"{row['pending_hellos']:>8,.0f}"
         )
     if rows:
         print(
             f"idle (no agent) bridge {median([r['bridge_idle'] for r in rows]):.1f} MB, broker "
-            f"{median([r['broker_idle'] for r in rows]):.1f} MB: MB/1k = (RSS - idle RSS of the same process) per "
-            "1,000 agents; RSS = median over the window, max = bridge's max over its run (connect storm included)"
+            f"{median([r['broker_idle'] for r in rows]):.1f} MB. RSS: median over the {args.window_s:.0f}s window "
+            f"(agents heartbeating every {heartbeat_s:g}s); max: the bridge's over its run, the hellos' storm included;"
+            " MB/1k: (RSS - the same process's idle RSS) per 1,000 agents; vs idle: RSS / idle RSS; inbound max: the"
+            " deepest the bridge's inbound queue was (messages), MB: its estimated size then (the deep size of its"
+            " first 100 messages x depth). Simulators: RSS of all their processes, per 1,000 agents simulated. conn s:"
+            " every agent connected to the broker; hello s: every hello applied (or --hello-wait-s passed); pending:"
+            " hellos not applied when the window began."
+        )
+        print(
+            "inbound depth in the window: "
+            + ", ".join(f"{r['size']:,}: {r['inbound_window']:,.0f}" for r in rows)
+            + "; paho's queued outgoing packets at most: "
+            + ", ".join(f"{r['size']:,}: {r['paho_out_max']:,.0f}" for r in rows)
         )
     for drain in drains:
         print(
@@ -767,11 +854,17 @@ def main() -> None:
     parser.add_argument("--sizes", help="memory per connected agent at these fleet sizes, e.g. 1000,10000,50000")
     parser.add_argument("--per-process", type=int, default=10_000, help="--sizes: agents per simulator process")
     parser.add_argument("--backlog-rounds", default="5,20", help="--sizes: drains of --agents ids x these rounds")
+    parser.add_argument(
+        "--hello-wait-s", type=float, default=900, help="--sizes: the longest wait for the fleet's hellos, then measure"
+    )
     parser.add_argument("--tracemalloc", action="store_true", help="--sizes: bridge heap snapshots, diffed by line")
     parser.add_argument(
         "--bounded-inbound",
         action="store_true",
         help="--sizes: the bridge's inbound queue bounded (broker.client.InboundQueue) by the proposed one-line change",
+    )
+    parser.add_argument(
+        "--as-is-at", type=int, default=0, help="--sizes --bounded-inbound: first a baseline at N agents, inbound as is"
     )
     args = parser.parse_args()
     if args.sizes:
