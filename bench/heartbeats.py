@@ -487,7 +487,10 @@ def _raise_open_files(needed: int) -> str:
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, max(hard, needed)))
     except (ValueError, OSError):
-        sys.exit(f"the broker needs {needed} open files; ulimit -n is {soft} (hard {hard}): raise it (as root)")
+        sys.exit(
+            f"the broker needs {needed} open files; ulimit -n is {soft}, hard {hard}, and this process may not raise "
+            "the hard limit (it needs CAP_SYS_RESOURCE): start it from a shell with a higher ulimit -Hn"
+        )
     return f"open files limit raised {soft} -> {needed} (RLIMIT_NOFILE, inherited by the broker and the simulators)"
 
 
