@@ -1,7 +1,7 @@
 """Horizontal scale-out: 1, 2 and 3 replicas each of the bridge and the dispatcher on one PostgreSQL and one Mosquitto.
 
-    .venv/bin/python bench/scale_out.py [--replicas 1,2,3] [--agents 60] [--simulators 2] [--tasks 5000]
-        [--runs 3] [--hb-agents 10000] [--hb-rounds 20] [--quick] [--profile DIR]
+    .venv/bin/python bench/scale_out.py [--replicas 1,2,3] [--agents 60] [--simulators 2] [--tasks 3000]
+        [--runs 3] [--hb-agents 5000] [--hb-rounds 10] [--quick] [--profile DIR]
 
 Scratch database ``<name>_scale`` (from ``DATABASE_URL``, default
 ``postgres://postgres@127.0.0.1:5432/aegis``; created, migrated, dropped here) and a
@@ -317,15 +317,15 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=60, help="simulated agents in all")
     parser.add_argument("--simulators", type=int, default=2, help="simulator processes sharing the agents")
     parser.add_argument("--max-concurrency", type=int, default=50, help="tasks each simulated agent may hold")
-    parser.add_argument("--tasks", type=int, default=5000, help="tasks per throughput run")
+    parser.add_argument("--tasks", type=int, default=3000, help="tasks per throughput run")
     parser.add_argument("--runs", type=int, default=3, help="throughput runs per replica count (median)")
-    parser.add_argument("--hb-agents", type=int, default=10_000, help="agent ids in the heartbeat drain")
-    parser.add_argument("--hb-rounds", type=int, default=20, help="heartbeats per agent id in the drain")
+    parser.add_argument("--hb-agents", type=int, default=5000, help="agent ids in the heartbeat drain")
+    parser.add_argument("--hb-rounds", type=int, default=10, help="heartbeats per agent id in the drain")
     parser.add_argument("--profile", type=Path, help="py-spy stacks and wait-event samples of the first run, here")
-    parser.add_argument("--quick", action="store_true", help="1,500 tasks x 1 run, drain 2,000 ids x 10 rounds")
+    parser.add_argument("--quick", action="store_true", help="1,000 tasks x 1 run, drain 2,000 ids x 5 rounds")
     args = parser.parse_args()
     if args.quick:
-        args.tasks, args.runs, args.hb_agents, args.hb_rounds = 1500, 1, 2000, 10
+        args.tasks, args.runs, args.hb_agents, args.hb_rounds = 1000, 1, 2000, 5
     replica_counts = [int(n) for n in args.replicas.split(",")]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
