@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 from aegis_site.core.roles import FailedSteps, RoleBeacon
 from aegis_site.core.wakeup import OUTBOX_CHANNEL, Listener
 from broker import protocol
-from broker.client import BatchingClient, BrokerAddress, mqtt5, new_client, service_client_id
+from broker.client import BatchingClient, BrokerAddress, InboundQueue, mqtt5, new_client, service_client_id
 from broker.ingest import Decoded, Incoming
 from broker.presence import HeartbeatBuffer, RevokedAgents
 from broker.publisher import publish_pending
@@ -65,7 +65,11 @@ class Bridge:
         self.mqtt5 = mqtt5()
         self.stop = threading.Event()
         self.connected = threading.Event()
-        self.inbound: queue.Queue[Incoming | _Applied] = queue.Queue()
+        # Bounded: QoS 0 heartbeats are not limited by ReceiveMaximum; when it is full paho's network thread
+        # waits, TCP pushes back and the broker holds the rest (docs/benchmarks.md "Memory per connected agent").
+        self.inbound: queue.Queue[Incoming | _Applied] = InboundQueue(
+            settings.MQTT_RECEIVE_MAXIMUM + settings.BRIDGE_BATCH_SIZE, Incoming, self.stop
+        )
         self.heartbeats = HeartbeatBuffer()
         self.revoked = RevokedAgents()
         self.unsubscribed = threading.Event()
