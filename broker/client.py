@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import queue
 import socket
 import ssl
@@ -18,7 +19,10 @@ from django.conf import settings
 from paho.mqtt.client import PUBACK
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from aegis_site.core import counters
 from registry.pki.crypto import BRIDGE_CN
+
+log = logging.getLogger("aegis.bridge")
 
 
 def service_client_id(*parts: str) -> str:
@@ -107,21 +111,28 @@ _T = TypeVar("_T")
 
 
 class InboundQueue(queue.Queue[_T], Generic[_T]):
-    """What paho's network thread received, waiting for the consumer: at most ``maximum`` messages.
+    """What paho's network thread received, waiting for the consumer: ``maximum`` messages, and QoS 1 past it.
 
     MQTT 5's ReceiveMaximum bounds the QoS 1 messages the broker sends ahead of
     our PUBACKs, not the QoS 0 ones (heartbeats, by default): a fleet sending
-    faster than the bridge applies filled an unbounded queue, and the bridge's
-    heap with it. Here ``put`` of a message (an instance of ``bounded``) waits
-    while ``maximum`` messages are queued, so paho's network thread stops
-    reading, TCP pushes back, and the broker holds the rest under its own
-    limits (it drops QoS 0 past them). Any other item (the consumer's commit
-    marker) is queued at once: the thread that puts it must never wait on the
-    network thread, or neither would move. Nothing waits once ``until`` is set
-    (the bridge is stopping and nobody may be taking any more), so ``loop_stop``
-    can join the network thread.
+    faster than the bridge applies (its hellos, minutes of them) filled an
+    unbounded queue, and the bridge's heap with it. Here a ``put`` of a message
+    (an instance of ``bounded``) into a full queue waits up to ``max_wait_s``
+    for the consumer to take one, so a burst pushes back on the broker through
+    TCP. It waits no longer: paho's network thread is the one that sends the
+    PINGREQs and PUBACKs, and the broker drops a client silent for 1.5 x its
+    keepalive (a batch of hellos took 100 s on a loaded machine, and the bridge
+    lost the broker). Past that wait the queue overflows until the consumer made
+    room: a QoS 0 message (a heartbeat: the agent sends the next one) is dropped
+    and counted (``aegis_mqtt_dropped_total{reason="inbound_full"}``), any other
+    is queued (QoS 1 is bounded by ReceiveMaximum already). Any item that is not
+    a message (the consumer's commit marker) is queued at once: the thread that
+    puts it must never wait on the network thread, or neither would move. Nothing
+    waits once ``until`` is set (the bridge is stopping and nobody may take any
+    more), so ``loop_stop`` can join the network thread.
     """
 
+    MAX_WAIT_S = 5.0  # well under the bridge's keepalive (30 s; the broker gives up after 45 s)
     _WAIT_SLICE_S = 0.1  # how soon a waiting put notices ``until``
 
     def __init__(self, maximum: int, bounded: type | tuple[type, ...], until: threading.Event) -> None:
@@ -131,36 +142,56 @@ class InboundQueue(queue.Queue[_T], Generic[_T]):
         self.maximum = maximum
         self.bounded = bounded
         self.until = until
+        self.max_wait_s = self.MAX_WAIT_S
         self.messages = 0  # messages queued (other items not counted)
+        self.overflowing = False  # a put waited ``max_wait_s`` in vain; until the consumer takes one
+        self.dropped = 0  # QoS 0 messages dropped while overflowing
         self.waited_s = 0.0  # total time puts waited for room: how long the consumer held the network back
         self._room = threading.Condition(self.mutex)
 
     def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
         with self.mutex:
             if isinstance(item, self.bounded):
-                if self.messages >= self.maximum:
+                if self.messages >= self.maximum and not self.overflowing:
                     self._wait_for_room(block, timeout)
+                if self.messages >= self.maximum and getattr(item, "qos", 1) == 0:
+                    self._drop()
+                    return
                 self.messages += 1
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify()
 
     def _wait_for_room(self, block: bool, timeout: float | None) -> None:
-        """With ``self.mutex`` held (``_room`` releases it while waiting)."""
+        """With ``self.mutex`` held (``_room`` releases it while waiting). A caller's own ``block=False`` or
+        ``timeout`` raises ``queue.Full`` as ``queue.Queue`` does; paho's thread (neither) overflows instead."""
         started = time.monotonic()
+        deadline = started + (self.max_wait_s if timeout is None else timeout)
         try:
             while self.messages >= self.maximum and not self.until.is_set():
-                remaining = self._WAIT_SLICE_S if timeout is None else started + timeout - time.monotonic()
+                remaining = deadline - time.monotonic()
                 if not block or remaining <= 0:
-                    raise queue.Full
+                    if not block or timeout is not None:
+                        raise queue.Full
+                    self.overflowing = True
+                    log.warning(
+                        "the bridge's inbound queue is full: QoS 0 messages are dropped until the consumer catches up",
+                        extra={"queued": self.messages, "waited_s": round(time.monotonic() - started, 1)},
+                    )
+                    return
                 self._room.wait(min(remaining, self._WAIT_SLICE_S))
         finally:
             self.waited_s += time.monotonic() - started
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        counters.MQTT_DROPPED.labels("inbound_full").inc()
 
     def _get(self) -> _T:
         item = self.queue.popleft()
         if isinstance(item, self.bounded):
             self.messages -= 1
+            self.overflowing = self.overflowing and self.messages >= self.maximum
             self._room.notify()
         return item
 

@@ -132,3 +132,21 @@ def test_a_bridge_with_a_tiny_inbound_applies_and_acknowledges_everything(small_
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_past_its_wait_a_full_queue_drops_qos_0_and_takes_qos_1_until_the_consumer_makes_room() -> None:
+    """paho's thread must not fall silent longer than the keepalive: past ``max_wait_s`` it stops waiting."""
+    inbound: InboundQueue[Any] = InboundQueue(2, Incoming, threading.Event())
+    inbound.max_wait_s = 0.05
+    inbound.put(message(1))
+    inbound.put(message(2))
+    inbound.put(Incoming("aegis/agents/a1/heartbeat", b"{}", 0, qos=0))  # waits 0.05 s, then dropped
+    assert (inbound.overflowing, inbound.dropped) == (True, 1)
+    inbound.put(Incoming("aegis/agents/a1/heartbeat", b"{}", 0, qos=0))  # overflowing: dropped without a wait
+    inbound.put(message(3))  # QoS 1 is bounded by ReceiveMaximum: queued over the bound
+    assert (inbound.dropped, inbound.messages) == (2, 3)
+    assert [inbound.get().mid for _ in range(2)] == [1, 2]  # room again: no longer overflowing
+    assert not inbound.overflowing
+    inbound.put(Incoming("aegis/agents/a1/heartbeat", b"{}", 0, qos=0))
+    assert [(item.mid, item.qos) for item in (inbound.get(), inbound.get())] == [(3, 1), (0, 0)]
+    assert inbound.dropped == 2
