@@ -73,6 +73,7 @@ WAIT_S = 30.0  # API_CLAIM_MAX_WAIT, the longest long poll
 DAPHNE = str(Path(PYTHON).parent / "daphne")
 APP_PREFIX = "aegis-bench-web-"
 QUIET_CPU_PERCENT = 5.0
+RAMP_STEP, RAMP_PAUSE_S = 100, 0.2  # the fleet starts 100 agents at a time
 
 
 @dataclass
@@ -80,10 +81,12 @@ class Fleet:
     """What the agents saw: claims per task, claim times per job, reports that succeeded."""
 
     claims: Counter[int] = field(default_factory=Counter)  # task id -> times handed out
+    completions: Counter[int] = field(default_factory=Counter)  # task id -> "succeeded" answered "applied"
     claimed_at: dict[int, float] = field(default_factory=dict)  # job id -> first claim answer (perf_counter)
     succeeded: Counter[int] = field(default_factory=Counter)  # job id -> tasks reported succeeded (applied)
     last_success_at: dict[int, float] = field(default_factory=dict)  # job id -> perf_counter
     last_claim_at: dict[int, float] = field(default_factory=dict)
+    event_ms: list[float] = field(default_factory=list)  # each event POST, answered 200
     polling: set[int] = field(default_factory=set)  # agents whose claim is sent and not answered
     errors: Counter[str] = field(default_factory=Counter)
     stop: bool = False
@@ -103,6 +106,7 @@ class Figures:
     latency_ms: dict[str, float]
     tasks_per_s: float
     claims_per_s: float
+    event_ms: dict[str, float]
     generator_cpu_percent: float
 
 
@@ -273,12 +277,16 @@ async def report(
     for kind, extra in (("accepted", {}), ("succeeded", {"result": {"ok": True}})):
         body = {"type": kind, "attempt": task["attempt"], "event_id": f"{stem}-{kind[:4]}", **extra}
         for _try in range(5):
+            started = time.perf_counter()
             try:
                 answer = await client.post(events, json=body, headers=headers)
             except httpx.HTTPError as error:
                 fleet.errors[f"event {type(error).__name__}"] += 1
                 continue
             if answer.status_code == 200:
+                fleet.event_ms.append((time.perf_counter() - started) * 1000)
+                if kind == "succeeded" and answer.json().get("status") == "applied":
+                    fleet.completions[task["id"]] += 1
                 break
             fleet.errors[f"event {answer.status_code}"] += 1
             await asyncio.sleep(0.2)
@@ -292,15 +300,33 @@ async def report(
 async def operator_latency(bases: list[str], token: str, requests: int) -> dict[str, float]:
     """``requests`` each of the jobs and agents lists, one at a time, round robin over the webs; p50/p99 ms."""
     timings: list[float] = []
+    errors: Counter[str] = Counter()
     async with httpx.AsyncClient(timeout=60) as client:
         for number in range(requests * 2):
             base = bases[number % len(bases)]
             path = f"{API}/jobs/" if number % 2 == 0 else f"{API}/agents/"
             started = time.perf_counter()
-            answer = await client.get(base + path, headers=_bearer(token))
+            try:
+                answer = await client.get(base + path, headers=_bearer(token))
+            except httpx.HTTPError as error:
+                errors[type(error).__name__] += 1
+                continue
             timings.append((time.perf_counter() - started) * 1000)
-            answer.raise_for_status()
+            if answer.status_code != 200:
+                errors[str(answer.status_code)] += 1
+    if errors:
+        print(f"  operator requests that failed: {dict(errors)}")
     return {"p50": percentile(timings, 50), "p99": percentile(timings, 99)}
+
+
+def established(processes: list[psutil.Process]) -> list[int]:
+    """Each web's accepted client connections (its listening port's ESTABLISHED ones)."""
+    counts = []
+    for process in processes:
+        sockets = process.net_connections(kind="tcp")
+        ports = {c.laddr.port for c in sockets if c.status == psutil.CONN_LISTEN}
+        counts.append(sum(1 for c in sockets if c.status == psutil.CONN_ESTABLISHED and c.laddr.port in ports))
+    return counts
 
 
 async def wait_quiet(processes: list[psutil.Process], deadline_s: float) -> None:
@@ -316,12 +342,12 @@ async def wait_quiet(processes: list[psutil.Process], deadline_s: float) -> None
     raise TimeoutError(f"the web processes were not quiet after {deadline_s:.0f}s")
 
 
-async def wait_for(predicate: Any, what: str, deadline_s: float, fleet: Fleet) -> None:
+async def wait_for(predicate: Any, what: str, deadline_s: float, fleet: Fleet, interval_s: float = 0.01) -> None:
     deadline = time.monotonic() + deadline_s
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {deadline_s:.0f}s waiting for {what} (errors: {dict(fleet.errors)})")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(interval_s)
 
 
 async def measure(
@@ -340,12 +366,21 @@ async def measure(
     fleet = Fleet()
     limits = httpx.Limits(max_connections=len(agents) + 100, max_keepalive_connections=len(agents) + 100)
     client = httpx.AsyncClient(timeout=httpx.Timeout(WAIT_S + 60), limits=limits)
-    runners = [
-        asyncio.create_task(agent(client, bases[number % len(bases)], number, token, fleet))
-        for number, (_, token) in enumerate(agents)
-    ]
+    runners: list[asyncio.Task[None]] = []
     try:
+        for number, (_, token) in enumerate(agents):  # 100 at a time: the listen backlog of daphne is 50
+            runners.append(asyncio.create_task(agent(client, bases[number % len(bases)], number, token, fleet)))
+            if number % RAMP_STEP == RAMP_STEP - 1:
+                await asyncio.sleep(RAMP_PAUSE_S)
         await wait_for(lambda: len(fleet.polling) == len(agents), "every agent's claim to be sent", 120, fleet)
+        expected = [len(range(number, len(agents), len(bases))) for number in range(len(bases))]
+        await wait_for(
+            lambda: all(n >= e for n, e in zip(established(processes), expected, strict=True)),
+            "every agent's connection to be accepted",
+            120,
+            fleet,
+            interval_s=0.5,
+        )
         await wait_quiet(processes, 120)
         rss_mb = [p.memory_info().rss / 2**20 for p in processes]
         threads = [p.num_threads() for p in processes]
@@ -374,9 +409,10 @@ async def measure(
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
         await client.aclose()
-    doubled = sum(1 for count in fleet.claims.values() if count > 1)
-    if doubled:
-        print(f"  doubled in this run: {doubled}")
+    doubled = sum(1 for count in fleet.completions.values() if count > 1)
+    redelivered = sum(1 for count in fleet.claims.values() if count > 1)
+    if doubled or redelivered:
+        print(f"  completed twice in this run: {doubled}; handed out again (lease ran out): {redelivered}")
     if fleet.errors:
         print(f"  errors seen by the agents: {dict(fleet.errors)}")
     DOUBLED["tasks"] += doubled
@@ -393,18 +429,20 @@ async def measure(
         latency_ms={"p50": percentile(latencies, 50), "p99": percentile(latencies, 99)},
         tasks_per_s=args.tasks / elapsed,
         claims_per_s=args.tasks / claims_span,
+        event_ms={"p50": percentile(fleet.event_ms, 50), "p99": percentile(fleet.event_ms, 99)},
         generator_cpu_percent=generator_cpu,
     )
 
 
-DOUBLED: Counter[str] = Counter()  # tasks handed out more than once, over every run
+DOUBLED: Counter[str] = Counter()  # tasks completed twice, over every run
 
 
 def show(figures: Figures, agents: int) -> None:
     ratio = figures.operator_busy["p50"] / figures.operator_idle["p50"]
     print(
         f"  {figures.webs} web: claims {figures.claims_per_s:,.0f}/s, tasks done {figures.tasks_per_s:,.0f}/s"
-        f" (load generator {figures.generator_cpu_percent:.0f}% of a core);"
+        f" (load generator {figures.generator_cpu_percent:.0f}% of a core),"
+        f" event POST p50 {figures.event_ms['p50']:.0f} / p99 {figures.event_ms['p99']:.0f} ms;"
         f" claim latency p50 {figures.latency_ms['p50']:.1f} ms / p99 {figures.latency_ms['p99']:.1f} ms\n"
         f"    {agents} waiting: RSS {' + '.join(f'{mb:.0f}' for mb in figures.rss_mb)} MB"
         f" (idle {' + '.join(f'{mb:.0f}' for mb in figures.rss_idle_mb)}),"
@@ -424,7 +462,8 @@ def summary(runs: list[Figures], agents: int) -> None:
     first = runs[0]
     print(
         f"{first.webs} web ({len(runs)} runs, medians): claims {med([r.claims_per_s for r in runs]):,.0f}/s,"
-        f" tasks done {med([r.tasks_per_s for r in runs]):,.0f}/s,"
+        f" tasks done {med([r.tasks_per_s for r in runs]):,.0f}/s"
+        f" (event POST p50 {med([r.event_ms['p50'] for r in runs]):.0f} ms),"
         f" claim latency p50 {med([r.latency_ms['p50'] for r in runs]):.1f} ms"
         f" / p99 {med([r.latency_ms['p99'] for r in runs]):.1f} ms,"
         f" RSS {med([sum(r.rss_mb) for r in runs]):.0f} MB (idle {med([sum(r.rss_idle_mb) for r in runs]):.0f}),"
