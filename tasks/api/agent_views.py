@@ -7,7 +7,9 @@ not exist. Every write calls the same actions as the MQTT bridge.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -95,6 +97,26 @@ def claim_again(agent_id: str, max_tasks: int) -> list[Assignment]:
 
 
 _claim_view = ClaimView.as_view()
+_claim_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def claim_slots() -> asyncio.Semaphore:
+    """How many claims of this process's event loop may be at the database at once (the pool's own size).
+
+    Each claim runs in a thread of its request's own, with a connection from the pool for the
+    transaction. A NOTIFY for work any agent may take wakes every waiting claim at once: a
+    thousand threads then queued for the pool's eight connections, and those that waited
+    past ``DB_POOL_TIMEOUT`` answered 500. Queued here, they wait in the event loop instead,
+    holding neither a thread nor a place in the pool's queue, and leave the pool's overflow
+    to the process's other requests.
+    """
+    loop = asyncio.get_running_loop()
+    slots = _claim_slots.get(loop)
+    if slots is None:
+        pool = settings.DATABASES["default"].get("OPTIONS", {}).get("pool")
+        size = int(pool.get("min_size", 4)) if isinstance(pool, dict) else 4
+        slots = _claim_slots[loop] = asyncio.Semaphore(max(size, 1))
+    return slots
 
 
 async def claim(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
@@ -105,7 +127,8 @@ async def claim(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse
     before each wait (``let_request_thread_go``). If the client goes away, Django
     cancels this coroutine and the ``finally`` frees the agent's wait slot.
     """
-    response = await sync_to_async(_claim_view)(request, *args, **kwargs)
+    async with claim_slots():
+        response = await sync_to_async(_claim_view)(request, *args, **kwargs)
     if not isinstance(response, PendingClaim):
         return response
     try:
@@ -114,7 +137,8 @@ async def claim(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse
             if response.released:
                 let_request_thread_go()
             mark = await WAITS.wait(response.agent_id, mark, response.deadline - time.monotonic())
-            assignments = await sync_to_async(claim_again)(response.agent_id, response.max_tasks)
+            async with claim_slots():
+                assignments = await sync_to_async(claim_again)(response.agent_id, response.max_tasks)
             if assignments:
                 response.data = claim_answer(assignments)
                 break
