@@ -383,10 +383,9 @@ def _online_count(stats: DbStats, prefix: str) -> int:
 FLEET_PREFIX = "fl"  # --sizes agent ids: fl<simulator process>-<n>
 # Written as sitecustomize.py for the bridges --sizes starts, enabled by environment variables. SIGUSR1 dumps a
 # tracemalloc snapshot (--tracemalloc; tracing starts at the first, so a snapshot holds what was allocated since and
-# is still alive); AEGIS_BENCH_BOUNDED_INBOUND gives the bridge the one-line change proposed for broker/bridge.py
-# (``inbound`` an InboundQueue), applied as broker.bridge is imported, since that file is not this benchmark's to
-# change (a bridge that already has an InboundQueue is left as it is); AEGIS_BENCH_WATCH_FILE gets a line twice a
-# second from a thread in the bridge: RSS, the inbound queue's depth and bytes per queued message, paho's queues.
+# is still alive); AEGIS_BENCH_UNBOUNDED_INBOUND gives the bridge a plain unbounded queue.Queue as ``inbound``, as it
+# had before 8805390 (the baseline of --unbounded-at); AEGIS_BENCH_WATCH_FILE gets a line twice a second from a thread
+# in the bridge: RSS, the inbound queue's depth and bytes per queued message, paho's queues.
 _BRIDGE_HOOK = """\
 import importlib.machinery, json, os, signal, sys, tracemalloc
 
@@ -444,13 +443,12 @@ class _BridgeHook:
 
             def __init__(bridge, *args, **kwargs):
                 init(bridge, *args, **kwargs)
-                from django.conf import settings
                 from broker.client import InboundQueue
-                from broker.ingest import Incoming
 
-                if os.environ.get("AEGIS_BENCH_BOUNDED_INBOUND") and not isinstance(bridge.inbound, InboundQueue):
-                    maximum = settings.MQTT_RECEIVE_MAXIMUM + settings.BRIDGE_BATCH_SIZE
-                    bridge.inbound = InboundQueue(maximum, Incoming, bridge.stop)
+                if os.environ.get("AEGIS_BENCH_UNBOUNDED_INBOUND") and isinstance(bridge.inbound, InboundQueue):
+                    import queue
+
+                    bridge.inbound = queue.Queue()  # as before 8805390: QoS 0 unbounded
                 if os.environ.get("AEGIS_BENCH_WATCH_FILE"):
                     _aegis_watch(bridge, os.environ["AEGIS_BENCH_WATCH_FILE"])
 
@@ -459,17 +457,17 @@ class _BridgeHook:
         spec.loader.exec_module = exec_module
         return spec
 
-if os.environ.get("AEGIS_BENCH_BOUNDED_INBOUND") or os.environ.get("AEGIS_BENCH_WATCH_FILE"):
+if os.environ.get("AEGIS_BENCH_UNBOUNDED_INBOUND") or os.environ.get("AEGIS_BENCH_WATCH_FILE"):
     sys.meta_path.insert(0, _BridgeHook())
 """
 
 
-def _bridge_hook(procs: Processes, bounded_inbound: bool) -> dict[str, str]:
+def _bridge_hook(procs: Processes, unbounded_inbound: bool) -> dict[str, str]:
     """The environment that loads ``_BRIDGE_HOOK`` into the bridges (``PYTHONPATH``)."""
     hook = procs.tmp / "hook"
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(_BRIDGE_HOOK)
-    return {"PYTHONPATH": str(hook), **({"AEGIS_BENCH_BOUNDED_INBOUND": "1"} if bounded_inbound else {})}
+    return {"PYTHONPATH": str(hook), **({"AEGIS_BENCH_UNBOUNDED_INBOUND": "1"} if unbounded_inbound else {})}
 
 
 def _fleet_processes(size: int, per_process: int) -> list[tuple[str, int]]:
@@ -729,11 +727,10 @@ def sizes_main(args: argparse.Namespace) -> None:
     procs = Processes()
     database_url = scratch_database_url("bench_mem")
     heap = HeapDumps(procs) if args.tracemalloc else None
-    hook_env = _bridge_hook(procs, args.bounded_inbound)
+    hook_env = _bridge_hook(procs, False)
     failed, rows, drains = True, [], []
     load = os.getloadavg()
     started = datetime.now(UTC)
-    inbound = "bounded (InboundQueue, --bounded-inbound)" if args.bounded_inbound else "as broker/bridge.py has it"
     try:
         setup_django(database_url)
         from django.db import connection
@@ -751,14 +748,14 @@ def sizes_main(args: argparse.Namespace) -> None:
             f"{started:%Y-%m-%d %H:%M} UTC, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; sizes {sizes}, "
             f"heartbeat every {heartbeat_s}s (QoS 0), window {args.window_s}s, up to {args.per_process} agents per "
             f"simulator process; {limits}; bridge with production settings (MQTT_RECEIVE_MAXIMUM and "
-            f"BRIDGE_BATCH_SIZE defaults); inbound queue {inbound}{'; tracemalloc on' if heap else ''}",
+            f"BRIDGE_BATCH_SIZE defaults){'; tracemalloc on' if heap else ''}",
             flush=True,
         )
         if args.backlog_rounds:
             rounds = [int(n) for n in args.backlog_rounds.split(",")]
             drains = run_backlog(procs, database_url, stats, backlog_ids, rounds, hook_env)
-        # The baseline row first: the bridge as broker/bridge.py has it, at --as-is-at agents.
-        runs = [(args.as_is_at, _bridge_hook(procs, False))] if args.as_is_at and args.bounded_inbound else []
+        # The baseline row first: at --unbounded-at agents, the bridge's inbound queue as it was before 8805390.
+        runs = [(args.unbounded_at, _bridge_hook(procs, True))] if args.unbounded_at else []
         for size, env_hooks in [*runs, *((size, hook_env) for size in sizes)]:
             row = run_size(
                 procs,
@@ -772,7 +769,7 @@ def sizes_main(args: argparse.Namespace) -> None:
                 env_hooks,
                 args.hello_wait_s,
             )
-            row["bounded"] = float("AEGIS_BENCH_BOUNDED_INBOUND" in env_hooks)
+            row["bounded"] = float("AEGIS_BENCH_UNBOUNDED_INBOUND" not in env_hooks)
             rows.append(row)
             print(
                 f"  {size:,} agents: bridge {row['bridge']:.0f} MB (max {row['bridge_max']:.0f}), broker "
@@ -806,7 +803,7 @@ def _print_sizes(
         n = row["size"] / 1000
         lost += int(row["size"] - row["touched"])
         print(
-            f"{row['size']:>7,}{'bounded' if row['bounded'] else 'as is':>9}{row['processes']:>5}"
+            f"{row['size']:>7,}{'bounded' if row['bounded'] else 'unbound':>9}{row['processes']:>5}"
             f"{row['heartbeats_per_s']:>7,.0f}{row['bridge']:>10.1f}"
             f"{row['bridge_max']:>6.0f}{row['bridge_cpu']:>6.0f}{(row['bridge'] - row['bridge_idle']) / n:>7.2f}"
             f"{row['bridge'] / row['bridge_idle']:>8.2f}{row['inbound_max']:>12,.0f}{row['inbound_max_mb']:>6.0f}"
@@ -862,12 +859,10 @@ def main() -> None:
     )
     parser.add_argument("--tracemalloc", action="store_true", help="--sizes: bridge heap snapshots, diffed by line")
     parser.add_argument(
-        "--bounded-inbound",
-        action="store_true",
-        help="--sizes: the bridge's inbound queue bounded (broker.client.InboundQueue) by the proposed one-line change",
-    )
-    parser.add_argument(
-        "--as-is-at", type=int, default=0, help="--sizes --bounded-inbound: first a baseline at N agents, inbound as is"
+        "--unbounded-at",
+        type=int,
+        default=0,
+        help="--sizes: first a baseline at N agents with the bridge's inbound queue unbounded, as before 8805390",
     )
     args = parser.parse_args()
     if args.sizes:
