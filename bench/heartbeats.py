@@ -596,7 +596,7 @@ def run_size(
     fleet = _fleet_processes(size, per_process)
     broker, ports = _broker(procs, f"mosquitto-{size}", len(fleet))
     tag = f"bench-mem-{os.getpid()}-{size}"
-    watch = procs.tmp / f"watch-{size}.txt"
+    watch = procs.tmp / f"watch-{size}-{len(list(procs.tmp.glob('watch-*')))}.txt"  # a size may run twice
     hooks = {**hook_env, "AEGIS_BENCH_WATCH_FILE": str(watch), **(heap.env if heap else {})}
     env = role_env(database_url, ports[0], tag, LOG_LEVEL="INFO", **hooks)
     bridge = procs.django_command(f"bridge-{size}", ["run_bridge"], env)
