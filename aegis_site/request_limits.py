@@ -26,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+from django.utils.deprecation import MiddlewareMixin
 
 from aegis_site.api.errors import body as error_body
 
@@ -36,17 +37,16 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]  # Django's handler types its arguments its own way
 
 
-class RefuseNulMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
-        self.get_response = get_response
+class RefuseNulMiddleware(MiddlewareMixin):
+    """Sync and async capable (``MiddlewareMixin``): a sync-only middleware would hold a thread per request."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse:
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
         if "\x00" in request.path or "\x00" in request.META.get("QUERY_STRING", "") or _nul_in_query(request):
             message = "The URL holds a NUL character."
             if request.path.startswith("/api/"):
                 return JsonResponse(error_body("bad_string", message), status=400)
             return HttpResponseBadRequest(message)
-        return self.get_response(request)
+        return None
 
 
 def _nul_in_query(request: HttpRequest) -> bool:

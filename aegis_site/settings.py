@@ -98,7 +98,7 @@ MIDDLEWARE = [
     "ops.metrics.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "aegis_site.request_limits.RefuseNulMiddleware",  # NUL in a URL: a 400 before any view or query
-    *([] if DEBUG else ["whitenoise.middleware.WhiteNoiseMiddleware"]),  # static files in production, see below
+    *([] if DEBUG else ["aegis_site.static_files.AsyncWhiteNoiseMiddleware"]),  # static files in production, see below
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
