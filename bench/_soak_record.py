@@ -219,6 +219,7 @@ def plot(csv_path: Path, png_path: Path, title: str) -> str:
         (axes[2][1], "tasks/s; completion p50, p95 (s)", ["tasks_per_s", "p95_s", "p50_s"], "", ""),
     ]
     for axis, name, cols, prefix, suffix in panels:
+        axis.set_prop_cycle(color=plt.cm.tab20.colors)  # 12 processes and more: tab10 would repeat colours
         for column in cols:
             values = series(column)
             if column.startswith("rows_"):
@@ -236,7 +237,7 @@ def plot(csv_path: Path, png_path: Path, title: str) -> str:
         axis.set_xlabel("minute of load")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=80)
+    fig.savefig(png_path, dpi=72)
     plt.close(fig)
     return f"plot: {png_path}"
 
