@@ -9,7 +9,6 @@ import socket
 import ssl
 import struct
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -111,79 +110,50 @@ _T = TypeVar("_T")
 
 
 class InboundQueue(queue.Queue[_T], Generic[_T]):
-    """What paho's network thread received, waiting for the consumer: ``maximum`` messages, and QoS 1 past it.
+    """What paho's network thread received, waiting for the consumer: ``maximum`` QoS 0 messages at most.
 
     MQTT 5's ReceiveMaximum bounds the QoS 1 messages the broker sends ahead of
     our PUBACKs, not the QoS 0 ones (heartbeats, by default): a fleet sending
     faster than the bridge applies (its hellos, minutes of them) filled an
-    unbounded queue, and the bridge's heap with it. Here a ``put`` of a message
-    (an instance of ``bounded``) into a full queue waits up to ``max_wait_s``
-    for the consumer to take one, so a burst pushes back on the broker through
-    TCP. It waits no longer: paho's network thread is the one that sends the
-    PINGREQs and PUBACKs, and the broker drops a client silent for 1.5 x its
-    keepalive (a batch of hellos took 100 s on a loaded machine, and the bridge
-    lost the broker). Past that wait the queue overflows until the consumer made
-    room: a QoS 0 message (a heartbeat: the agent sends the next one) is dropped
-    and counted (``aegis_mqtt_dropped_total{reason="inbound_full"}``), any other
-    is queued (QoS 1 is bounded by ReceiveMaximum already). Any item that is not
-    a message (the consumer's commit marker) is queued at once: the thread that
-    puts it must never wait on the network thread, or neither would move. Nothing
-    waits once ``until`` is set (the bridge is stopping and nobody may take any
-    more), so ``loop_stop`` can join the network thread.
+    unbounded queue, and the bridge's heap with it. Here a QoS 0 message that
+    finds ``maximum`` messages (instances of ``bounded``) queued is dropped and
+    counted (``aegis_mqtt_dropped_total{reason="inbound_full"}``): a heartbeat,
+    whose agent sends the next one. Nothing waits: paho's network thread is the
+    one that sends the PINGREQs and PUBACKs, and a put that waited for room
+    (tried first) kept it inside one read of thousands of packets long enough
+    for the broker to drop the silent bridge (1.5 x its keepalive). QoS 1 messages
+    are always queued: ReceiveMaximum bounds them. Items that are not messages
+    (the consumer's commit marker) are always queued. Once ``until`` is set (the
+    bridge is stopping, nobody will apply anything more) every QoS 0 message is
+    dropped.
     """
-
-    MAX_WAIT_S = 5.0  # well under the bridge's keepalive (30 s; the broker gives up after 45 s)
-    _WAIT_SLICE_S = 0.1  # how soon a waiting put notices ``until``
 
     def __init__(self, maximum: int, bounded: type | tuple[type, ...], until: threading.Event) -> None:
         if maximum < 1:
             raise ValueError("an inbound queue must hold at least one message")
-        super().__init__()  # unbounded as a queue.Queue: only messages count towards ``maximum``
+        super().__init__()  # unbounded as a queue.Queue: only QoS 0 messages are refused past ``maximum``
         self.maximum = maximum
         self.bounded = bounded
         self.until = until
-        self.max_wait_s = self.MAX_WAIT_S
         self.messages = 0  # messages queued (other items not counted)
-        self.overflowing = False  # a put waited ``max_wait_s`` in vain; until the consumer takes one
-        self.dropped = 0  # QoS 0 messages dropped while overflowing
-        self.waited_s = 0.0  # total time puts waited for room: how long the consumer held the network back
-        self._room = threading.Condition(self.mutex)
+        self.peak = 0  # the most messages queued at once
+        self.dropped = 0  # QoS 0 messages dropped
 
     def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
         with self.mutex:
             if isinstance(item, self.bounded):
-                if self.messages >= self.maximum and not self.overflowing:
-                    self._wait_for_room(block, timeout)
-                if self.messages >= self.maximum and getattr(item, "qos", 1) == 0:
+                if getattr(item, "qos", 1) == 0 and (self.messages >= self.maximum or self.until.is_set()):
                     self._drop()
                     return
                 self.messages += 1
+                self.peak = max(self.peak, self.messages)
             self._put(item)
             self.unfinished_tasks += 1
             self.not_empty.notify()
 
-    def _wait_for_room(self, block: bool, timeout: float | None) -> None:
-        """With ``self.mutex`` held (``_room`` releases it while waiting). A caller's own ``block=False`` or
-        ``timeout`` raises ``queue.Full`` as ``queue.Queue`` does; paho's thread (neither) overflows instead."""
-        started = time.monotonic()
-        deadline = started + (self.max_wait_s if timeout is None else timeout)
-        try:
-            while self.messages >= self.maximum and not self.until.is_set():
-                remaining = deadline - time.monotonic()
-                if not block or remaining <= 0:
-                    if not block or timeout is not None:
-                        raise queue.Full
-                    self.overflowing = True
-                    log.warning(
-                        "the bridge's inbound queue is full: QoS 0 messages are dropped until the consumer catches up",
-                        extra={"queued": self.messages, "waited_s": round(time.monotonic() - started, 1)},
-                    )
-                    return
-                self._room.wait(min(remaining, self._WAIT_SLICE_S))
-        finally:
-            self.waited_s += time.monotonic() - started
-
     def _drop(self) -> None:
+        if not self.dropped % 10_000:  # the first, then one in 10,000: a storm is one line a while, not one each
+            log.warning("the bridge's inbound queue is full: QoS 0 messages dropped", extra={"dropped": self.dropped})
         self.dropped += 1
         counters.MQTT_DROPPED.labels("inbound_full").inc()
 
@@ -191,8 +161,6 @@ class InboundQueue(queue.Queue[_T], Generic[_T]):
         item = self.queue.popleft()
         if isinstance(item, self.bounded):
             self.messages -= 1
-            self.overflowing = self.overflowing and self.messages >= self.maximum
-            self._room.notify()
         return item
 
 
