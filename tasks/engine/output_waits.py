@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from django.db import connection
 
 from aegis_site.core import wakeup
-from tasks.engine.longpoll import Waits
+from tasks.engine.longpoll import Waits, let_request_thread_go
 from tasks.engine.output import OutputPage
 from tasks.models import TERMINAL_STATES
 
@@ -110,4 +110,5 @@ async def follow(
             return await sync_to_async(read_and_release)()
         if page.chunks or (until_end and finished(page)) or remaining <= 0:
             return page
+        let_request_thread_go()  # the connection went back in read_and_release: no thread held while waiting
         await WAITS.wait(key, mark, remaining)
