@@ -65,16 +65,17 @@ class Bridge:
         self.mqtt5 = mqtt5()
         self.stop = threading.Event()
         self.connected = threading.Event()
-        # Bounded: QoS 0 heartbeats are not limited by ReceiveMaximum; when it is full paho's network thread
-        # waits, TCP pushes back and the broker holds the rest (docs/benchmarks.md "Memory per connected agent").
-        self.inbound: queue.Queue[Incoming | _Applied] = InboundQueue(
+        # Bounded: QoS 0 heartbeats are not limited by ReceiveMaximum; when it is full a QoS 0 message is dropped
+        # and counted, never waited for (paho's thread also sends the pings and the PUBACKs; docs/benchmarks.md
+        # "Memory per connected agent"). QoS 1 messages and the commit markers always go in.
+        self.inbound: InboundQueue[Incoming | _Applied] = InboundQueue(
             settings.MQTT_RECEIVE_MAXIMUM + settings.BRIDGE_BATCH_SIZE, Incoming, self.stop
         )
         self.heartbeats = HeartbeatBuffer()
         self.revoked = RevokedAgents()
         self.unsubscribed = threading.Event()
         self.subscribed = threading.Event()  # the broker acknowledged the subscriptions of the current session
-        self._unacknowledged = 0  # received, not yet acknowledged: what a clean stop waits for
+        self._unacknowledged = 0  # received, not acknowledged (some dropped: inbound.dropped); a clean stop waits
         self._count_lock = threading.Lock()
         self.exit_code = 0  # 1 once a thread gave up (``fail``): the process exits for its supervisor to restart it
         self.batches = FailedSteps("bridge batch", "aegis.bridge")
@@ -168,7 +169,7 @@ class Bridge:
             self.client.unsubscribe([topic for topic, _qos in subscriptions(self.mqtt5, settings.MQTT_SHARE_GROUP)])
             self.unsubscribed.wait(min(timeout, 5.0))
             deadline = time.monotonic() + timeout
-            while self._unacknowledged > 0 and time.monotonic() < deadline:
+            while self._unacknowledged - self.inbound.dropped > 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
         self.stop.set()
         for thread in self._threads:
