@@ -7,8 +7,7 @@ import threading
 from typing import Any
 
 import psycopg
-from asgiref.sync import sync_to_async
-from channels.consumer import SyncConsumer, get_handler_name
+from channels.consumer import SyncConsumer
 from django.db import InterfaceError, OperationalError, close_old_connections
 
 from aegis_site.core.roles import FailedSteps
@@ -29,20 +28,6 @@ class MqttConsumer(SyncConsumer):
     the scope's ``on_failed`` (the bridge exits non-zero).
     """
 
-    @sync_to_async
-    def dispatch(self, message: dict[str, Any]) -> None:
-        """As ``SyncConsumer.dispatch``, without closing the database connection around each batch.
-
-        The bridge applies batch after batch on one thread: giving the connection back to
-        the pool after each (Channels' ``database_sync_to_async``) cost a checkout and its
-        health check per batch. The connection is kept while it works; after an error
-        ``mqtt_message`` closes it (``close_old_connections``) and the retry checks out another.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        handler(message)
-
     def mqtt_message(self, event: dict[str, Any]) -> None:
         messages: Decoded | list[Incoming] = event["messages"]
         batch = messages if isinstance(messages, Decoded) else decode(messages)
@@ -59,10 +44,10 @@ class MqttConsumer(SyncConsumer):
                 # Nothing is acknowledged that was not applied: the broker keeps the batch.
                 close_old_connections()
                 if not reconnected and _connection_lost(error):
-                    # The connection kept since the last batch died (a restart, pg_terminate_backend): at once,
-                    # once, on a fresh one from the pool. The whole batch again: duplicates are recognised.
+                    # The connection died under the batch (a restart, pg_terminate_backend): at once, once,
+                    # on a fresh one from the pool. The whole batch again: duplicates are recognised.
                     reconnected = True
-                    log.info("database connection lost between batches; applying the batch on a new one")
+                    log.info("database connection lost during a batch; applying the batch on a new one")
                     continue
                 delay = failures.failed()
                 if failures.exhausted:

@@ -636,7 +636,7 @@ def test_the_bridge_survives_database_connections_dropped_during_ingestion(
 def test_a_connection_cut_while_the_bridge_waits_costs_no_failed_step(
     broker, bridges, agents, make_agent, spec, operator
 ):
-    """The consumer keeps its connection between batches; one terminated while idle is replaced at once."""
+    """A connection terminated while the bridge waits is replaced at its next checkout: no failed step."""
     make_agent("idlecut-a", max_concurrency=10)
     job, claimed = seed(spec, operator, ["idlecut-a"], 2)
     bridge = bridges("aegis-bridge-idlecut")
@@ -645,13 +645,11 @@ def test_a_connection_cut_while_the_bridge_waits_costs_no_failed_step(
     first, second = claimed["idlecut-a"]
     agent.report("succeeded", first.task_id, first.attempt, result={})
     wait_for(lambda: succeeded(job) == 1, "the first result applied")
-    assert terminate_backends(bridge) >= 1  # the consumer's kept connection among them
+    assert terminate_backends(bridge) >= 1  # the pool's idle connections among them
     agent.report("succeeded", second.task_id, second.attempt, result={})
     wait_job_succeeded(job, [bridge])
     assert_every_task_succeeded_once(job)
-    text = bridge.log_text()
-    assert "applying the batch on a new one" in text
-    assert "bridge batch failed" not in text  # no failed step, no backoff, no error in the log
+    assert "bridge batch failed" not in bridge.log_text()  # no failed step, no backoff, no error in the log
 
 
 def test_two_bridges_split_the_load_and_apply_each_result_once(broker, bridges, agents, make_agent, spec, operator):
