@@ -121,30 +121,62 @@ def drop(reason: str, topic: str, detail: str) -> None:
 
 
 def _apply_all(messages: list[Hello | Status | TaskEvent]) -> None:
-    """Apply in arrival order per agent; the task events of every agent go to the engine together.
+    """Apply in arrival order per agent, set-based across agents.
 
-    Order matters only within one agent (its hello before its later events), so
-    events wait in one list that is applied before the hello or status of an
-    agent that has events in it: a batch from many agents costs one engine call,
-    not one per agent.
+    Order matters only within one agent (its hello before its later events), so task
+    events wait in one list and hellos and statuses in another, and an agent is in at
+    most one of them: a message of the other kind from an agent in a list applies that
+    list first. A batch from many agents costs one engine call for its events and a few
+    statements for its hellos and statuses (``_apply_controls``), not a few per agent:
+    a reconnect storm (every agent's status and hello after a broker restart) stays cheap.
     """
-    pending: list[TaskEvent] = []
-    waiting: set[str] = set()  # agents with events in ``pending``
+    events: list[TaskEvent] = []
+    controls: list[Hello | Status] = []
+    in_events: set[str] = set()
+    in_controls: set[str] = set()
     for message in messages:
         counters.MQTT_MESSAGES.labels("in", type(message).__name__.lower()).inc()
         if isinstance(message, TaskEvent):
-            pending.append(message)
-            waiting.add(message.agent_id)
-            continue
-        if message.agent_id in waiting:
-            _apply_events(pending)
-            pending, waiting = [], set()
-        if isinstance(message, Status):
-            _apply_status(message)
+            if message.agent_id in in_controls:
+                _apply_controls(controls)
+                controls, in_controls = [], set()
+            events.append(message)
+            in_events.add(message.agent_id)
         else:
-            _apply_hello(message)
-    if pending:
-        _apply_events(pending)
+            if message.agent_id in in_events:
+                _apply_events(events)
+                events, in_events = [], set()
+            controls.append(message)
+            in_controls.add(message.agent_id)
+    if controls:
+        _apply_controls(controls)
+    if events:
+        _apply_events(events)
+
+
+def _apply_controls(controls: list[Hello | Status]) -> None:
+    """Hellos and statuses in rounds: the n-th round applies each agent's n-th message, so an agent's own
+    order holds while each round is set-based (one statement or two per kind, whatever the number of agents).
+    """
+    rounds: list[list[Hello | Status]] = []
+    count: dict[str, int] = {}
+    for message in controls:
+        nth = count.get(message.agent_id, 0)
+        count[message.agent_id] = nth + 1
+        if nth == len(rounds):
+            rounds.append([])
+        rounds[nth].append(message)
+    for messages in rounds:
+        online = [m.agent_id for m in messages if isinstance(m, Status) and m.state == "online"]
+        offline = [m.agent_id for m in messages if isinstance(m, Status) and m.state != "online"]
+        if online:
+            registry_actions.mark_agents_online(online)
+            wakeup.notify_on_commit(agents=online)
+        if offline:
+            registry_actions.mark_agents_offline(offline, "agent went offline (status or Last Will)")
+        hellos = [m for m in messages if isinstance(m, Hello)]
+        if hellos:
+            _apply_hellos(hellos)
 
 
 def _apply_events(events: list[TaskEvent]) -> None:
@@ -178,31 +210,27 @@ def _apply_output(chunks: list[TaskLog]) -> None:
         counters.MQTT_DROPPED.labels("over_cap").inc(over_cap)
 
 
-def _apply_status(status: Status) -> None:
-    if status.state == "online":
-        registry_actions.mark_online(status.agent_id)
-        wakeup.notify_on_commit(agents=[status.agent_id])
-    else:
-        registry_actions.mark_offline(status.agent_id, "agent went offline (status or Last Will)")
-
-
-def _apply_hello(hello: Hello) -> None:
-    result = task_actions.agent_said_hello(
-        hello.agent_id,
-        version=hello.agent_version,
-        capabilities=list(hello.capabilities),
-        labels=hello.labels,
-        max_concurrency=hello.max_concurrency,
-        running={(r.task_id, r.attempt) for r in hello.running},
-        finished=frozenset((r.task_id, r.attempt) for r in hello.finished),
+def _apply_hellos(hellos: list[Hello]) -> None:
+    results = task_actions.agents_said_hello(
+        [
+            task_actions.AgentHello(
+                registry_actions.HelloFacts(
+                    hello.agent_id, hello.agent_version, list(hello.capabilities), hello.labels, hello.max_concurrency
+                ),
+                running={(r.task_id, r.attempt) for r in hello.running},
+                finished=frozenset((r.task_id, r.attempt) for r in hello.finished),
+            )
+            for hello in hellos
+        ]
     )
-    if result.resent or result.lost or result.canceled:
-        log.info(
-            "reconciled agent on hello",
-            extra={
-                "agent_id": hello.agent_id,
-                "resent": result.resent,
-                "lost": result.lost,
-                "finishing": result.finishing,
-            },
-        )
+    for hello, result in zip(hellos, results, strict=True):
+        if result.resent or result.lost or result.canceled:
+            log.info(
+                "reconciled agent on hello",
+                extra={
+                    "agent_id": hello.agent_id,
+                    "resent": result.resent,
+                    "lost": result.lost,
+                    "finishing": result.finishing,
+                },
+            )

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import connection
 
 from aegis_site.core import wakeup
+from aegis_site.core.db import transaction_memo
 from notify.models import Delivery, Event, EventType, Subscription
 from tasks.engine.targeting import labels_match
 
@@ -83,11 +84,21 @@ def listening(event_type: str) -> list[Subscription]:
 
     Receivers ask first and build nothing when the list is empty: a change nobody listens to
     costs this one query (a claim that starts a job, a heartbeat that brings an agent back).
+    Inside the bridge's batch (``one_transaction``) asked once per batch: a storm's hundred agents coming
+    online ask once.
     """
+    memo = transaction_memo()
+    key = ("notify.listening", event_type)
+    if memo is not None and key in memo:
+        return list(memo[key])
     if connection.vendor == "postgresql" and not _anyone_listens(event_type):
-        return []
-    enabled = Subscription.objects.filter(enabled=True).order_by("pk")
-    return [subscription for subscription in enabled if event_type in (subscription.events or [])]
+        found: list[Subscription] = []
+    else:
+        enabled = Subscription.objects.filter(enabled=True).order_by("pk")
+        found = [subscription for subscription in enabled if event_type in (subscription.events or [])]
+    if memo is not None:
+        memo[key] = found
+    return list(found)
 
 
 def _anyone_listens(event_type: str) -> bool:

@@ -14,7 +14,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 
 from aegis_site.core import clock
-from aegis_site.core.audit import Actor, record
+from aegis_site.core.audit import Actor, entry, record, record_all
 from aegis_site.core.errors import DomainError
 from aegis_site.core.tokens import hash_token
 from registry import signals
@@ -94,24 +94,40 @@ def _verb(state: AdminState) -> str:
 
 
 def mark_online(agent_id: str, at: datetime | None = None, transport: Transport | None = None) -> int:
-    """The agent is alive; with ``transport``, also how it is reached from now on.
+    """The agent is alive; with ``transport``, also how it is reached from now on (``mark_agents_online``)."""
+    return mark_agents_online([agent_id], at, transport)
 
-    An agent that was not online comes online (``signals.agent_connectivity_changed``, in
-    this transaction): a conditional UPDATE first, so only a real change is told; the
-    plain UPDATE after it, for an agent online already, moves ``last_seen_at``.
+
+def mark_agents_online(agent_ids: Iterable[str], at: datetime | None = None, transport: Transport | None = None) -> int:
+    """These agents are alive; with ``transport``, also how they are reached from now on.
+
+    Their rows are locked in id order (as every writer of ``agents`` locks them), then
+    changed in one UPDATE. An agent that was not online comes online
+    (``signals.agent_connectivity_changed``, in this transaction); for one online
+    already, only ``last_seen_at`` moves. Returns how many agents exist.
     """
     now = at or clock.now()
     fields: dict[str, Any] = {"connectivity": Connectivity.ONLINE, "last_seen_at": now, "disconnect_reason": ""}
     if transport is not None:
         fields["transport"] = transport
     with transaction.atomic(savepoint=False):
-        came = (
-            Agent.objects.filter(pk=agent_id).exclude(connectivity=Connectivity.ONLINE).update(**fields, updated_at=now)
-        )
-        if came:
-            signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=True, at=now, reason="")
-            return came
-    return Agent.objects.filter(pk=agent_id).update(**fields, updated_at=now)
+        rows = _locked_rows(agent_ids, "pk", "connectivity")
+        ids = [agent_id for agent_id, _ in rows]
+        if ids:
+            Agent.objects.filter(pk__in=ids).update(**fields, updated_at=now)
+        for agent_id, connectivity in rows:
+            if connectivity != Connectivity.ONLINE:
+                signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=True, at=now, reason="")
+    return len(ids)
+
+
+def _locked_rows(agent_ids: Iterable[str], *fields: str) -> list[tuple[Any, ...]]:
+    """These agents' ``fields``, their rows locked in id order (inside the caller's transaction)."""
+    ids = sorted(set(agent_ids))
+    if not ids:
+        return []
+    rows = Agent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list(*fields)
+    return [tuple(row) for row in rows]
 
 
 def use_transport(agent_id: str, transport: Transport) -> int:
@@ -127,15 +143,24 @@ def use_transport(agent_id: str, transport: Transport) -> int:
 
 
 def mark_offline(agent_id: str, reason: str, at: datetime | None = None) -> int:
-    """An online agent goes offline (``signals.agent_connectivity_changed``, in this transaction)."""
+    """An online agent goes offline (``mark_agents_offline``)."""
+    return mark_agents_offline([agent_id], reason, at)
+
+
+def mark_agents_offline(agent_ids: Iterable[str], reason: str, at: datetime | None = None) -> int:
+    """The online ones of these agents go offline, in one UPDATE after their rows are locked in id order;
+    each is told (``signals.agent_connectivity_changed``, in this transaction). Returns how many went."""
     now = at or clock.now()
     with transaction.atomic(savepoint=False):
-        went = Agent.objects.filter(pk=agent_id, connectivity=Connectivity.ONLINE).update(
-            connectivity=Connectivity.OFFLINE, disconnect_reason=reason[:200], updated_at=now
-        )
+        rows = _locked_rows(agent_ids, "pk", "connectivity")
+        went = [agent_id for agent_id, connectivity in rows if connectivity == Connectivity.ONLINE]
         if went:
+            Agent.objects.filter(pk__in=went).update(
+                connectivity=Connectivity.OFFLINE, disconnect_reason=reason[:200], updated_at=now
+            )
+        for agent_id in went:
             signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=False, at=now, reason=reason[:200])
-    return went
+    return len(went)
 
 
 _TOUCH_SET = (
@@ -205,9 +230,7 @@ def lock_agents(agent_ids: Iterable[str]) -> None:
     several agents one by one (the bridge's batch of hellos and statuses, which
     arrive in any order) takes them all here first, or it deadlocks with those.
     """
-    ids = sorted(set(agent_ids))
-    if ids:
-        list(Agent.objects.select_for_update().filter(pk__in=ids).order_by("pk").values_list("pk", flat=True))
+    _locked_rows(agent_ids, "pk")
 
 
 def mark_silent_agents_offline(heartbeat_interval_s: float, missed: int, at: datetime | None = None) -> int:
@@ -297,6 +320,31 @@ def remove_agent(agent_id: str, actor: Actor) -> None:
         agent.delete()
 
 
+@dataclass(frozen=True, slots=True)
+class HelloFacts:
+    """What an agent's hello says about the agent itself."""
+
+    agent_id: str
+    version: str
+    capabilities: list[str]
+    labels: Mapping[str, str]
+    max_concurrency: int
+
+
+# What a hello writes on an agent that exists (one UPDATE for all of a batch's hellos).
+_HELLO_FIELDS = [
+    "version",
+    "capabilities",
+    "labels",
+    "max_concurrency",
+    "connectivity",
+    "last_seen_at",
+    "disconnect_reason",
+    "transport",
+    "updated_at",
+]
+
+
 def record_hello(
     agent_id: str,
     *,
@@ -306,42 +354,66 @@ def record_hello(
     max_concurrency: int,
     at: datetime | None = None,
 ) -> tuple[Agent, bool]:
-    """An agent said hello: create it on first contact (the broker authenticated it by its certificate),
-    keep what it reports about itself, and mark it online. Returns the agent and whether what it
-    offers changed (so continuous jobs may take it in). Audited only when something changed.
+    """One agent's hello (``record_hellos``)."""
+    return record_hellos([HelloFacts(agent_id, version, capabilities, labels, max_concurrency)], at)[0]
 
+
+def record_hellos(hellos: list[HelloFacts], at: datetime | None = None) -> list[tuple[Agent, bool]]:
+    """Agents said hello (one hello per agent): create each on first contact (the broker authenticated it by its
+    certificate), keep what it reports about itself, and mark it online. Returns, per hello, the agent and
+    whether what it offers changed (so continuous jobs may take it in). Audited only when something changed.
+
+    Set-based, so that a reconnect storm costs a few statements per batch, not per agent: the rows are
+    locked in id order, the new agents inserted in one statement, the others updated in one.
     An agent enrolled with a bootstrap token stays within that token's policy: labels and
     capabilities it may not claim are left out and logged (``policy_refused``; not audited: an
     agent could send such hellos without end)."""
     now = at or clock.now()
-    reported = {
-        "version": version,
-        "capabilities": list(capabilities),
-        "labels": dict(labels),
-        "max_concurrency": max_concurrency,
-    }
+    if len({hello.agent_id for hello in hellos}) < len(hellos):
+        raise ValueError("record_hellos takes one hello per agent")
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().filter(pk=agent_id).first()
-        created = agent is None
-        if agent is None:
-            agent = Agent(pk=agent_id, name=agent_id)
-        if agent.enrolment_policy is not None:
-            reported.update(_within_policy(agent, labels, capabilities))
-        changed = {key: value for key, value in reported.items() if getattr(agent, key) != value}
-        came_online = not created and agent.connectivity != Connectivity.ONLINE
-        for key, value in reported.items():
-            setattr(agent, key, value)
-        agent.connectivity = Connectivity.ONLINE
-        agent.last_seen_at = now
-        agent.disconnect_reason = ""
-        agent.transport = Transport.MQTT  # it holds an MQTT session now: the dispatcher pushes to it
-        agent.save()
-        if came_online:
-            signals.agent_connectivity_changed.send(Agent, agent_id=agent_id, online=True, at=now, reason="")
-        if created or changed:
-            record(Actor.agent(agent_id), "agent.register" if created else "agent.update", "agent", agent_id, **changed)
-    offers_changed = created or bool({"capabilities", "labels"} & changed.keys())
-    return agent, offers_changed
+        ids = sorted(hello.agent_id for hello in hellos)
+        known = {agent.pk: agent for agent in Agent.objects.select_for_update().filter(pk__in=ids).order_by("pk")}
+        created: list[Agent] = []
+        updated: list[Agent] = []
+        results: list[tuple[Agent, bool]] = []
+        changes: list[tuple[Agent, bool, bool, dict[str, Any]]] = []
+        for hello in hellos:
+            agent = known.get(hello.agent_id)
+            if agent is None:
+                agent = Agent(pk=hello.agent_id, name=hello.agent_id)
+            reported: dict[str, Any] = {
+                "version": hello.version,
+                "capabilities": list(hello.capabilities),
+                "labels": dict(hello.labels),
+                "max_concurrency": hello.max_concurrency,
+            }
+            if agent.enrolment_policy is not None:
+                reported.update(_within_policy(agent, hello.labels, hello.capabilities))
+            changed = {key: value for key, value in reported.items() if getattr(agent, key) != value}
+            is_new = hello.agent_id not in known
+            came_online = not is_new and agent.connectivity != Connectivity.ONLINE
+            for key, value in reported.items():
+                setattr(agent, key, value)
+            agent.connectivity = Connectivity.ONLINE
+            agent.last_seen_at = now
+            agent.disconnect_reason = ""
+            agent.transport = Transport.MQTT  # it holds an MQTT session now: the dispatcher pushes to it
+            agent.updated_at = now
+            (created if is_new else updated).append(agent)
+            changes.append((agent, is_new, came_online, changed))
+            results.append((agent, is_new or bool({"capabilities", "labels"} & changed.keys())))
+        Agent.objects.bulk_create(created)
+        Agent.objects.bulk_update(updated, _HELLO_FIELDS)
+        audit = []
+        for agent, is_new, came_online, changed in changes:
+            if came_online:
+                signals.agent_connectivity_changed.send(Agent, agent_id=agent.pk, online=True, at=now, reason="")
+            if is_new or changed:
+                action = "agent.register" if is_new else "agent.update"
+                audit.append(entry(Actor.agent(agent.pk), action, "agent", agent.pk, **changed))
+        record_all(audit)
+    return results
 
 
 def _within_policy(agent: Agent, labels: Mapping[str, str], capabilities: list[str]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.conf import settings
@@ -287,7 +288,6 @@ def reconcile_agent(
     return reconcile.reconcile(agent_id, running, clock.now(), finished)
 
 
-@atomic_with_retry
 def agent_said_hello(
     agent_id: str,
     *,
@@ -298,21 +298,38 @@ def agent_said_hello(
     running: set[tuple[int, int]],
     finished: frozenset[tuple[int, int]] = frozenset(),
 ) -> Reconciliation:
-    """An agent's hello, in one transaction: what it says about itself, what it holds, the work it may now take.
+    """One agent's hello (``agents_said_hello``). ``running`` and ``finished``: ``(task id, attempt)``."""
+    facts = registry_actions.HelloFacts(agent_id, version, capabilities, labels, max_concurrency)
+    return agents_said_hello([AgentHello(facts, running, finished)])[0]
 
-    The registry records the agent (created on first contact, marked online); its
-    tasks are reconciled with what it reports running and finished; an agent whose
+
+@dataclass(frozen=True, slots=True)
+class AgentHello:
+    """A hello: what the agent says about itself, the attempts it runs, those it has a result for."""
+
+    facts: registry_actions.HelloFacts
+    running: set[tuple[int, int]]
+    finished: frozenset[tuple[int, int]] = frozenset()
+
+
+@atomic_with_retry
+def agents_said_hello(hellos: list[AgentHello]) -> list[Reconciliation]:
+    """Agents' hellos (one per agent), in one transaction: what each says about itself, what it holds, the
+    work it may now take.
+
+    The registry records the agents (created on first contact, marked online); their
+    tasks are reconciled with what each reports running and finished; an agent whose
     labels or capabilities changed joins the continuous jobs it now matches; and the
-    dispatcher is woken for it. ``running`` and ``finished``: ``(task id, attempt)``.
+    dispatcher is woken for them. Set-based: a batch of hellos costs a few statements, not a few per agent.
     """
-    agent, offers_changed = registry_actions.record_hello(
-        agent_id, version=version, capabilities=capabilities, labels=labels, max_concurrency=max_concurrency
-    )
-    result = reconcile_agent(agent_id, running, finished)
-    if offers_changed:
-        add_agent_to_continuous_jobs(agent)
-    wakeup.notify_on_commit(agents=[agent_id])
-    return result
+    recorded = registry_actions.record_hellos([hello.facts for hello in hellos])
+    holdings = {hello.facts.agent_id: (hello.running, hello.finished) for hello in hellos}
+    results = reconcile.reconcile_agents(holdings, clock.now())
+    for agent, offers_changed in recorded:
+        if offers_changed:
+            add_agent_to_continuous_jobs(agent)
+    wakeup.notify_on_commit(agents=list(holdings))
+    return [results[hello.facts.agent_id] for hello in hellos]
 
 
 def release_tasks_of_removed_agent(agent_id: str, actor: Actor, at: datetime) -> int:

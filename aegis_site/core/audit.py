@@ -28,8 +28,9 @@ class Actor:
         return cls(label=f"agent:{agent_id}")
 
 
-def record(actor: Actor, action: str, object_type: str, object_id: object, **data: Any) -> AuditEvent:
-    return AuditEvent.objects.create(
+def entry(actor: Actor, action: str, object_type: str, object_id: object, **data: Any) -> AuditEvent:
+    """An audit row not yet saved: ``record_all`` writes many in one statement."""
+    return AuditEvent(
         actor_id=actor.user_id,
         actor_label=actor.label,
         action=action,
@@ -37,3 +38,13 @@ def record(actor: Actor, action: str, object_type: str, object_id: object, **dat
         object_id=str(object_id),
         data=data,
     )
+
+
+def record(actor: Actor, action: str, object_type: str, object_id: object, **data: Any) -> AuditEvent:
+    event = entry(actor, action, object_type, object_id, **data)
+    event.save(force_insert=True)
+    return event
+
+
+def record_all(events: list[AuditEvent]) -> None:
+    AuditEvent.objects.bulk_create(events)

@@ -30,6 +30,7 @@ def _is_retryable(exc: OperationalError) -> bool:
 
 
 _JOINED: ContextVar[bool] = ContextVar("aegis_joined_transaction", default=False)
+_MEMO: ContextVar[dict[object, Any] | None] = ContextVar("aegis_transaction_memo", default=None)
 
 
 @contextlib.contextmanager
@@ -42,11 +43,19 @@ def one_transaction() -> Iterator[None]:
     an action's error and go on.
     """
     token = _JOINED.set(True)
+    memo = _MEMO.set({})
     try:
         with transaction.atomic():
             yield
     finally:
         _JOINED.reset(token)
+        _MEMO.reset(memo)
+
+
+def transaction_memo() -> dict[object, Any] | None:
+    """Inside ``one_transaction``: a dict that lives as long as it, for answers that hold for the whole batch
+    (whether anyone subscribes to an event type: asked once per batch, not once per agent). Else None."""
+    return _MEMO.get()
 
 
 def atomic_with_retry(func: Callable[P, R], attempts: int = 5) -> Callable[P, R]:
