@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_REMEMBERED_FINISHED = 256
+# Per simulated agent: the last results (re-sent on a duplicate assign, listed in hellos until delivered)
+# and the latest attempt per task (an older attempt's assign is ignored). A real agent is one process and
+# keeps 1,000 and 10,000 (aegis_agent.agent); a simulator holds hundreds of agents, and the soak's hour
+# showed its memory climbing toward 256 results per agent while the attempts grew without bound.
+_REMEMBERED_FINISHED = 64
+_REMEMBERED_ATTEMPTS = 1024
 MIN_OUTPUT_CHUNK_BYTES = 128  # room for a chunk's header line
 
 
@@ -146,7 +151,7 @@ class SimAgent:
     draining: bool = False
     seq: int = 0
     running: dict[TaskKey, Running] = field(default_factory=dict)
-    latest_attempt: dict[TaskId, int] = field(default_factory=dict)
+    latest_attempt: OrderedDict[TaskId, int] = field(default_factory=OrderedDict)
     finished: OrderedDict[TaskKey, Final] = field(default_factory=OrderedDict)
     heartbeat_timer: Any = None
 
@@ -280,6 +285,9 @@ class SimAgent:
         if previous is not None:
             previous.timer.cancel()
         self.latest_attempt[task.id] = task.attempt
+        self.latest_attempt.move_to_end(task.id)
+        while len(self.latest_attempt) > _REMEMBERED_ATTEMPTS:
+            self.latest_attempt.popitem(last=False)
         fleet.stats.accepted += 1
         self._event(wire.task_accepted(task.id, task.attempt))
         duration = fleet.duration_s

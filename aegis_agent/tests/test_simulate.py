@@ -157,3 +157,27 @@ def test_a_canceled_task_stops_printing(prefix, fleet_peer):
 def test_bad_output_options_are_refused_at_start(flags, capsys):
     assert main(["--count", "1", "--output-bytes", "1000", *flags]) == 2
     assert "output" in capsys.readouterr().err
+
+
+def test_a_simulated_agent_remembers_a_bounded_number_of_tasks(prefix, fleet_peer, monkeypatch):
+    """The soak's hour: a simulator that was never restarted grew 38 -> 46 MB (the attempts of every task it
+    ever ran, and 256 results per agent). Both are bounded per agent; the oldest go first."""
+    from aegis_agent import simagent
+
+    monkeypatch.setattr(simagent, "_REMEMBERED_ATTEMPTS", 5)
+    monkeypatch.setattr(simagent, "_REMEMBERED_FINISHED", 3)
+    fleet = Fleet(1, port=1883, prefix=prefix, seed=3)
+    (agent_id,) = fleet.agent_ids
+    try:
+        fleet.start(wait_s=10)
+        fleet_peer.wait_for(_ours(prefix, "hello"), count=1)
+        for n in range(1, 13):
+            fleet_peer.send(agent_id, assign(n, "noop", {}))
+        done = lambda t, b: _ours(prefix, "events")(t, b) and b["type"] == "task.succeeded"  # noqa: E731
+        fleet_peer.wait_for(done, count=12)
+        agent = fleet.agents[0]
+        assert list(agent.latest_attempt) == [8, 9, 10, 11, 12]
+        assert [task_id for task_id, _ in agent.finished] == [10, 11, 12]
+    finally:
+        fleet.stop()
+    clear_retained(agent_id)
