@@ -13,7 +13,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.db.models import Count, Q
 
-from aegis_site.core import clock
+from aegis_site.core import clock, wakeup
 from aegis_site.core.audit import Actor, entry, record, record_all
 from aegis_site.core.bulk import update_each
 from aegis_site.core.errors import DomainError
@@ -86,6 +86,8 @@ def set_admin_state(agent_id: str, state: AdminState, actor: Actor) -> Agent:
         agent.save(update_fields=["admin_state", "updated_at"])
         if state != previous:
             signals.admin_state_changed.send(Agent, agent_id=agent_id, previous=previous, state=state, at=now)
+        if state == AdminState.ACTIVE and previous != AdminState.ACTIVE:
+            wakeup.notify_on_commit(agents=[agent_id])  # its waiting HTTP claims, and the dispatcher, look now
         record(actor, f"agent.{_verb(state)}", "agent", agent_id, previous=previous)
     return agent
 

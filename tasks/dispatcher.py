@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from aegis_site.core import clock, counters
+from aegis_site.core import clock, counters, wakeup
 from aegis_site.core.roles import FailedSteps, RoleBeacon
 from aegis_site.core.wakeup import Listener
 from broker import direct
@@ -44,6 +44,13 @@ _ANY_READY_SQL = """
 SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id
 WHERE t.state = 'queued' AND t.not_before <= %s AND j.state IN ('scheduled', 'running') AND NOT t.pinned
   AND j.mode = 'any'
+LIMIT 1
+"""
+# Queued work that became claimable in a window without anyone saying so: a retry's backoff, a requeue's
+# ``not_before`` or a job's start time passed (``announce_due``).
+_CAME_DUE_SQL = """
+SELECT 1 FROM tasks t JOIN jobs j ON j.id = t.job_id
+WHERE t.state = 'queued' AND t.not_before > %s AND t.not_before <= %s AND j.state IN ('scheduled', 'running')
 LIMIT 1
 """
 # Idle agents first (holding nothing), then every dispatchable agent; least recently seen first in each part.
@@ -75,6 +82,7 @@ class Dispatcher:
         # more after ``_BUSY_RETRY_S`` (a heartbeat flush or a hello held them; another dispatcher may have).
         self.busy: set[str] = set()
         self.failed: list[str] = []  # the steps that raised in the last ``step()``
+        self.due_checked_at: datetime | None = None  # ``announce_due``'s window starts here
 
     def sink(self) -> DirectSink | None:
         """Its own publisher while connected, for what it writes to the outbox; ``None``: the bridge publishes."""
@@ -150,17 +158,47 @@ class Dispatcher:
         """
         now = clock.now()
         soonest = self.poll_interval
-        for rate, full_at in claim.rate_buckets_waiting(now):
-            due = full_at - timedelta(seconds=(claim.rate_burst(rate) - 1) * 60 / rate)
+        for due in self.rate_tokens_due(now):
             soonest = min(soonest, max((due - now).total_seconds(), 0.0))
         return soonest
+
+    def announce_due(self) -> bool:
+        """Wake the HTTP agents' waiting claims for work that became claimable without a NOTIFY since the last look.
+
+        A queued task's ``not_before`` passing (a retry's backoff, a lease expiry's requeue,
+        a job's start time) or a rate token coming due is no commit, so nothing NOTIFYs; this
+        loop already wakes for those moments (``next_rate_token_in``, the poll interval). One
+        general NOTIFY then, and a long poll (``tasks.engine.longpoll``) need not look again
+        every few seconds on its own: with 1,000 agents waiting that was 200 empty claims a
+        second. Returns False: it did no work itself.
+        """
+        now = clock.now()
+        since, self.due_checked_at = self.due_checked_at, now
+        if since is None:
+            return False
+        came_due = any(since < due <= now for due in self.rate_tokens_due(now))
+        if not came_due:
+            adapt = connection.ops.adapt_datetimefield_value
+            with connection.cursor() as cursor:
+                cursor.execute(_CAME_DUE_SQL, [adapt(since), adapt(now)])
+                came_due = cursor.fetchone() is not None
+        if came_due:
+            wakeup.notify_on_commit()  # outside a transaction: NOTIFY at once
+        return False
+
+    def rate_tokens_due(self, now: datetime) -> list[datetime]:
+        """When the next token of each rate-limited job with queued work comes due."""
+        return [
+            full_at - timedelta(seconds=(claim.rate_burst(rate) - 1) * 60 / rate)
+            for rate, full_at in claim.rate_buckets_waiting(now)
+        ]
 
     def step(self) -> bool:
         """Run every step once; ``self.failed`` names the ones that raised (logged, never re-raised here)."""
         did_work = False
         self.failed = []
         # Assignment first: a NOTIFY for new work should reach an agent before the housekeeping runs.
-        for name in ("assign", "expire_leases", "mark_silent_agents_offline"):
+        for name in ("assign", "expire_leases", "mark_silent_agents_offline", "announce_due"):
             try:
                 did_work |= getattr(self, name)()
             except Exception:

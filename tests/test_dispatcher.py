@@ -155,3 +155,33 @@ def test_one_pass_serves_every_agent_with_pinned_work_however_deep_one_queue_is(
     Dispatcher(batch_size=2).assign()
 
     assert set(Task.objects.filter(state=TaskState.ASSIGNED).values_list("agent_id", flat=True)) == {"busy", "other"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_work_that_comes_due_without_a_commit_is_announced_once(spec, operator, frozen_clock):
+    """A job's start time passing commits nothing; the dispatcher's pass NOTIFYs for it, so the HTTP agents'
+    waiting claims (tasks.engine.longpoll) need not look again on their own every few seconds."""
+    import threading
+    from datetime import timedelta
+
+    from aegis_site.core.wakeup import Listener
+
+    actions.submit_job(spec(mode="any", task_count=1, not_before=frozen_clock() + timedelta(seconds=10)), operator)
+    dispatcher = Dispatcher()
+    listener = Listener()
+    stop = threading.Event()
+    try:
+        listener.wait(0.01, stop)  # connects and LISTENs (after the submit's own NOTIFY)
+        dispatcher.announce_due()  # the first window starts here
+        frozen_clock.advance(5)
+        dispatcher.announce_due()
+        assert listener.wait(0.5, stop) is None  # not due yet: nothing said
+        frozen_clock.advance(6)
+        dispatcher.announce_due()
+        assert listener.wait(30, stop) == set()  # came due in this window: a general NOTIFY
+        frozen_clock.advance(1)
+        dispatcher.announce_due()
+        assert listener.wait(0.5, stop) is None  # said once, not on every pass
+    finally:
+        listener.close()

@@ -6,10 +6,11 @@ it may concern (all of them, or the agents its payload names), and each then
 claims again with a pooled connection held for that one transaction. A waiter is
 an ``asyncio.Event`` on its request's event loop: no thread blocks on it.
 
-Work can also become claimable without a NOTIFY (a backoff's ``not_before``
-passing), and the LISTEN connection can be lost (or the database is SQLite,
-which has none): so a wait also ends after ``recheck_s``, and the caller claims
-again then.
+Work that becomes claimable without a commit (a backoff's ``not_before`` passing,
+a rate token) is announced by the dispatcher (``tasks.dispatcher.Dispatcher.announce_due``).
+The LISTEN connection can be lost (or the database is SQLite, which has none): a
+wait then ends after ``poll_s``, and the caller claims again; while listening, after
+``recheck_s`` at the latest.
 
 Waits are counted per agent: ``reserve`` refuses more than ``per_agent`` at once
 in this process, so one agent's clients cannot pile up waiters.
@@ -40,7 +41,10 @@ from aegis_site.core import wakeup
 
 log = logging.getLogger(__name__)
 
-RECHECK_S = 5.0  # listening: NOTIFY wakes waits at once; this catches work that became due without one
+# Listening: a NOTIFY wakes waits at once, also for work that came due without a commit (the dispatcher's
+# ``announce_due``); this only bounds a wait whose NOTIFY was lost. It was 5 s: 200 empty claims a second
+# with 1,000 agents waiting (docs/benchmarks.md, "HTTP agents at scale").
+RECHECK_S = 30.0
 POLL_S = 1.0  # not listening (SQLite, or the LISTEN connection is being re-established)
 _RECONNECT_S = 2.0
 _STOP_CHECK_S = 1.0  # how often the LISTEN thread looks whether it should stop
