@@ -190,6 +190,9 @@ class Task(models.Model):
                 name="tasks_claim_idx",
                 condition=models.Q(state="queued"),
             ),
+            # Queued rows by when they come due: the dispatcher's look for work that came due in a window
+            # (``Dispatcher.announce_due``) reads a range of it, not every queued row.
+            models.Index(fields=["not_before"], name="tasks_queued_due_idx", condition=models.Q(state="queued")),
             models.Index(fields=["job", "state"], name="tasks_job_state_idx"),
             models.Index(fields=["agent", "state"], name="tasks_agent_state_idx"),
             models.Index(
